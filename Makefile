@@ -1,0 +1,41 @@
+# relayfleet: one entry point for humans and CI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint peers venv bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: a local relay from examples/quickstart.yaml on 127.0.0.1:2525, mail captured under ./var
+run: $(STAMP)
+	$(BIN)/smtp-relay run -f examples/quickstart.yaml --spool var/spool
+
+## make peers: install the Debian programs the tests talk to (postfix, swaks, nsd, ...)
+peers:
+	bash .ci/install-peers.sh
+
+## make test: install everything (Python deps and Debian peers), then run the whole suite
+test: $(STAMP) peers
+	$(BIN)/ruff check relay_image operator tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay_image operator tests bench
+	$(BIN)/ruff format --check relay_image operator tests bench
+	$(BIN)/mypy
+
+## make bench: relay vs Postfix throughput (see bench/relay_vs_postfix)
+bench: $(STAMP) peers
+	$(BIN)/python -m bench.relay_vs_postfix
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

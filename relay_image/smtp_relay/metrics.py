@@ -1,0 +1,57 @@
+"""Prometheus metrics of the relay, one registry per relay instance.
+
+A registry per instance (not the global default) lets tests run several relays in one process and
+read each one's figures. Every stage takes a `RelayMetrics` and records into it; `/metrics` exposes it.
+Names follow Prometheus conventions: `smtp_relay_` prefix, `_total` counters, base units.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RelayMetrics:
+    """All metrics of one relay instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "smtp_relay_received_messages", "Messages accepted with a 250 (durably spooled).", registry=r
+        )
+        self.received_bytes = Counter("smtp_relay_received_bytes", "Bytes of accepted messages.", registry=r)
+        self.delivered = Counter(
+            "smtp_relay_delivered_recipients", "Recipients delivered, by route kind.", ["route"], registry=r
+        )
+        self.deferred = Counter(
+            "smtp_relay_deferred_recipients", "Recipients that failed temporarily and wait for a retry.",
+            registry=r,
+        )
+        self.bounced = Counter(
+            "smtp_relay_bounced_recipients", "Recipients given up on (5xx or maxAge): a DSN went to the sender.",
+            ["reason"], registry=r,
+        )
+        self.rejected = Counter(
+            "smtp_relay_rejected", "SMTP commands or messages refused, by reason.", ["reason"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "smtp_relay_queue_messages", "Messages in the spool, by queue state.", ["state"], registry=r
+        )
+        self.queue_oldest = Gauge(
+            "smtp_relay_queue_oldest_age_seconds", "Age of the oldest message, by queue state.", ["state"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "smtp_relay_delivery_latency_seconds", "Time from the 250 to delivery of all recipients.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400),
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "smtp_relay_spool_commit_seconds", "Time from end of DATA to the fsync that allows the 250.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+            registry=r,
+        )
+        self.active_connections = Gauge(
+            "smtp_relay_active_connections", "Open SMTP connections, by listener.", ["listener"], registry=r
+        )
+        self.draining = Gauge("smtp_relay_draining", "1 while the relay refuses new mail to drain.", registry=r)
