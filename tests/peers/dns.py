@@ -1,0 +1,1 @@
+"""Test peer fixtures: dns (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test peer fixtures: kube (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test peer fixtures: postfix (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test peer fixtures: smtp_sink (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test peer fixtures: swaks (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test peer fixtures: tls (filled in by its owner)."""
