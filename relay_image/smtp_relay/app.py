@@ -1,0 +1,194 @@
+"""The relay process: wires listener → spool → scheduler → delivery, and owns its lifecycle.
+
+Lifecycle promises (README "Delivery guarantees"):
+- a 250 is given only after `Spool.commit` returned, i.e. after the fdatasync of the batch;
+- on start everything left in the spool is scheduled again;
+- SIGTERM (or POST /drain) stops accepting (421), lets transactions in flight finish, keeps
+  delivering until the queue is empty or the grace period ends, then exits 0 leaving the rest on disk;
+- SIGHUP, or a change of the manifest or mounted Secrets, reloads listeners, policy and routes
+  without touching the queue; a broken new config is logged and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtp_relay.delivery import Deliverer
+from smtp_relay.scheduler import Scheduler
+from smtp_relay.smtp.server import RelayServer
+from smtp_relay.spool import Spool
+
+from smtp_relay.admin import AdminServer
+from smtp_relay.config import RelayConfig
+from smtp_relay.envelope import Envelope
+from smtp_relay.manifest import ManifestError
+from smtp_relay.metrics import RelayMetrics
+from smtp_relay.resolver import make_resolver
+from smtp_relay.source import ConfigSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """Process-level settings from the command line (not from the manifest)."""
+
+    spool_dir: Path
+    """Root of the spool: queue/ (segments and journal) and capture Maildirs."""
+    host: str = "127.0.0.1"
+    """Address the SMTP listeners bind to."""
+    http_port: int = 9025
+    """Port of /metrics, /livez, /readyz, /drain (0 picks a free one)."""
+    hostname: str = ""
+    """Name in the banner, Received headers and DSNs; default the machine's FQDN."""
+    grace: float = 300.0
+    """Seconds a drain may keep delivering before exiting with mail left on disk."""
+    reload_interval: float = 2.0
+    """How often the manifest and mounted Secrets are checked for changes."""
+    reuse_port: bool = False
+    """Bind listeners with SO_REUSEPORT, so several relay processes can share a port."""
+
+
+class Relay:
+    """One relay process serving one SmtpRelay config."""
+
+    def __init__(self, source: ConfigSource, options: RelayOptions) -> None:
+        self.source = source
+        self.options = options
+        self.hostname = options.hostname or socket.getfqdn()
+        self.metrics = RelayMetrics()
+        self.config: RelayConfig = source.load()
+        self._fingerprint = source.fingerprint()
+        self.spool = Spool(options.spool_dir / "queue", metrics=self.metrics)
+        self.deliverer = Deliverer(
+            self.config, make_resolver(self.config.spec.dns), options.spool_dir,
+            hostname=self.hostname, metrics=self.metrics,
+        )
+        self.scheduler = Scheduler(
+            self.spool, self.deliverer.deliver, self.config.spec.queue.retry,
+            hostname=self.hostname, metrics=self.metrics,
+        )
+        self.server = RelayServer(
+            self.config, self.accept, host=options.host, hostname=self.hostname,
+            metrics=self.metrics, reuse_port=options.reuse_port,
+        )
+        self.admin = AdminServer(self.metrics, self.status, self.start_drain, host=options.host, port=options.http_port)
+        self._ready = False
+        self._draining = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def accept(self, envelope: Envelope, data: bytes) -> str:
+        """The listener's sink: durable first, then scheduled; the 250 follows this return."""
+        started = time.monotonic()
+        message = await self.spool.commit(envelope, data)
+        self.metrics.commit_latency.observe(time.monotonic() - started)
+        self.metrics.received.inc()
+        self.metrics.received_bytes.inc(len(data))
+        self.scheduler.submit(message)
+        return message.id
+
+    def status(self) -> Mapping[str, Any]:
+        stats = self.scheduler.stats()
+        reason = "draining" if self._draining else ("" if self._ready else "starting")
+        return {"ready": self._ready and not self._draining, "reason": reason, "queue": _stats_dict(stats)}
+
+    async def start_drain(self) -> Mapping[str, Any]:
+        """Stop accepting new mail; delivery goes on. Idempotent; answers what is left."""
+        if not self._draining:
+            log.info("drain: refusing new mail with 421, delivering what is queued")
+            self._draining = True
+            self.metrics.draining.set(1)
+            self.server.stop_accepting()
+        return {"draining": True, "queue": _stats_dict(self.scheduler.stats())}
+
+    async def start(self) -> None:
+        recovered = await self.spool.open()
+        for message in recovered:
+            self.scheduler.submit(message)
+        if recovered:
+            log.info("recovered %d message(s) from the spool", len(recovered))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        await self.server.start()
+        await self.admin.start()
+        self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        self._ready = True
+        ports = ", ".join(f"{name}={port}" for name, port in self.server.bound_ports().items())
+        log.info("relay %s/%s serving on %s (%s), http on %s", self.config.namespace, self.config.name,
+                 self.options.host, ports, self.admin.port)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """Apply a new config to listeners, policy, routes and retries; keep the old one if it is broken."""
+        try:
+            config = self.source.load()
+        except ManifestError as exc:
+            log.error("config reload refused, keeping the running config:\n%s", exc)
+            return False
+        self._fingerprint = self.source.fingerprint()
+        self.config = config
+        self.server.update(config)
+        self.deliverer.update(config)
+        self.scheduler.update_retry(config.spec.queue.retry)
+        log.info("config reloaded")
+        return True
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval)
+            fingerprint = await asyncio.to_thread(self.source.fingerprint)
+            if fingerprint != self._fingerprint:
+                self._fingerprint = fingerprint
+                self.reload()
+
+    async def run_until_stopped(self) -> int:
+        """Serve until SIGTERM/SIGINT, then drain within the grace period; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        deadline = time.monotonic() + self.options.grace
+        await self.start_drain()
+        await self.server.wait_idle(max(0.0, min(30.0, deadline - time.monotonic())))
+        left = await self.scheduler.drain(max(0.0, deadline - time.monotonic()))
+        log.info("shutdown: %d message(s) left in the spool for the next start", left)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.scheduler.stop()
+        await self.server.close()
+        await self.admin.close()
+        await self.deliverer.close()
+        await self.spool.close()
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    """Queue figures as plain JSON-able data, whatever the stats object's shape."""
+    if isinstance(stats, Mapping):
+        return dict(stats)
+    if hasattr(stats, "_asdict"):
+        return dict(stats._asdict())
+    if hasattr(stats, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(stats)
+    return {"value": str(stats)}

@@ -1,0 +1,155 @@
+"""Run the real `smtp-relay` console script as a child process, as an operator's pod would.
+
+End-to-end tests kill it with SIGKILL, stop it with SIGTERM and restart it on the same spool, so
+it must be a separate process, not a task in the test's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+RELAY_BIN = Path(sys.executable).with_name("smtp-relay")
+
+
+def free_port() -> int:
+    """A port nobody holds right now on 127.0.0.1 (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def relay_manifest(spec: dict[str, Any], *secrets: dict[str, Any], name: str = "test") -> str:
+    """A multi-document manifest: one SmtpRelay and its Secrets."""
+    relay = {
+        "apiVersion": "relayfleet.io/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+    return yaml.safe_dump_all([relay, *secrets], sort_keys=False)
+
+
+@dataclass
+class RelayProcess:
+    """A relay child process with its manifest, spool and ports."""
+
+    workdir: Path
+    manifest: Path
+    http_port: int
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def spool(self) -> Path:
+        return self.workdir / "spool"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "relay.log"
+
+    def start(self, wait: bool = True) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(RELAY_BIN), "run", "-f", str(self.manifest), "--spool", str(self.spool),
+                 "--http-port", str(self.http_port), "--hostname", "relay.test", "--log-level", "DEBUG",
+                 *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"relay not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def queue(self) -> dict[str, Any]:
+        status, body = self.http("/queue")
+        assert status == 200, body
+        return dict(json.loads(body))
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything that was not already durable."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[Any]:
+    """Make relays from a spec dict (plus Secret documents); all are killed at teardown."""
+    made: list[RelayProcess] = []
+
+    def make(spec: dict[str, Any], *secrets: dict[str, Any], start: bool = True, args: list[str] | None = None,
+             grace: float = 10.0) -> RelayProcess:
+        workdir = tmp_path / f"relay{len(made)}"
+        workdir.mkdir()
+        manifest = workdir / "relay.yaml"
+        manifest.write_text(relay_manifest(spec, *secrets))
+        relay = RelayProcess(workdir, manifest, free_port(), ["--grace", str(grace), *(args or [])])
+        made.append(relay)
+        if start:
+            relay.start()
+        return relay
+
+    yield make
+    for relay in made:
+        relay.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll a condition; fail with a clear message when it never holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
