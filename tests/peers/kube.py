@@ -1,1 +1,78 @@
-"""Test peer fixtures: kube (filled in by its owner)."""
+"""The Kubernetes API peer: an in-process API emulator (kmock-based) on 127.0.0.1 with a kubeconfig.
+
+No real kube-apiserver can run here; `tests/kube/emulator.py` gives kopf, kubectl and the kubernetes
+client the API semantics they rely on. The server runs in its own thread and event loop, so sync tests,
+async tests and a kopf operator thread can all use it at once.
+
+Usage::
+
+    def test_x(kube_api):
+        kube_api.register_crd(crd_manifest)
+        kubectl(kube_api, "get", "smr", "-A")
+        assert kube_api.live("relayfleet.io/v1/smtprelays", "default", "r1")["spec"]["replicas"] == 3
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kmock import KubernetesError
+
+from tests.kube.emulator import KubeEmulator
+from tests.kube.server import TOKEN, ThreadedServer, write_kubeconfig
+
+KUBECTL = '/usr/bin/kubectl'
+
+
+@dataclass
+class KubeApi:
+    """A running emulator: its URL, a kubeconfig for it, and the emulator itself for assertions."""
+
+    url: str
+    kubeconfig: Path
+    emulator: KubeEmulator
+    token: str = TOKEN
+    server: ThreadedServer | None = field(default=None, repr=False)
+
+    def register_crd(self, manifest: dict[str, Any]) -> None:
+        """Serve a CRD's resources (as `kubectl apply` of the CRD would), safely from any thread."""
+        self._call(lambda: self.emulator.register_crd(manifest))
+
+    def live(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The stored object (e.g. ``live('v1/configmaps', 'default', 'x')``), or None if absent/deleted."""
+        return self._call(lambda: self.emulator.live(resource, namespace, name))
+
+    def _call(self, fn: Any) -> Any:
+        return self.server.call(fn) if self.server is not None else fn()
+
+
+@pytest.fixture
+def kube_api(tmp_path: Path) -> Iterator[KubeApi]:
+    """An emulated Kubernetes API on 127.0.0.1 (free port), stopped after the test.
+
+    Fails the test if the emulator itself crashed on a request (an API error such as 404 is not a crash).
+    """
+    with ThreadedServer() as server:
+        kubeconfig = tmp_path / 'kubeconfig'
+        write_kubeconfig(kubeconfig, server.url)
+        yield KubeApi(url=server.url, kubeconfig=kubeconfig, emulator=server.emulator, server=server)
+        crashes = server.call(lambda: [e for e in server.emulator.errors if not isinstance(e, KubernetesError)])
+    assert not crashes, f'the API emulator crashed on requests: {crashes!r}'
+
+
+def kubectl(api: KubeApi, *args: str, check: bool = True, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the emulator; its discovery cache goes next to the kubeconfig."""
+    env = {**os.environ, 'KUBECONFIG': str(api.kubeconfig)}
+    cache = api.kubeconfig.parent / 'kubectl-cache'
+    cmd = [KUBECTL, f'--cache-dir={cache}', *args]
+    result = subprocess.run(cmd, env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{" ".join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+    return result

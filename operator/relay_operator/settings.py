@@ -1,0 +1,66 @@
+"""Operator settings, read once from environment variables.
+
+One frozen dataclass, so rendering stays pure (settings are an argument, not a global) and the Helm
+chart sets everything through `env:`. Every attribute documents its variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator needs beyond each SmtpRelay's spec."""
+
+    relay_image: str = "ghcr.io/relayfleet/relay:0.1.0"
+    """RELAYFLEET_RELAY_IMAGE: relay container image used when spec.image is empty."""
+
+    resync_seconds: float = 60.0
+    """RELAYFLEET_RESYNC_SECONDS: how often each SmtpRelay's status is refreshed even without events."""
+
+    termination_grace_seconds: int = 600
+    """RELAYFLEET_TERMINATION_GRACE_SECONDS: time a relay pod gets to drain its connections and queue
+    before it is killed; long, because a pod stopping mid-delivery only delays mail, never loses it."""
+
+    service_monitor: bool = False
+    """RELAYFLEET_SERVICE_MONITOR: also render a Prometheus Operator ServiceMonitor per SmtpRelay."""
+
+    network_policy: bool = False
+    """RELAYFLEET_NETWORK_POLICY: also render a NetworkPolicy admitting only the listener and admin ports."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from RELAYFLEET_* variables; unset or empty ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = env.get(f"RELAYFLEET_{field.name.upper()}", "")
+            if not raw:
+                continue
+            try:
+                if field.type == "bool":
+                    values[field.name] = _bool(raw)
+                elif field.type == "int":
+                    values[field.name] = int(raw)
+                elif field.type == "float":
+                    values[field.name] = float(raw)
+                else:
+                    values[field.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"RELAYFLEET_{field.name.upper()}: {exc}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.resync_seconds <= 0 or settings.termination_grace_seconds < 0:
+            raise ValueError("RELAYFLEET_RESYNC_SECONDS must be > 0 and RELAYFLEET_TERMINATION_GRACE_SECONDS >= 0")
+        return settings

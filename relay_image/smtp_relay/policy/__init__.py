@@ -1,0 +1,1 @@
+"""The relay policy chain: checks that decide whether a message is accepted, tagged, deferred or refused."""

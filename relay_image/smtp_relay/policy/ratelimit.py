@@ -1,0 +1,210 @@
+"""Rate limits and abuse throttles: messages per key and window, AUTH brute force, connections per client.
+
+Pure state machines with an injected clock (tests run them in virtual time); memory is bounded, since
+keys come from clients and a flood of distinct IPs or senders must not grow the relay without limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from smtp_relay.admission import Verdict, defer, reject
+from smtp_relay.envelope import domain_of
+from smtp_relay.spec import RateLimit
+from smtp_relay.units import parse_duration
+
+Clock = Callable[[], float]
+MAX_KEYS = 100_000
+
+
+@dataclass
+class _Window:
+    start: float
+    """Start of the current fixed bucket."""
+    current: int = 0
+    previous: int = 0
+
+
+class SlidingWindow:
+    """Counts events per key over a sliding window, approximated from two fixed buckets.
+
+    The estimate is previous * (share of the previous bucket still in the window) + current: O(1) memory per
+    key whatever the limit, and it never lets a burst at a bucket boundary double the rate the way fixed
+    windows do. A key idle for two windows is forgotten; the least recently used keys go first when full.
+    """
+
+    def __init__(self, window: float, clock: Clock = time.monotonic, max_keys: int = MAX_KEYS) -> None:
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._keys: OrderedDict[str, _Window] = OrderedDict()
+
+    def _roll(self, key: str, now: float) -> _Window | None:
+        state = self._keys.get(key)
+        if state is None:
+            return None
+        elapsed = now - state.start
+        if elapsed >= 2 * self.window:
+            del self._keys[key]
+            return None
+        if elapsed >= self.window:
+            state.previous, state.current = state.current, 0
+            state.start += self.window
+        return state
+
+    def count(self, key: str) -> float:
+        """The estimated number of events of `key` within the last window."""
+        now = self._clock()
+        state = self._roll(key, now)
+        if state is None:
+            return 0.0
+        weight = max(0.0, 1.0 - (now - state.start) / self.window)
+        return state.previous * weight + state.current
+
+    def hit(self, key: str, n: int = 1) -> None:
+        now = self._clock()
+        state = self._roll(key, now)
+        if state is None:
+            state = _Window(start=now)
+        self._keys[key] = state
+        self._keys.move_to_end(key)
+        state.current += n
+        self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        while self._keys:
+            key, oldest = next(iter(self._keys.items()))
+            if len(self._keys) > self._max_keys or now - oldest.start >= 2 * self.window:
+                del self._keys[key]
+                continue
+            break
+
+    def forget(self, key: str) -> None:
+        self._keys.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def limit_key(limit: RateLimit, client_ip: str, auth_user: str | None, mail_from: str | None) -> str | None:
+    """What one RateLimit counts for this transaction; None when it does not apply (no AUTH user, no sender)."""
+    if limit.key == "client":
+        return client_ip or None
+    if limit.key == "user":
+        return auth_user
+    if mail_from is None:
+        return None
+    if limit.key == "sender":
+        return mail_from.lower() or "<>"
+    return domain_of(mail_from) or None
+
+
+class RateLimiter:
+    """All `policy.rateLimits` of one config: checked at MAIL (early refusal) and counted at end of DATA.
+
+    Counting only accepted messages keeps a client that got a 4xx from being punished twice; the end of
+    DATA check is authoritative, so parallel sessions cannot slip past the MAIL-time check together.
+    """
+
+    def __init__(self, limits: Sequence[RateLimit], clock: Clock = time.monotonic, max_keys: int = MAX_KEYS) -> None:
+        self.limits = list(limits)
+        self._windows = [SlidingWindow(parse_duration(rl.per), clock, max_keys) for rl in self.limits]
+
+    def check(self, client_ip: str, auth_user: str | None, mail_from: str | None, *, cost: int = 0) -> Verdict | None:
+        """451 4.7.1 when a limit has no room for `cost` more messages (0: is the limit already exhausted?).
+
+        With cost > 0 and room in every limit, the messages are counted.
+        """
+        keys = [limit_key(rl, client_ip, auth_user, mail_from) for rl in self.limits]
+        for rl, window, key in zip(self.limits, self._windows, keys, strict=True):
+            if key is None:
+                continue
+            if window.count(key) + max(cost, 1) > rl.limit:
+                return defer(
+                    451, "4.7.1", f"Rate limit exceeded for {rl.key} ({rl.limit} per {rl.per}), try again later",
+                    f"ratelimit_{rl.key}",
+                )
+        if cost > 0:
+            for window, key in zip(self._windows, keys, strict=True):
+                if key is not None:
+                    window.hit(key, cost)
+        return None
+
+
+class AuthThrottle:
+    """Per-client AUTH failure throttle against password guessing.
+
+    After `delay_after` failures in `window`, each further failure is answered only after a growing delay
+    (tarpit); after `max_failures` the client gets 454 4.7.0 for every AUTH until `cooldown` has passed.
+    A successful login clears the client's record.
+    """
+
+    def __init__(
+        self, *, max_failures: int = 10, delay_after: int = 3, window: float = 600.0, cooldown: float = 900.0,
+        max_delay: float = 5.0, clock: Clock = time.monotonic, max_keys: int = MAX_KEYS,
+    ) -> None:
+        self.max_failures = max_failures
+        self.delay_after = delay_after
+        self.cooldown = cooldown
+        self.max_delay = max_delay
+        self._clock = clock
+        self._failures = SlidingWindow(window, clock, max_keys)
+        self._blocked: OrderedDict[str, float] = OrderedDict()
+        self._max_keys = max_keys
+
+    def before_auth(self, client_ip: str) -> Verdict | None:
+        """454 4.7.0 while the client is in its cool-down; None lets the AUTH exchange start."""
+        until = self._blocked.get(client_ip)
+        if until is None:
+            return None
+        if self._clock() >= until:
+            del self._blocked[client_ip]
+            return None
+        return defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+
+    def failure(self, client_ip: str) -> tuple[Verdict, float]:
+        """Record a failed AUTH: the reply to give (535 5.7.8, or 454 4.7.0 once blocked) and the seconds to wait."""
+        self._failures.hit(client_ip)
+        failures = self._failures.count(client_ip)
+        if failures >= self.max_failures:
+            self._blocked.pop(client_ip, None)
+            self._blocked[client_ip] = self._clock() + self.cooldown
+            while len(self._blocked) > self._max_keys:
+                self._blocked.popitem(last=False)
+            verdict = defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+            return verdict, self.max_delay
+        delay = min(self.max_delay, max(0.0, failures - self.delay_after))
+        return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed"), delay
+
+    def success(self, client_ip: str) -> None:
+        self._failures.forget(client_ip)
+        self._blocked.pop(client_ip, None)
+
+
+class ConnectionLimiter:
+    """Concurrent SMTP connections per client IP; 421 4.7.0 when one client holds too many."""
+
+    def __init__(self, max_per_client: int = 50) -> None:
+        self.max_per_client = max_per_client
+        self._open: dict[str, int] = {}
+
+    def acquire(self, client_ip: str, *, force: bool = False) -> Verdict | None:
+        """Count the connection, or refuse it (then it is not counted and needs no release); `force` always counts."""
+        current = self._open.get(client_ip, 0)
+        if current >= self.max_per_client and not force:
+            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
+        self._open[client_ip] = current + 1
+        return None
+
+    def release(self, client_ip: str) -> None:
+        current = self._open.get(client_ip, 0)
+        if current <= 1:
+            self._open.pop(client_ip, None)  # only clients with open connections take memory
+        else:
+            self._open[client_ip] = current - 1
+
+    def open_connections(self, client_ip: str) -> int:
+        return self._open.get(client_ip, 0)

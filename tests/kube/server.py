@@ -1,0 +1,154 @@
+"""Run the Kubernetes API emulator on 127.0.0.1, in a thread of its own or standalone.
+
+The server gets its own thread and event loop so that sync tests, async tests and a kopf operator thread
+can all talk to it. kmock.Server is not used: it patches aiohttp's resolver process-wide and must be
+exited in LIFO order, which does not hold for servers that live in other threads.
+
+    python -m tests.kube.server --port 0 --kubeconfig /tmp/kubeconfig
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp.web
+import yaml
+
+from tests.kube.emulator import KubeEmulator
+
+T = TypeVar('T')
+TOKEN = 'relayfleet-test-token'
+
+
+def write_kubeconfig(path: Path, url: str, namespace: str = 'default') -> None:
+    """A plain-http kubeconfig with a bearer token: kubectl, kopf and the kubernetes client all accept it."""
+    config = {
+        'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator', 'preferences': {},
+        'clusters': [{'name': 'emulator', 'cluster': {'server': url}}],
+        'users': [{'name': 'emulator', 'user': {'token': TOKEN}}],
+        'contexts': [{'name': 'emulator', 'context': {'cluster': 'emulator', 'user': 'emulator',
+                                                      'namespace': namespace}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+async def start(emulator: KubeEmulator, port: int = 0) -> tuple[aiohttp.web.ServerRunner, str]:
+    """Listen on 127.0.0.1:port (0 = any free port); return the runner (for cleanup) and the URL."""
+    await emulator.__aenter__()  # kmock accumulates handler errors only inside its context
+    server = aiohttp.web.Server(emulator, handler_cancellation=True)
+    runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, '127.0.0.1', port)
+    await site.start()
+    sockets = runner.addresses
+    return runner, f'http://127.0.0.1:{sockets[0][1]}'
+
+
+async def stop(emulator: KubeEmulator, runner: aiohttp.web.ServerRunner) -> None:
+    emulator.close_watches()
+    await asyncio.sleep(0)  # let the watch streams see the flag and finish their responses
+    await runner.cleanup()
+    await emulator.__aexit__(None, None, None)
+
+
+class ThreadedServer:
+    """The emulator served from a background thread; ``call`` runs code on its loop (the emulator is not
+    thread-safe, so anything that mutates it from a test thread must go through here)."""
+
+    def __init__(self, emulator: KubeEmulator | None = None, port: int = 0) -> None:
+        self.emulator = emulator or KubeEmulator()
+        self.port = port
+        self.url = ''
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name='kube-emulator', daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._error is not None or not self.url:
+            raise RuntimeError('the Kubernetes API emulator did not start') from self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout=30)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run a synchronous function on the server's loop and return its result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def runner() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as e:
+                future.set_exception(e)
+        self._loop.call_soon_threadsafe(runner)
+        return future.result(timeout=30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopped = asyncio.Event()
+        try:
+            runner, self.url = await start(self.emulator, self.port)
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            raise
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await stop(self.emulator, runner)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog='python -m tests.kube.server', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--port', type=int, default=0, help='TCP port on 127.0.0.1 (0: any free port)')
+    parser.add_argument('--kubeconfig', type=Path, help='write a kubeconfig pointing at the server here')
+    parser.add_argument('--crd', type=Path, action='append', default=[], help='CRD manifest(s) to register')
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        emulator = KubeEmulator()
+        for path in args.crd:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if isinstance(doc, dict) and doc.get('kind') == 'CustomResourceDefinition':
+                    emulator.register_crd(doc)
+        runner, url = await start(emulator, args.port)
+        if args.kubeconfig:
+            write_kubeconfig(args.kubeconfig, url)
+        print(url, flush=True)
+        stopped = asyncio.Event()
+        loop: Any = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        try:
+            await stopped.wait()
+        finally:
+            await stop(emulator, runner)
+
+    asyncio.run(serve())
+    sys.exit(0)
+
+
+if __name__ == '__main__':
+    main()

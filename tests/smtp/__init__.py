@@ -1,0 +1,1 @@
+"""Tests of the SMTP listener side of the relay."""
