@@ -8,4 +8,7 @@ pytest_plugins = [
     "tests.peers.tls",
     "tests.peers.swaks",
     "tests.peers.kube",
+    "tests.peers.clamd",
+    "tests.peers.rspamd",
+    "tests.peers.spamd",
 ]

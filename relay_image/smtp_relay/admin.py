@@ -26,8 +26,16 @@ class AdminServer:
     """aiohttp server for /metrics, /livez, /readyz, /queue and POST /drain."""
 
     def __init__(
-        self, metrics: RelayMetrics, status: StatusFn, drain: DrainFn, *, host: str = "127.0.0.1", port: int = 9025
+        self,
+        metrics: RelayMetrics,
+        status: StatusFn,
+        drain: DrainFn,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9025,
+        extra_routes: Callable[[web.Application], None] | None = None,
     ) -> None:
+        self._extra_routes = extra_routes
         self._metrics = metrics
         self._status = status
         self._drain = drain
@@ -43,6 +51,8 @@ class AdminServer:
         app.router.add_get("/readyz", self._get_readyz)
         app.router.add_get("/queue", self._get_queue)
         app.router.add_post("/drain", self._post_drain)
+        if self._extra_routes is not None:
+            self._extra_routes(app)  # the quarantine API
         return app
 
     async def start(self) -> None:
@@ -50,9 +60,7 @@ class AdminServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         await site.start()
-        server = site._server  # aiohttp exposes the bound port only through the server's sockets
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
 
     async def close(self) -> None:
         if self._runner is not None:

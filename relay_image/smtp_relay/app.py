@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -22,18 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtp_relay.delivery import Deliverer
-from smtp_relay.scheduler import Scheduler
-from smtp_relay.smtp.server import RelayServer
-from smtp_relay.spool import Spool
-
 from smtp_relay.admin import AdminServer
 from smtp_relay.config import RelayConfig
+from smtp_relay.delivery import Deliverer
 from smtp_relay.envelope import Envelope
 from smtp_relay.manifest import ManifestError
 from smtp_relay.metrics import RelayMetrics
+from smtp_relay.policy.engine import PolicyEngine, Scanners
+from smtp_relay.policy.metrics import PolicyMetrics
+from smtp_relay.policy.quarantine import QuarantineStore
+from smtp_relay.policy.quarantine_http import add_quarantine_routes
 from smtp_relay.resolver import make_resolver
+from smtp_relay.scheduler import QueueStats, Scheduler
+from smtp_relay.smtp.server import RelayServer
 from smtp_relay.source import ConfigSource
+from smtp_relay.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,14 @@ class Relay:
         self.config: RelayConfig = source.load()
         self._fingerprint = source.fingerprint()
         self.spool = Spool(options.spool_dir / "queue", metrics=self.metrics)
+        resolver = make_resolver(self.config.spec.dns)  # the one resolver of every lookup (MX, SPF, DNSBL)
         self.deliverer = Deliverer(
-            self.config, make_resolver(self.config.spec.dns), options.spool_dir,
-            hostname=self.hostname, metrics=self.metrics,
+            self.config, resolver, options.spool_dir, hostname=self.hostname, metrics=self.metrics
+        )
+        self.quarantine = QuarantineStore(options.spool_dir / "quarantine")
+        self.policy = PolicyEngine(
+            self.config, resolver, hostname=self.hostname, metrics=PolicyMetrics(self.metrics.registry),
+            quarantine=self.quarantine, scanners=Scanners.from_spec(self.config.spec),
         )
         self.scheduler = Scheduler(
             self.spool, self.deliverer.deliver, self.config.spec.queue.retry,
@@ -79,9 +88,12 @@ class Relay:
         )
         self.server = RelayServer(
             self.config, self.accept, host=options.host, hostname=self.hostname,
-            metrics=self.metrics, reuse_port=options.reuse_port,
+            metrics=self.metrics, reuse_port=options.reuse_port, policy=self.policy,
         )
-        self.admin = AdminServer(self.metrics, self.status, self.start_drain, host=options.host, port=options.http_port)
+        self.admin = AdminServer(
+            self.metrics, self.status, self.start_drain, host=options.host, port=options.http_port,
+            extra_routes=lambda app: add_quarantine_routes(app, self.quarantine, self.accept),
+        )
         self._ready = False
         self._draining = False
         self._stop = asyncio.Event()
@@ -129,35 +141,34 @@ class Relay:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Apply a new config to listeners, policy, routes and retries; keep the old one if it is broken."""
+        self._fingerprint = await asyncio.to_thread(self.source.fingerprint)
         try:
-            config = self.source.load()
-        except ManifestError as exc:
+            config = await asyncio.to_thread(self.source.load)
+            self.server.update(config)  # first: it refuses a bad certificate or an unbindable port
+        except (ManifestError, ValueError, OSError) as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
             return False
-        self._fingerprint = self.source.fingerprint()
         self.config = config
-        self.server.update(config)
         self.deliverer.update(config)
         self.scheduler.update_retry(config.spec.queue.retry)
+        await self.policy.update(config)
         log.info("config reloaded")
         return True
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.options.reload_interval)
-            fingerprint = await asyncio.to_thread(self.source.fingerprint)
-            if fingerprint != self._fingerprint:
-                self._fingerprint = fingerprint
-                self.reload()
+            if await asyncio.to_thread(self.source.fingerprint) != self._fingerprint:
+                await self.reload()
 
     async def run_until_stopped(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain within the grace period; return the exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._tasks.append(asyncio.create_task(self.reload())))
         await self.start()
         await self._stop.wait()
         await self.shutdown()
@@ -178,17 +189,10 @@ class Relay:
         await self.server.close()
         await self.admin.close()
         await self.deliverer.close()
+        await self.policy.close()
         await self.spool.close()
 
 
-def _stats_dict(stats: Any) -> dict[str, Any]:
-    """Queue figures as plain JSON-able data, whatever the stats object's shape."""
-    if isinstance(stats, Mapping):
-        return dict(stats)
-    if hasattr(stats, "_asdict"):
-        return dict(stats._asdict())
-    if hasattr(stats, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(stats)
-    return {"value": str(stats)}
+def _stats_dict(stats: QueueStats) -> dict[str, Any]:
+    """Queue figures as JSON for /queue and /drain."""
+    return {**dataclasses.asdict(stats), "total": stats.total}

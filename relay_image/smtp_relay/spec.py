@@ -58,7 +58,7 @@ def _quantity(value: str | int) -> str | int:
 
 def _domain(value: str) -> str:
     if not _DOMAIN_RE.match(value):
-        raise PydanticCustomError("domain", "{value!r} is not a domain name", {"value": value})
+        raise PydanticCustomError("domain", "'{value}' is not a domain name", {"value": value})
     return value.lower()
 
 
@@ -67,7 +67,7 @@ def _network(value: str) -> str:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise PydanticCustomError(
-            "network", "{value!r} is not an IP network (use CIDR such as 10.0.0.0/8)", {"value": value}
+            "network", "'{value}' is not an IP network (use CIDR such as 10.0.0.0/8)", {"value": value}
         ) from None
     return value
 
@@ -75,7 +75,7 @@ def _network(value: str) -> str:
 def _hostport(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise PydanticCustomError("hostport", "{value!r} must be host:port", {"value": value})
+        raise PydanticCustomError("hostport", "'{value}' must be host:port", {"value": value})
     return value
 
 
@@ -377,7 +377,7 @@ class DnsSpec(SpecModel):
                 ipaddress.ip_address(host.strip("[]"))
             except ValueError:
                 raise PydanticCustomError(
-                    "nameserver", "{v!r} must be an IP address, optionally with :port", {"v": item}
+                    "nameserver", "'{v}' must be an IP address, optionally with :port", {"v": item}
                 ) from None
         return value
 

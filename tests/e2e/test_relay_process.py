@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def _message(subject: str, sender: str = "app@example.com", to: str = "user@exam
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{subject}@example.com>"
     msg.set_content(f"body of {subject}\n" + "x" * 200)
-    return msg.as_bytes()
+    return msg.as_bytes(policy=SMTP)  # CRLF: the relay refuses bare LF (SMTP smuggling)
 
 
 def _send(port: int, subject: str, rcpts: list[str] | None = None, sender: str = "app@example.com") -> str:
@@ -100,11 +101,11 @@ def test_smarthost_delivery_reaches_smtp_sink(relay_factory: Any, smtp_sink_fact
     relay_factory(_smarthost_spec(port, sink.port))
     _send(port, "hello-sink", rcpts=["a@example.net", "b@example.org"])
     sink.wait_for(1, timeout=10)
-    (sender, rcpts, data) = sink.messages()[0]
-    assert sender == "app@example.com"
-    assert sorted(rcpts) == ["a@example.net", "b@example.org"]
-    assert b"Subject: hello-sink" in data
-    assert b"Received: from client.test" in data
+    (arrived,) = sink.messages()
+    assert arrived.sender == "app@example.com"
+    assert sorted(arrived.recipients) == ["a@example.net", "b@example.org"]
+    assert b"Subject: hello-sink" in arrived.data
+    assert b"Received: from client.test" in arrived.data
 
 
 def test_open_relay_attempt_is_refused(relay_factory: Any, smtp_sink_factory: Any) -> None:
@@ -155,11 +156,11 @@ def test_kill_9_during_load_loses_no_accepted_message(relay_factory: Any, smtp_s
     expected = set(accepted)
 
     def all_arrived() -> bool:
-        got = {_subject(data) for _, _, data in sink.messages()}
+        got = {_subject(m.data) for m in sink.messages()}
         return expected <= got
 
     wait_until(all_arrived, timeout=60, interval=0.3)
-    subjects = [_subject(data) for _, _, data in sink.messages()]
+    subjects = [_subject(m.data) for m in sink.messages()]
     duplicates = len(subjects) - len(set(subjects))
     print(f"kill -9: {len(expected)} accepted, {len(subjects)} delivered, {duplicates} duplicate(s)")
     assert expected <= set(subjects)
@@ -182,7 +183,7 @@ def test_upstream_outage_then_recovery_delivers_everything(relay_factory: Any, s
     wait_until(lambda: relay.queue()["queue"].get("deferred", 0) >= 1, timeout=10)
     sink.start()
     sink.wait_for(20, timeout=30)
-    assert {f"outage-{i}" for i in range(20)} <= {_subject(d) for _, _, d in sink.messages()}
+    assert {f"outage-{i}" for i in range(20)} <= {_subject(m.data) for m in sink.messages()}
 
 
 def test_sigterm_drains_and_exits_zero_keeping_undelivered_mail(relay_factory: Any, smtp_sink_factory: Any) -> None:
@@ -198,7 +199,7 @@ def test_sigterm_drains_and_exits_zero_keeping_undelivered_mail(relay_factory: A
     sink.start()
     relay.start()
     sink.wait_for(5, timeout=30)
-    assert {f"drain-{i}" for i in range(5)} <= {_subject(d) for _, _, d in sink.messages()}
+    assert {f"drain-{i}" for i in range(5)} <= {_subject(m.data) for m in sink.messages()}
 
 
 def test_http_endpoints_and_drain(relay_factory: Any, smtp_sink_factory: Any) -> None:
@@ -243,4 +244,4 @@ def test_reload_on_manifest_change_keeps_queue(relay_factory: Any, smtp_sink_fac
     _send(port, "after-reload", sender="ok@allowed.example")
     sink.start()
     sink.wait_for(2, timeout=30)
-    assert {"before-reload", "after-reload"} <= {_subject(d) for _, _, d in sink.messages()}
+    assert {"before-reload", "after-reload"} <= {_subject(m.data) for m in sink.messages()}

@@ -91,8 +91,21 @@ def _ping(port: int) -> bool:
 
 
 def start_clamd(folder: Path, *, stream_max_length: str = "25M") -> Clamd:
-    """Start clamd in the foreground on a free port, serving the project's database; wait for PONG."""
+    """Start clamd in the foreground on a free port, serving the project's database; wait for PONG.
+
+    Retried on a fresh port when clamd exits at once: another process may take the probed port first.
+    """
     write_database(folder / "db")
+    error: RuntimeError | None = None
+    for _ in range(3):
+        try:
+            return _start_clamd_once(folder, stream_max_length)
+        except RuntimeError as exc:
+            error = exc
+    raise RuntimeError(f"clamd did not start: {error}")
+
+
+def _start_clamd_once(folder: Path, stream_max_length: str) -> Clamd:
     port = _free_port()
     as_root = os.geteuid() == 0
     config = folder / "clamd.conf"
@@ -115,9 +128,11 @@ def start_clamd(folder: Path, *, stream_max_length: str = "25M") -> Clamd:
     server = Clamd(HOST, port, folder, process)
     deadline = time.monotonic() + START_TIMEOUT
     while not _ping(port):
-        if process.poll() is not None or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"clamd did not start on {HOST}:{port}: {server.log()}")
+            raise TimeoutError(f"{HOST}:{port} not ready in {START_TIMEOUT}s: {server.log()[-2000:]}")
+        if process.poll() is not None:
+            raise RuntimeError(f"clamd on {HOST}:{port} (exit {process.returncode}): {server.log()[-2000:]}")
         time.sleep(0.05)
     return server
 

@@ -101,12 +101,26 @@ def _write_config(local: Path, port: int) -> None:
 
 
 def start_rspamd(folder: Path) -> Rspamd:
-    """Start rspamd (no fork) with a private config and state; wait until /ping answers pong."""
-    port = _free_port()
-    _write_config(folder / "local", port)
+    """Start rspamd (no fork) with a private config and state; wait until /ping answers pong.
+
+    Retried on a fresh port when rspamd exits at once: another process may take the probed port first.
+    """
     for sub in ("db", "run", "log"):
         (folder / sub).mkdir()
     HS_CACHE.mkdir(parents=True, exist_ok=True)
+    error: RuntimeError | None = None
+    for _ in range(3):
+        try:
+            return _start_rspamd_once(folder)
+        except RuntimeError as exc:
+            error = exc
+    raise RuntimeError(f"rspamd did not start: {error}")
+
+
+def _start_rspamd_once(folder: Path) -> Rspamd:
+    port = _free_port()
+    shutil.rmtree(folder / "local", ignore_errors=True)
+    _write_config(folder / "local", port)
     cmd = [RSPAMD, "-f", "-c", "/etc/rspamd/rspamd.conf"]
     if os.geteuid() == 0:
         user = pwd.getpwnam("_rspamd")
@@ -119,9 +133,11 @@ def start_rspamd(folder: Path) -> Rspamd:
     server = Rspamd(HOST, port, folder, process)
     deadline = time.monotonic() + START_TIMEOUT
     while not _ping(port):
-        if process.poll() is not None or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"rspamd did not start on {HOST}:{port}: {server.log()[-3000:]}")
+            raise TimeoutError(f"{HOST}:{port} not ready in {START_TIMEOUT}s: {server.log()[-2000:]}")
+        if process.poll() is not None:
+            raise RuntimeError(f"rspamd on {HOST}:{port} (exit {process.returncode}): {server.log()[-3000:]}")
         time.sleep(0.1)
     return server
 

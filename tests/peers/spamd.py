@@ -86,11 +86,21 @@ def start_spamd(folder: Path) -> Spamd:
     home = folder / "home"
     home.mkdir()
     os.chmod(folder, 0o755)  # spamd's children run as nobody and read the site config
+    error: RuntimeError | None = None
+    for _ in range(3):  # on a fresh port when spamd exits at once: another process may take the probed port
+        try:
+            return _start_spamd_once(folder, etc, home)
+        except RuntimeError as exc:
+            error = exc
+    raise RuntimeError(f"spamd did not start: {error}")
+
+
+def _start_spamd_once(folder: Path, etc: Path, home: Path) -> Spamd:
     port = _free_port()
     cmd = [
         SPAMD, f"--siteconfigpath={etc}", f"--listen={HOST}:{port}", "--local", "--nouser-config",
         f"--helper-home-dir={home}", "--max-children=1", "--min-children=1", "--min-spare=1", "--max-spare=1",
-        f"--pidfile={folder / 'spamd.pid'}", "--syslog=file", "--syslog-socket=file",
+        f"--pidfile={folder / 'spamd.pid'}", "--syslog-socket=file",
         f"--syslog={folder / 'spamd.log'}",
     ]  # fmt: skip
     if os.geteuid() == 0:
@@ -99,9 +109,11 @@ def start_spamd(folder: Path) -> Spamd:
     server = Spamd(HOST, port, folder, process)
     deadline = time.monotonic() + START_TIMEOUT
     while not _ping(port):
-        if process.poll() is not None or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"spamd did not start on {HOST}:{port}: {server.log()[-2000:]}")
+            raise TimeoutError(f"{HOST}:{port} not ready in {START_TIMEOUT}s: {server.log()[-2000:]}")
+        if process.poll() is not None:
+            raise RuntimeError(f"spamd on {HOST}:{port} (exit {process.returncode}): {server.log()[-2000:]}")
         time.sleep(0.1)
     return server
 

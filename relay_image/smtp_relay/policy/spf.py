@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
-import spf  # type: ignore[import-untyped]
+import spf
 
 from smtp_relay.admission import Action, Verdict, defer, reject
 from smtp_relay.policy.util import reply_text

@@ -31,6 +31,8 @@ from smtp_relay.admission import Action, Admission, Facts, Verdict
 from smtp_relay.config import RelayConfig
 from smtp_relay.envelope import Envelope
 from smtp_relay.metrics import RelayMetrics
+from smtp_relay.policy.engine import PolicyEngine
+from smtp_relay.policy.headers import prepend_headers
 from smtp_relay.smtp import auth
 from smtp_relay.smtp.address import AddressError, parse_path
 from smtp_relay.smtp.data_reader import CHUNK_SIZE, DataProblem, read_data, take_buffered
@@ -128,6 +130,7 @@ class RelaySession(SMTP):
         self._errors = 0
         self._auth_failures = 0
         self._closing = False
+        self._policy_connected = False
         self._reset_transaction()
 
     # --- state ---------------------------------------------------------------------------
@@ -212,6 +215,8 @@ class RelaySession(SMTP):
             # Also on cancellation (client EOF): the stream protocol keeps a half-open transport otherwise.
             if self.transport is not None:
                 self.transport.close()
+            if self._policy_connected and self._relay.policy is not None:
+                self._relay.policy.on_disconnect(self._facts())
             self._relay._session_ended(self)
 
     async def _serve(self) -> None:
@@ -227,8 +232,12 @@ class RelaySession(SMTP):
             await self._hang_up("421 4.3.2 Service shutting down")
             return
         decision = self._setup.admission.on_connect(self._facts())
-        if decision.verdict.refuses:
-            await self._refuse(decision.verdict, "connect")
+        verdict = decision.verdict
+        if not verdict.refuses and self._relay.policy is not None:
+            verdict = await self._relay.policy.on_connect(self._facts())
+            self._policy_connected = not verdict.refuses
+        if verdict.refuses:
+            await self._refuse(verdict, "connect")
             await self._hang_up(f"421 4.7.0 {self.hostname} closing connection")
             return
         await self.push(f"220 {self.hostname} {self.__ident__}")
@@ -420,6 +429,12 @@ class RelaySession(SMTP):
             await self._error("501 5.5.4 Syntax: AUTH mechanism [initial-response]", "syntax")
             return
         mechanism = words[0].upper()
+        policy = self._relay.policy
+        if policy is not None:
+            throttled = policy.before_auth(self._facts())
+            if throttled.refuses:
+                await self._refuse(throttled, f"AUTH {mechanism}")
+                return
         if mechanism == "PLAIN":
             credentials = await self._auth_plain(words[1] if len(words) > 1 else None)
         elif mechanism == "LOGIN":
@@ -434,12 +449,17 @@ class RelaySession(SMTP):
             self._auth_failures += 1
             self._relay.metrics.rejected.labels(reason="auth_failed").inc()
             log.info("auth failed client=%s mechanism=%s", self._client_ip, mechanism)
-            await self.push("535 5.7.8 Authentication credentials invalid")
+            reply = "535 5.7.8 Authentication credentials invalid"
+            if policy is not None:
+                reply = (await policy.auth_failed(self._facts())).reply  # after the brute-force tarpit
+            await self.push(reply)
             if self._auth_failures >= MAX_AUTH_FAILURES:
                 await self._hang_up("421 4.7.0 Too many failed authentications")
             return
         self.session.authenticated = True
         self.session.auth_data = user  # type: ignore[assignment]  # aiosmtpd types it as None
+        if policy is not None:
+            policy.auth_succeeded(self._facts())
         log.info("auth ok client=%s user=%s", self._client_ip, user)
         await self.push("235 2.7.0 Authentication successful")
 
@@ -513,9 +533,12 @@ class RelaySession(SMTP):
             await self._error("553 5.6.7 Non-ASCII address needs SMTPUTF8", "syntax")
             return
         size = int(size_text) if isinstance(size_text, str) else None
-        decision = self._setup.admission.on_mail(self._facts(mail_from=path.address, declared_size=size))
-        if decision.verdict.refuses:
-            await self._refuse(decision.verdict, f"MAIL from=<{path.address}>")
+        facts = self._facts(mail_from=path.address, declared_size=size)
+        verdict = self._setup.admission.on_mail(facts).verdict
+        if not verdict.refuses and self._relay.policy is not None:
+            verdict = await self._relay.policy.on_mail(facts)
+        if verdict.refuses:
+            await self._refuse(verdict, f"MAIL from=<{path.address}>")
             return
         self._mail_from = path.address
         self._smtputf8 = bool(smtputf8)
@@ -542,9 +565,12 @@ class RelaySession(SMTP):
         if not self._smtputf8 and not path.address.isascii():
             await self._error("553 5.6.7 Non-ASCII address needs SMTPUTF8", "syntax")
             return
-        decision = self._setup.admission.on_rcpt(self._facts(rcpt=path.address))
-        if decision.verdict.refuses:
-            await self._refuse(decision.verdict, f"RCPT to=<{path.address}>")
+        facts = self._facts(rcpt=path.address)
+        verdict = self._setup.admission.on_rcpt(facts).verdict  # relay permission first: never an open relay
+        if not verdict.refuses and self._relay.policy is not None:
+            verdict = await self._relay.policy.on_rcpt(facts)
+        if verdict.refuses:
+            await self._refuse(verdict, f"RCPT to=<{path.address}>")
             return
         self._rcpts.append(path.address)
         await self.push("250 2.1.5 Ok")
@@ -599,6 +625,20 @@ class RelaySession(SMTP):
             helo=self.helo(), auth_user=user, smtputf8=self._smtputf8, body_8bit=self._body_8bit, received_at=now,
         )
         message = trace + content
+        policy = self._relay.policy
+        if policy is not None:
+            decision = await policy.on_data(self._facts(), message, envelope)
+            if decision.verdict.refuses:
+                await self._refuse(decision.verdict, f"DATA size={len(message)}")
+                return
+            if decision.quarantine_reason is not None:
+                held = await policy.quarantine(envelope, message, decision)
+                log.info("quarantined id=%s client=%s from=<%s> reason=%s", held, self._client_ip,
+                         envelope.mail_from, decision.quarantine_reason)
+                await self.push(f"250 2.0.0 Ok: queued as {held}")
+                return
+            if decision.add_headers:
+                message = prepend_headers(message, decision.add_headers)
         # Shielded: a client hanging up mid-commit must not leave a half-written spool entry behind.
         commit = asyncio.ensure_future(self._relay._sink(envelope, message))
         try:
@@ -632,8 +672,11 @@ class RelayServer:
         hostname: str = socket.getfqdn(),
         metrics: RelayMetrics | None = None,
         reuse_port: bool = False,
+        policy: PolicyEngine | None = None,
     ) -> None:
         self.hostname = hostname
+        self.policy = policy
+        """The policy chain (SPF, DNSBL, content checks) asked after the admission checks; reloaded in place."""
         self.metrics = metrics or RelayMetrics()
         self._host = host
         self._sink = sink
