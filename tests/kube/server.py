@@ -24,18 +24,22 @@ import yaml
 
 from tests.kube.emulator import KubeEmulator
 
-T = TypeVar('T')
-TOKEN = 'relayfleet-test-token'
+T = TypeVar("T")
+TOKEN = "relayfleet-test-token"
 
 
-def write_kubeconfig(path: Path, url: str, namespace: str = 'default') -> None:
+def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> None:
     """A plain-http kubeconfig with a bearer token: kubectl, kopf and the kubernetes client all accept it."""
     config = {
-        'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator', 'preferences': {},
-        'clusters': [{'name': 'emulator', 'cluster': {'server': url}}],
-        'users': [{'name': 'emulator', 'user': {'token': TOKEN}}],
-        'contexts': [{'name': 'emulator', 'context': {'cluster': 'emulator', 'user': 'emulator',
-                                                      'namespace': namespace}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "emulator",
+        "preferences": {},
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "emulator", "user": {"token": TOKEN}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
+        ],
     }
     path.write_text(yaml.safe_dump(config))
 
@@ -46,10 +50,10 @@ async def start(emulator: KubeEmulator, port: int = 0) -> tuple[aiohttp.web.Serv
     server = aiohttp.web.Server(emulator, handler_cancellation=True)
     runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
-    site = aiohttp.web.TCPSite(runner, '127.0.0.1', port)
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     sockets = runner.addresses
-    return runner, f'http://127.0.0.1:{sockets[0][1]}'
+    return runner, f"http://127.0.0.1:{sockets[0][1]}"
 
 
 async def stop(emulator: KubeEmulator, runner: aiohttp.web.ServerRunner) -> None:
@@ -66,18 +70,18 @@ class ThreadedServer:
     def __init__(self, emulator: KubeEmulator | None = None, port: int = 0) -> None:
         self.emulator = emulator or KubeEmulator()
         self.port = port
-        self.url = ''
+        self.url = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name='kube-emulator', daemon=True)
+        self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
         self._ready.wait(timeout=30)
         if self._error is not None or not self.url:
-            raise RuntimeError('the Kubernetes API emulator did not start') from self._error
+            raise RuntimeError("the Kubernetes API emulator did not start") from self._error
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,6 +98,7 @@ class ThreadedServer:
                 future.set_result(fn())
             except BaseException as e:
                 future.set_exception(e)
+
         self._loop.call_soon_threadsafe(runner)
         return future.result(timeout=30)
 
@@ -121,17 +126,17 @@ class ThreadedServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m tests.kube.server', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--port', type=int, default=0, help='TCP port on 127.0.0.1 (0: any free port)')
-    parser.add_argument('--kubeconfig', type=Path, help='write a kubeconfig pointing at the server here')
-    parser.add_argument('--crd', type=Path, action='append', default=[], help='CRD manifest(s) to register')
+    parser = argparse.ArgumentParser(prog="python -m tests.kube.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig pointing at the server here")
+    parser.add_argument("--crd", type=Path, action="append", default=[], help="CRD manifest(s) to register")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         emulator = KubeEmulator()
         for path in args.crd:
             for doc in yaml.safe_load_all(path.read_text()):
-                if isinstance(doc, dict) and doc.get('kind') == 'CustomResourceDefinition':
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                     emulator.register_crd(doc)
         runner, url = await start(emulator, args.port)
         if args.kubeconfig:
@@ -150,5 +155,5 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from kmock import KubernetesError
 from tests.kube.emulator import KubeEmulator
 from tests.kube.server import TOKEN, ThreadedServer, write_kubeconfig
 
-KUBECTL = '/usr/bin/kubectl'
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 
 
 @dataclass
@@ -46,7 +47,8 @@ class KubeApi:
 
     def live(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The stored object (e.g. ``live('v1/configmaps', 'default', 'x')``), or None if absent/deleted."""
-        return self._call(lambda: self.emulator.live(resource, namespace, name))
+        found: dict[str, Any] | None = self._call(lambda: self.emulator.live(resource, namespace, name))
+        return found
 
     def _call(self, fn: Any) -> Any:
         return self.server.call(fn) if self.server is not None else fn()
@@ -59,20 +61,24 @@ def kube_api(tmp_path: Path) -> Iterator[KubeApi]:
     Fails the test if the emulator itself crashed on a request (an API error such as 404 is not a crash).
     """
     with ThreadedServer() as server:
-        kubeconfig = tmp_path / 'kubeconfig'
+        kubeconfig = tmp_path / "kubeconfig"
         write_kubeconfig(kubeconfig, server.url)
         yield KubeApi(url=server.url, kubeconfig=kubeconfig, emulator=server.emulator, server=server)
         crashes = server.call(lambda: [e for e in server.emulator.errors if not isinstance(e, KubernetesError)])
-    assert not crashes, f'the API emulator crashed on requests: {crashes!r}'
+    assert not crashes, f"the API emulator crashed on requests: {crashes!r}"
 
 
-def kubectl(api: KubeApi, *args: str, check: bool = True, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real kubectl against the emulator; its discovery cache goes next to the kubeconfig."""
-    env = {**os.environ, 'KUBECONFIG': str(api.kubeconfig)}
-    cache = api.kubeconfig.parent / 'kubectl-cache'
-    cmd = [KUBECTL, f'--cache-dir={cache}', *args]
+def kubectl(
+    api: KubeApi, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the emulator (skips when kubectl is absent); its discovery cache goes
+    next to the kubeconfig, so no state is shared between tests or with the user's ~/.kube."""
+    if not os.access(KUBECTL, os.X_OK):
+        pytest.skip("kubectl is not installed")
+    env = {**os.environ, "KUBECONFIG": str(api.kubeconfig)}
+    cache = api.kubeconfig.parent / "kubectl-cache"
+    cmd = [KUBECTL, f"--cache-dir={cache}", *args]
     result = subprocess.run(cmd, env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:
-        raise AssertionError(f'{" ".join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

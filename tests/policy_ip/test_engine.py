@@ -49,7 +49,12 @@ def make_engine(dns_server: DnsServer, registry: CollectorRegistry, tmp_path: Pa
 
     def make(policy: dict[str, Any] | None = None, **kwargs: Any) -> PolicyEngine:
         spec = SmtpRelaySpec.model_validate(
-            {"policy": policy or {}, "dns": {"nameservers": [dns_server.nameserver()]}, **kwargs.pop("spec", {})}
+            {
+                "policy": policy or {},
+                "dns": {"nameservers": [dns_server.nameserver()]},
+                "routing": {"default": {"mx": {}}},  # direct delivery: the relay checks recipient domains itself
+                **kwargs.pop("spec", {}),
+            }
         )
         return PolicyEngine(
             spec, make_resolver(spec.dns), hostname="relay.test", metrics=PolicyMetrics(registry),
@@ -168,6 +173,16 @@ async def test_recipients_at_rcpt(make_engine: EngineFactory, rcpt: str, reply: 
     engine = make_engine()
     verdict = await engine.on_rcpt(facts(mail_from="a@pass.spf.test", rcpt=rcpt))
     assert verdict.reply == (reply or "250 2.0.0 Ok")
+
+
+@pytest.mark.parametrize("route", [{"capture": {}}, {"smarthosts": [{"host": "127.0.0.1"}]}])
+async def test_recipient_domains_are_left_to_the_next_hop_off_mx_routes(
+    make_engine: EngineFactory, route: dict[str, Any]
+) -> None:
+    """A smarthost may know domains public DNS does not; captured mail goes nowhere: no 550 5.1.2 there."""
+    engine = make_engine(spec={"routing": {"default": route}})
+    assert (await engine.on_rcpt(facts(rcpt="bob@nowhere.mail.test"))).code == 250
+    assert (await engine.on_rcpt(facts(rcpt="bob..x@mail.test"))).code == 501  # syntax is still ours
 
 
 async def test_recipient_domains_are_cached(make_engine: EngineFactory, dns_server: DnsServer) -> None:

@@ -41,6 +41,7 @@ from smtp_relay.policy.scanners import ClamdClient, RspamdClient, ScannerError, 
 from smtp_relay.policy.spam_builtin import SpamReport, score_builtin
 from smtp_relay.policy.spf import SpfResult, check_spf, spf_verdict
 from smtp_relay.policy.util import TtlCache, reply_text
+from smtp_relay.router import choose_route
 from smtp_relay.spec import SmtpRelaySpec
 
 log = logging.getLogger(__name__)
@@ -282,14 +283,18 @@ class PolicyEngine:
     # --- RCPT -------------------------------------------------------------------------------------
 
     async def on_rcpt(self, facts: Facts) -> Verdict:
-        """Recipient syntax (501 5.1.3), then whether its domain can receive mail at all (550 5.1.2)."""
+        """Recipient syntax (501 5.1.3), then whether its domain can receive mail at all (550 5.1.2).
+
+        The domain is looked up only for recipients that this relay itself delivers to their MX: a
+        smarthost may know domains public DNS does not (internal ones), and captured mail goes nowhere.
+        """
         rcpt = facts.rcpt or ""
         decided = self._decide("rcpt_syntax", recipient_syntax_verdict(rcpt), facts)
         if decided is not None:
             return decided
         domain = domain_of(rcpt.strip("<>")).rstrip(".")
-        if not domain:
-            return ACCEPT  # "postmaster": no domain to look up
+        if not domain or choose_route(self.spec.routing, facts.mail_from or "", rcpt).kind != "mx":
+            return ACCEPT  # "postmaster" has no domain to look up; other routes decide downstream
         exists = self._domain_cache.get(domain)
         if exists is None:
             exists = await self._bounded(recipient_domain_exists(self.resolver, domain), DNS_TIMEOUT, None)
