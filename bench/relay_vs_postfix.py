@@ -219,7 +219,7 @@ class PostfixTarget:
 def relay_manifest(
     listen_port: int, sink: SmtpSink, policy: Literal["off", "default"], dns_port: int
 ) -> dict[str, object]:
-    """The SmtpRelay under test. policy "off": no spam scoring and no SPF (the bare relay); "default": as shipped."""
+    """The SmtpRelay under test. policy "off": no spam scoring, SPF or attachment checks (the bare relay); "default": as shipped."""
     spec: dict[str, object] = {
         "replicas": 1,
         "listeners": [{"name": "smtp", "port": listen_port}],
@@ -228,7 +228,7 @@ def relay_manifest(
         "dns": {"nameservers": [f"{HOST}:{dns_port}"]},
     }
     if policy == "off":
-        spec["policy"] = {"spam": {"engine": "off"}, "ipAuthority": {"spf": "off"}}
+        spec["policy"] = {"spam": {"engine": "off"}, "ipAuthority": {"spf": "off"}, "attachments": {"enabled": False}}
     return {
         "apiVersion": "relayfleet.io/v1alpha1",
         "kind": "SmtpRelay",

@@ -227,6 +227,8 @@ class VirusSpec(SpecModel):
 class AttachmentsSpec(SpecModel):
     """Attachment (malware) checks."""
 
+    enabled: bool = True
+    """Inspect attachments at all; turn off only where another scanner upstream does this job."""
     block_extensions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,10}$")]] = [
         "exe", "scr", "js", "vbs", "bat", "cmd", "com", "jar", "msi", "ps1",
     ]  # fmt: skip

@@ -210,6 +210,7 @@ class Spool:
         metrics: RelayMetrics | None = None,
         journal_delay: float = 0.2,
         journal_compact_bytes: int = 1024 * 1024,
+        memory_cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
@@ -244,6 +245,10 @@ class Spool:
         self._journal_base = 0
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._last_batch = 0
+        self._cache: dict[str, bytes] = {}
+        """Data of freshly committed messages, so the first delivery attempt needs no disk read."""
+        self._cache_bytes = 0
+        self._cache_limit = max(0, memory_cache_bytes)
 
         # Writer-thread side state (touched only on the executor's single thread).
         self._fd: int | None = None
@@ -317,6 +322,9 @@ class Spool:
 
     async def read(self, message: StoredMessage) -> bytes:
         """The message data, read from its segment."""
+        cached = self._cache.get(message.id)
+        if cached is not None:
+            return cached
         where = self._where.get(message.id)
         if where is None:
             raise SpoolError(f"message {message.id} is not in the spool")
@@ -329,6 +337,8 @@ class Spool:
             return
         done = list(settled)
         message.pending.difference_update(done)
+        if message.pending:
+            self._forget_data(message.id)  # it waits for a retry: let fresh mail have the memory
         self._add_entry(
             {
                 "i": message.id, "s": done, "a": message.attempts, "n": message.next_attempt,
@@ -341,6 +351,7 @@ class Spool:
         if self._messages.pop(message.id, None) is None:
             return
         message.state = QueueState.DONE
+        self._forget_data(message.id)
         where = self._where.pop(message.id, None)
         self._add_entry({"i": message.id, "d": 1})
         if where is None:
@@ -356,6 +367,11 @@ class Spool:
             elif segment.size >= self._idle_rotate_bytes:
                 self._retire_current = True
                 self._mark_housekeeping()
+
+    def _forget_data(self, message_id: str) -> None:
+        data = self._cache.pop(message_id, None)
+        if data is not None:
+            self._cache_bytes -= len(data)
 
     async def flush(self) -> None:
         """Write and sync pending records, journal entries and segment removals now."""
@@ -553,6 +569,9 @@ class Spool:
             self._messages[message.id] = message
             self._where[message.id] = (number, offset, len(pending.data))
             segment.live.add(message.id)
+            if self._cache_bytes + len(pending.data) <= self._cache_limit:
+                self._cache[message.id] = pending.data
+                self._cache_bytes += len(pending.data)
             if not pending.future.done():
                 pending.future.set_result(None)
 

@@ -333,7 +333,8 @@ class PolicyEngine:
                 log.info("policy: %s quarantines client %s: %s", check, facts.client_ip, quarantine_reason)
                 quarantine = quarantine_reason
 
-        finding = await self._cpu(inspect_attachments, data, self.policy.attachments)
+        attachments = self.policy.attachments
+        finding = await self._cpu(inspect_attachments, data, attachments) if attachments.enabled else None
         if finding is not None:
             what = f"{finding.filename} ({finding.reason}: {finding.detail})" if finding.filename else finding.detail
             text = f"Message rejected: blocked attachment {reply_text(what, 200)}"
