@@ -219,7 +219,10 @@ class PostfixTarget:
 def relay_manifest(
     listen_port: int, sink: SmtpSink, policy: Literal["off", "default"], dns_port: int
 ) -> dict[str, object]:
-    """The SmtpRelay under test. policy "off": no spam scoring, SPF or attachment checks (the bare relay); "default": as shipped."""
+    """The SmtpRelay under test.
+
+    policy "off": no spam scoring, SPF or attachment checks (the bare relay); "default": as shipped.
+    """
     spec: dict[str, object] = {
         "replicas": 1,
         "listeners": [{"name": "smtp", "port": listen_port}],
