@@ -1,0 +1,62 @@
+"""The Helm chart lints, renders, and its operator pod follows the Kubernetes security conventions.
+
+Helm 4 is installed into .tools/bin by `make test` (.ci/install-peers.sh).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "relayfleet"
+HELM = str(ROOT / ".tools" / "bin" / "helm") if (ROOT / ".tools" / "bin" / "helm").exists() else shutil.which("helm")
+
+pytestmark = pytest.mark.skipif(HELM is None, reason="helm not installed: run `make peers`")
+
+
+def _helm(*args: str) -> str:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _render(*sets: str) -> list[dict[str, Any]]:
+    args = [arg for value in sets for arg in ("--set", value)]
+    return [doc for doc in yaml.safe_load_all(_helm("template", "rf", str(CHART), "--include-crds", *args)) if doc]
+
+
+def test_chart_lints() -> None:
+    assert "0 chart(s) failed" in _helm("lint", str(CHART))
+
+
+def test_operator_pod_is_non_root_with_read_only_root() -> None:
+    (deployment,) = [d for d in _render() if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    assert security["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] and labels["app.kubernetes.io/instance"] == "rf"
+
+
+def test_chart_ships_the_generated_crds_and_least_privilege_rbac() -> None:
+    docs = _render()
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {"smtprelays.relayfleet.io", "sendingdomains.relayfleet.io"}
+    for path in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / path.name).read_text() == path.read_text()
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    for rule in role["rules"]:
+        assert "*" not in rule.get("verbs", []) and "*" not in rule.get("resources", []), rule
+    secrets = [r for r in role["rules"] if "secrets" in r.get("resources", [])]
+    assert secrets and all("delete" not in r["verbs"] for r in secrets)
