@@ -42,10 +42,19 @@ def replies(transcript: str) -> list[str]:
     return [line.split(" ", 1)[1].strip() for line in transcript.splitlines() if line.startswith(("<-", "<~", "<**"))]
 
 
-def _spec(listen: int, sink_port: int, nameserver: str, policy: dict[str, Any]) -> dict[str, Any]:
+USERS = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "users"}, "stringData": {"partner": "s3cret"}}
+AUTH = ("--auth", "PLAIN", "--auth-user", "partner", "--auth-password", "s3cret")
+"""A partner system that logs in from outside allowedNetworks: SPF applies to it."""
+
+
+def _spec(listen: int, sink_port: int, nameserver: str, policy: dict[str, Any], trusted: bool) -> dict[str, Any]:
     return {
-        "listeners": [{"name": "relay", "port": listen}],
-        "clients": {"allowedNetworks": ["127.0.0.0/8"]},
+        # auth optional and (test only) allowed without TLS, so swaks can log in over plain text
+        "listeners": [{"name": "relay", "port": listen, "auth": "optional", "allowInsecureAuth": True}],
+        "clients": {
+            "allowedNetworks": ["127.0.0.0/8"] if trusted else ["10.0.0.0/8"],
+            "users": {"secretName": "users"},
+        },
         "dns": {"nameservers": [nameserver]},
         "policy": policy,
         "routing": {"default": {"smarthosts": [{"host": "127.0.0.1", "port": sink_port, "tls": "none"}]}},
@@ -59,9 +68,9 @@ def world(relay_factory: Any, smtp_sink_factory: Any, dns_server_factory: Any) -
     sink = smtp_sink_factory()
     dns = dns_server_factory(ZONES)
 
-    def make(policy: dict[str, Any]) -> tuple[Any, Any, int]:
+    def make(policy: dict[str, Any], trusted: bool = True) -> tuple[Any, Any, int]:
         port = free_port()
-        relay = relay_factory(_spec(port, sink.port, dns.nameserver(), policy))
+        relay = relay_factory(_spec(port, sink.port, dns.nameserver(), policy, trusted), USERS)
         return relay, sink, port
 
     return make
@@ -77,10 +86,10 @@ def test_gtube_is_rejected_at_end_of_data(world: Any) -> None:
 
 
 def test_spammy_mail_is_tagged_so_the_recipient_files_it_as_spam(world: Any) -> None:
-    _, sink, port = world({"spam": {"engine": "builtin", "tagAbove": 0.5, "rejectAbove": 50}})
+    _, sink, port = world({"spam": {"engine": "builtin", "tagAbove": 0.5, "rejectAbove": 50}}, trusted=False)
     # No Date and no Message-ID header: the builtin rules score it above 0.5.
     code, transcript = swaks(
-        port, "--from", "a@pass.spf.test", "--to", "b@example.net",
+        port, *AUTH, "--from", "a@pass.spf.test", "--to", "b@example.net",
         "--data", "From: a@pass.spf.test\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n",
     )
     assert code == 0, transcript
@@ -91,14 +100,22 @@ def test_spammy_mail_is_tagged_so_the_recipient_files_it_as_spam(world: Any) -> 
     assert "spf=pass" in arrived["Authentication-Results"]
 
 
-def test_spf_fail_is_refused_at_mail_in_reject_mode(world: Any) -> None:
-    _, sink, port = world({"ipAuthority": {"spf": "reject"}, "spam": {"engine": "off"}})
-    code, transcript = swaks(port, "--from", "a@fail.spf.test", "--to", "b@example.net")
+def test_spf_fail_of_an_authenticated_partner_is_refused_at_mail(world: Any) -> None:
+    _, sink, port = world({"ipAuthority": {"spf": "reject"}, "spam": {"engine": "off"}}, trusted=False)
+    code, transcript = swaks(port, *AUTH, "--from", "a@fail.spf.test", "--to", "b@example.net")
     assert code != 0
     assert any(r.startswith("550 5.7.23") for r in replies(transcript)), transcript
-    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net")
+    code, transcript = swaks(port, *AUTH, "--from", "a@pass.spf.test", "--to", "b@example.net")
     assert code == 0, transcript
     sink.wait_for(1, timeout=15)
+
+
+def test_open_relay_is_refused_even_when_spf_would_pass(world: Any) -> None:
+    _, sink, port = world({"ipAuthority": {"spf": "reject"}}, trusted=False)
+    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net")  # no AUTH
+    assert code != 0
+    assert any(r.startswith("554 5.7.1") for r in replies(transcript)), transcript
+    assert sink.count() == 0
 
 
 def test_dnsbl_listed_client_is_refused_at_connect(world: Any) -> None:

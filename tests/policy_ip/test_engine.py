@@ -143,6 +143,15 @@ async def test_spf_at_mail(
         assert verdict.reply == reply
 
 
+async def test_spf_is_not_asked_for_the_platforms_own_networks(make_engine: EngineFactory) -> None:
+    """allowedNetworks are the authority for internal apps: their pod IPs are in no domain's SPF."""
+    engine = make_engine({"ipAuthority": {"spf": "reject"}}, spec={"clients": {"allowedNetworks": ["127.0.0.0/8"]}})
+    verdict = await engine.on_mail(facts(mail_from="a@fail.spf.test"))
+    assert verdict.action is Action.ACCEPT
+    decision = await engine.on_data(facts(mail_from="a@fail.spf.test"), message(), envelope("a@fail.spf.test"))
+    assert not any(name == "Authentication-Results" and "spf=" in value for name, value in decision.add_headers)
+
+
 async def test_require_verified_domain(make_engine: EngineFactory) -> None:
     engine = make_engine({"ipAuthority": {"spf": "off"}}, spec={"senders": {"requireVerifiedDomain": True}})
     unknown = await engine.on_mail(facts(mail_from="a@pass.spf.test"))

@@ -250,7 +250,7 @@ class PolicyEngine:
             decided = self._decide(check, verdict, facts)
             if decided is not None and decided.refuses:
                 return decided
-        if self.policy.ip_authority.spf == "off":
+        if not self._spf_applies(facts):
             return ACCEPT
         result = await self.spf_result(facts.client_ip, mail_from, facts.helo)
         decided = self._decide("spf", spf_verdict(result, self.policy.ip_authority.spf), facts)
@@ -439,8 +439,18 @@ class PolicyEngine:
         finally:
             self.metrics.scanner_latency.labels(scanner).observe(time.perf_counter() - started)
 
+    def _spf_applies(self, facts: Facts) -> bool:
+        """SPF asks whether the client IP may send for the sender's domain. Clients in allowedNetworks
+        are the platform's own applications, whose pod IPs no domain's SPF lists: the allowedNetworks
+        declaration is their authority, so SPF is checked for everyone else (authenticated users)."""
+        return (
+            self.policy.ip_authority.spf != "off"
+            and bool(facts.client_ip)
+            and not ip_in(facts.client_ip, self.trusted)
+        )
+
     async def _spf_for_headers(self, facts: Facts, envelope: Envelope) -> SpfResult | None:
-        if self.policy.ip_authority.spf == "off" or not facts.client_ip:
+        if not self._spf_applies(facts):
             return None
         return await self.spf_result(facts.client_ip, envelope.mail_from, facts.helo)
 
