@@ -245,3 +245,31 @@ def test_reload_on_manifest_change_keeps_queue(relay_factory: Any, smtp_sink_fac
     sink.start()
     sink.wait_for(2, timeout=30)
     assert {"before-reload", "after-reload"} <= {_subject(m.data) for m in sink.messages()}
+
+
+def test_permanent_failure_bounces_once_and_spares_delivered_recipients(
+    relay_factory: Any, smtp_sink_factory: Any
+) -> None:
+    """One recipient's upstream refuses with 5xx: one DSN to the sender, the other recipient is not resent."""
+    good = smtp_sink_factory()
+    refusing = smtp_sink_factory(hard_reject=["RCPT"])
+    port = free_port()
+    spec = _smarthost_spec(port, good.port)
+    spec["routing"]["routes"] = [
+        {"match": {"recipientDomains": ["bad.example"]},
+         "smarthosts": [{"host": "127.0.0.1", "port": refusing.port, "tls": "none"}]},
+    ]
+    relay_factory(spec)
+    _send(port, "bounce-me", rcpts=["ok@good.example", "nobody@bad.example"])
+    good.wait_for(2, timeout=20)
+    time.sleep(2.5)  # past one retry interval: nothing may be sent again
+    messages = good.messages()
+    originals = [m for m in messages if _subject(m.data) == "bounce-me"]
+    bounces = [m for m in messages if m.sender == ""]
+    assert len(originals) == 1 and originals[0].recipients == ("ok@good.example",)
+    assert len(bounces) == 1 and bounces[0].recipients == ("app@example.com",)
+    report = bounces[0].email()
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    assert b"Final-Recipient: rfc822; nobody@bad.example" in bounces[0].data
+    assert b"Action: failed" in bounces[0].data
