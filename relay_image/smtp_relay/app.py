@@ -60,6 +60,14 @@ class RelayOptions:
     """How often the manifest and mounted Secrets are checked for changes."""
     reuse_port: bool = False
     """Bind listeners with SO_REUSEPORT, so several relay processes can share a port."""
+    http_host: str | None = None
+    """Address of the HTTP side; default `host` (a supervised worker serves it on loopback only)."""
+    shared_dir: Path | None = None
+    """Folder of the quarantine and the capture Maildirs; default `spool_dir` (workers share their parent's)."""
+    listen: bool = True
+    """False: deliver-only, no SMTP listener; the process exits 0 once its spool is empty."""
+    port_file: Path | None = None
+    """Where to write the real HTTP port once started (the supervisor reads it)."""
 
 
 class Relay:
@@ -74,10 +82,9 @@ class Relay:
         self._fingerprint = source.fingerprint()
         self.spool = Spool(options.spool_dir / "queue", metrics=self.metrics)
         resolver = make_resolver(self.config.spec.dns)  # the one resolver of every lookup (MX, SPF, DNSBL)
-        self.deliverer = Deliverer(
-            self.config, resolver, options.spool_dir, hostname=self.hostname, metrics=self.metrics
-        )
-        self.quarantine = QuarantineStore(options.spool_dir / "quarantine")
+        shared_dir = options.shared_dir or options.spool_dir
+        self.deliverer = Deliverer(self.config, resolver, shared_dir, hostname=self.hostname, metrics=self.metrics)
+        self.quarantine = QuarantineStore(shared_dir / "quarantine")
         self.policy = PolicyEngine(
             self.config, resolver, hostname=self.hostname, metrics=PolicyMetrics(self.metrics.registry),
             quarantine=self.quarantine, scanners=Scanners.from_spec(self.config.spec),
@@ -91,7 +98,8 @@ class Relay:
             metrics=self.metrics, reuse_port=options.reuse_port, policy=self.policy,
         )
         self.admin = AdminServer(
-            self.metrics, self.status, self.start_drain, host=options.host, port=options.http_port,
+            self.metrics, self.status, self.start_drain, host=options.http_host or options.host,
+            port=options.http_port,
             extra_routes=lambda app: add_quarantine_routes(app, self.quarantine, self.accept),
         )
         self._ready = False
@@ -130,11 +138,18 @@ class Relay:
         if recovered:
             log.info("recovered %d message(s) from the spool", len(recovered))
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
-        await self.server.start()
+        if self.options.listen:
+            await self.server.start()
+        else:
+            self._tasks.append(asyncio.create_task(self._stop_when_empty(), name="stop-when-empty"))
         await self.admin.start()
         self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
         self._ready = True
-        ports = ", ".join(f"{name}={port}" for name, port in self.server.bound_ports().items())
+        if self.options.port_file is not None:
+            tmp = self.options.port_file.with_name(self.options.port_file.name + ".tmp")
+            tmp.write_text(f"{self.admin.port}\n")
+            tmp.replace(self.options.port_file)
+        ports = ", ".join(f"{name}={port}" for name, port in self.server.bound_ports().items()) or "deliver-only"
         log.info("relay %s/%s serving on %s (%s), http on %s", self.config.namespace, self.config.name,
                  self.options.host, ports, self.admin.port)
 
@@ -156,6 +171,15 @@ class Relay:
         await self.policy.update(config)
         log.info("config reloaded")
         return True
+
+    async def _stop_when_empty(self) -> None:
+        """Deliver-only mode: stop once everything recovered from the spool is delivered or bounced."""
+        while True:  # the scheduler has no "empty" event; its stats are cheap
+            if not self.scheduler.stats().total:
+                break
+            await asyncio.sleep(0.5)
+        log.info("deliver-only: spool %s is empty", self.options.spool_dir)
+        self.request_stop()
 
     async def _watch_config(self) -> None:
         while True:

@@ -1,5 +1,8 @@
 """`smtp-relay`: run one relay from an SmtpRelay manifest, or only check a manifest.
 
+`run --workers N` (N > 1) makes this process a supervisor of N relay processes sharing the SMTP ports
+(see `smtp_relay.supervisor`); the flags hidden from `--help` are how it starts them.
+
 Exit codes: 0 clean stop, 2 manifest refused (every problem printed with its field path), 1 other
 start-up failure (for example a port already in use).
 """
@@ -8,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -42,7 +48,34 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds to keep delivering after SIGTERM (default 300)")
     run.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (several processes, one port)")
     run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "INFO"))
+    run.add_argument("--workers", type=_positive, default=os.environ.get("RELAY_WORKERS", "1"),
+                     help="relay processes sharing the SMTP ports under one supervisor (default 1: no supervisor)")
+    # Internal: how the supervisor starts its workers (see smtp_relay.supervisor).
+    hidden = argparse.SUPPRESS
+    run.add_argument("--worker-index", default=None, help=hidden)
+    run.add_argument("--parent-pid", type=int, default=None, help=hidden)
+    run.add_argument("--http-host", default=None, help=hidden)
+    run.add_argument("--port-file", type=Path, default=None, help=hidden)
+    run.add_argument("--shared-dir", type=Path, default=None, help=hidden)
+    run.add_argument("--no-listen", action="store_true", help=hidden)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive its supervisor (best effort, Linux): SIGKILL frees its spool lock and
+    ports at once for the next supervisor; everything it acknowledged is already on disk."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the supervisor died before the prctl
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,23 +90,57 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.file}: SmtpRelay {config.namespace}/{config.name} is valid")
         return 0
 
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
+    tag = "" if args.worker_index is None else f"[worker {args.worker_index}] "
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
+        stream=sys.stderr,
     )
+    if args.worker_index is None:
+        from smtp_relay.supervisor import needs_supervisor
+
+        if needs_supervisor(args.spool, args.workers):
+            return _supervise(args, source)
+
     from smtp_relay.app import Relay, RelayOptions  # imported late: `check` needs none of the I/O stack
 
     options = RelayOptions(
         spool_dir=args.spool, host=args.host, http_port=args.http_port, hostname=args.hostname,
-        grace=args.grace, reuse_port=args.reuse_port,
+        grace=args.grace, reuse_port=args.reuse_port, http_host=args.http_host, shared_dir=args.shared_dir,
+        listen=not args.no_listen, port_file=args.port_file,
     )
     try:
         relay = Relay(source, options)
     except ManifestError as exc:
         print(f"{args.file}: refused:\n{exc}", file=sys.stderr)
         return EXIT_BAD_MANIFEST
-    _print_where_to_look(relay.config.spec, options.spool_dir)
+    if args.worker_index is None:
+        _print_where_to_look(relay.config.spec, options.spool_dir)
     try:
         return _run(relay.run_until_stopped())
+    except OSError as exc:
+        logging.getLogger("smtp_relay").error("cannot start: %s", exc)
+        return 1
+
+
+def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
+    """`--workers N`: check the manifest here (exit 2 before any process or spool exists), then supervise."""
+    from smtp_relay.supervisor import Supervisor, SupervisorOptions
+
+    try:
+        config = source.load()
+    except ManifestError as exc:
+        print(f"{args.file}: refused:\n{exc}", file=sys.stderr)
+        return EXIT_BAD_MANIFEST
+    _print_where_to_look(config.spec, args.spool)
+    options = SupervisorOptions(
+        manifest=args.file, secrets_dir=args.secrets_dir, spool_dir=args.spool, workers=args.workers,
+        host=args.host, http_port=args.http_port, hostname=args.hostname, grace=args.grace,
+        log_level=args.log_level,
+    )
+    try:
+        return _run(Supervisor(options).run())
     except OSError as exc:
         logging.getLogger("smtp_relay").error("cannot start: %s", exc)
         return 1
@@ -93,3 +160,7 @@ def _print_where_to_look(spec: SmtpRelaySpec, spool_dir: Path) -> None:
     folders = {d.capture.folder for d in [spec.routing.default, *spec.routing.routes] if d.capture is not None}
     for folder in sorted(folders):
         print(f"captured mail goes to {spool_dir / folder}/new (spam-tagged: .Junk/new)", file=sys.stderr)
+
+
+if __name__ == "__main__":  # how the supervisor starts its workers: `python -m smtp_relay.cli run ...`
+    sys.exit(main())
