@@ -40,7 +40,7 @@ async def _login_info(**kwargs: Any) -> Any:
     if _login_override is not None:
         info = _login_override(**kwargs)
         return await info if isinstance(info, Awaitable) else info
-    return kopf.login_via_client(**kwargs)  # kubeconfig, exec plugins, or the in-cluster service account
+    return kopf.login_via_client(**{"settings": kopf.OperatorSettings(), **kwargs})  # kubeconfig or in-cluster
 
 
 async def _client() -> Kube:

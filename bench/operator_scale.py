@@ -1,0 +1,562 @@
+"""The operator at scale: N SmtpRelays against the Kubernetes API emulator, the operator in its own process.
+
+    python -m bench.operator_scale [--count 1000] [--concurrency 16] [--rate R] [--idle 60] [--quick]
+
+Three processes: the API emulator (tests/kube/emulator.py behind a request-counting wrapper), the real
+`relayfleet-operator --standalone --all-namespaces` with KUBECONFIG pointing at it, and this benchmark,
+which creates the SmtpRelays over HTTP and watches the children appear. Reported: time from create to
+all five children present (p50/p95), operator API requests per SmtpRelay, operator CPU while idle
+afterwards, and the operator's peak RSS. See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiohttp.web
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CRDS = [ROOT / "crds" / "smtprelays.relayfleet.io.yaml", ROOT / "crds" / "sendingdomains.relayfleet.io.yaml"]
+BENCH_AGENT = "relayfleet-bench"
+"""User-Agent of this benchmark's own requests: the emulator counts every other request as the operator's."""
+STATS_PATH = "/_bench/stats"
+NAMESPACE = "default"
+SELECTOR = "app.kubernetes.io/managed-by=relayfleet-operator"
+CHILD_RESOURCES = {  # plural -> API path prefix (cluster-wide, for the watches)
+    "configmaps": "/api/v1",
+    "services": "/api/v1",
+    "statefulsets": "/apis/apps/v1",
+    "poddisruptionbudgets": "/apis/policy/v1",
+}
+RELAYS = "/apis/relayfleet.io/v1alpha1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_P50_MS = 300.0
+TARGET_IDLE_PCT = 5.0
+TARGET_RSS_MB = 300.0
+
+
+class BenchError(RuntimeError):
+    """A run that cannot be measured (a process did not start, or children never appeared)."""
+
+
+def children_of(name: str) -> list[tuple[str, str]]:
+    """(plural, name) of the five children the operator renders (operator/relay_operator/render/)."""
+    return [
+        ("configmaps", f"{name}-config"),
+        ("services", f"{name}-pods"),
+        ("services", name),
+        ("statefulsets", name),
+        ("poddisruptionbudgets", name),
+    ]
+
+
+def relay_body(name: str) -> dict[str, Any]:
+    """A small valid SmtpRelay without Secret references (so the operator reads no Secrets)."""
+    return {
+        "apiVersion": "relayfleet.io/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 2,
+            "listeners": [{"name": "relay", "port": 2525}],
+            "clients": {"allowedNetworks": ["10.0.0.0/8"]},
+            "routing": {"default": {"smarthosts": [{"host": "smtp.upstream.example", "port": 587}]}},
+        },
+    }
+
+
+# --- the emulator process: `python -m bench.operator_scale --serve-emulator KUBECONFIG` ---------------------
+
+
+class RequestCounter:
+    """Counts the operator's requests by verb and resource; this benchmark's own are not counted."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_kind: collections.Counter[str] = collections.Counter()
+        self.last = 0.0
+
+    def count(self, request: aiohttp.web.BaseRequest) -> None:
+        from tests.kube.emulator import parse_route
+
+        route = parse_route(request.path.rstrip("/"))
+        watch = request.query.get("watch") in ("true", "1")
+        if route is None or route.resource.plural is None:
+            what = "discovery"
+        else:
+            what = f"{request.method} {route.resource.plural}{'/' + route.sub if route.sub else ''}"
+            what += " (watch)" if watch else ""
+        self.total += 1
+        self.by_kind[what] += 1
+        self.last = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"total": self.total, "by_kind": dict(self.by_kind), "last": self.last, "now": time.monotonic()}
+
+
+async def serve_emulator(kubeconfig: Path) -> None:
+    """tests.kube.server's standalone mode, plus the request counter and its stats URL."""
+    from tests.kube.emulator import KubeEmulator
+    from tests.kube.server import stop, write_kubeconfig
+
+    emulator = KubeEmulator()
+    for path in CRDS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                emulator.register_crd(doc)
+    counter = RequestCounter()
+
+    async def handler(request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if request.path == STATS_PATH:
+            return aiohttp.web.json_response(counter.snapshot())
+        if request.headers.get("User-Agent") != BENCH_AGENT:
+            counter.count(request)
+        return await emulator(request)
+
+    await emulator.__aenter__()
+    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(handler, handler_cancellation=True), shutdown_timeout=1.0)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    write_kubeconfig(kubeconfig, url)
+    print(url, flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await stop(emulator, runner)
+
+
+# --- /proc accounting ---------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (the operator and the emulator do not fork)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the kernel's own peak RSS, so no sampling can miss a spike) in KiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    count: int
+    concurrency: int
+    rate: float | None
+    idle: float
+    timeout: float
+    settle_max: float
+    keep: bool
+
+
+@dataclass
+class Progress:
+    """What the watches have seen: first appearance of each child, and when each relay became complete."""
+
+    names: list[str]
+    seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    created: dict[str, float] = field(default_factory=dict)
+    create_rtt: dict[str, float] = field(default_factory=dict)
+    done: dict[str, float] = field(default_factory=dict)
+    all_done: asyncio.Event = field(default_factory=asyncio.Event)
+    expired: int = 0
+
+    def __post_init__(self) -> None:
+        self._owner = {child: name for name in self.names for child in children_of(name)}
+        self._missing = {name: len(children_of(name)) for name in self.names}
+
+    def saw(self, plural: str, name: str, at: float) -> None:
+        key = (plural, name)
+        if key in self.seen:
+            return
+        self.seen[key] = at
+        owner = self._owner.get(key)
+        if owner is None:
+            return
+        self._missing[owner] -= 1
+        if self._missing[owner] == 0:
+            self.done[owner] = at
+            if len(self.done) == len(self.names):
+                self.all_done.set()
+
+
+class Bench:
+    def __init__(self, settings: Settings, url: str, token: str) -> None:
+        self.settings = settings
+        self.url = url
+        self.headers = {"User-Agent": BENCH_AGENT, "Authorization": f"Bearer {token}"}
+
+    async def stats(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        async with session.get(self.url + STATS_PATH) as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def watch(
+        self, session: aiohttp.ClientSession, plural: str, progress: Progress, ready: asyncio.Event
+    ) -> None:
+        """Follow one child resource cluster-wide; reconnect from the last resourceVersion, relist on 410."""
+        rv = "0"
+        while True:
+            params = {"watch": "true", "labelSelector": SELECTOR, "resourceVersion": rv, "timeoutSeconds": "3600"}
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+            async with session.get(
+                f"{self.url}{CHILD_RESOURCES[plural]}/{plural}", params=params, timeout=timeout
+            ) as response:
+                response.raise_for_status()
+                ready.set()
+                while line := await response.content.readline():
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        progress.expired += 1
+                        rv = "0"  # compacted history: start over with a list-then-watch
+                        break
+                    meta = obj.get("metadata") or {}
+                    rv = str(meta.get("resourceVersion") or rv)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        progress.saw(plural, str(meta.get("name")), time.monotonic())
+
+    async def create_all(self, session: aiohttp.ClientSession, progress: Progress) -> None:
+        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        for item in enumerate(progress.names):
+            queue.put_nowait(item)
+        start = time.monotonic()
+
+        async def worker() -> None:
+            while not queue.empty():
+                index, name = queue.get_nowait()
+                if self.settings.rate:
+                    await asyncio.sleep(max(0.0, start + index / self.settings.rate - time.monotonic()))
+                sent = time.monotonic()
+                async with session.post(
+                    f"{self.url}{RELAYS}/namespaces/{NAMESPACE}/smtprelays", json=relay_body(name)
+                ) as response:
+                    if response.status != 201:
+                        raise BenchError(f"create {name}: {response.status} {await response.text()}")
+                    await response.read()
+                progress.created[name] = time.monotonic()
+                progress.create_rtt[name] = progress.created[name] - sent
+
+        await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
+
+    async def settle(self, session: aiohttp.ClientSession, quiet: float = 1.0) -> float:
+        """Wait until the operator has sent nothing for `quiet` seconds (at most settle_max); return the wait."""
+        start = time.monotonic()
+        while time.monotonic() - start < self.settings.settle_max:
+            snap = await self.stats(session)
+            if snap["now"] - snap["last"] >= quiet:
+                break
+            await asyncio.sleep(0.2)
+        return time.monotonic() - start
+
+    async def wait_operator_ready(self, session: aiohttp.ClientSession, pid: int, deadline: float) -> None:
+        """Ready once the operator watches SmtpRelays and StatefulSets."""
+        wanted = {"GET smtprelays (watch)", "GET statefulsets (watch)"}
+        while time.monotonic() < deadline:
+            if not os.path.exists(f"/proc/{pid}"):  # noqa: ASYNC240 - a cheap /proc lookup
+                raise BenchError("the operator exited during start-up")
+            if wanted <= set((await self.stats(session))["by_kind"]):
+                return
+            await asyncio.sleep(0.1)
+        raise BenchError("the operator did not start watching within the start-up timeout")
+
+    async def run(self, operator_pid: int, emulator_pid: int) -> Result:
+        s = self.settings
+        names = [f"bench-{i:05d}" for i in range(s.count)]
+        progress = Progress(names)
+        connector = aiohttp.TCPConnector(limit=s.concurrency + len(CHILD_RESOURCES) + 4)
+        async with aiohttp.ClientSession(headers=self.headers, connector=connector) as session:
+            await self.wait_operator_ready(session, operator_pid, time.monotonic() + 30)
+            readies = [asyncio.Event() for _ in CHILD_RESOURCES]
+            watches = [
+                asyncio.create_task(self.watch(session, plural, progress, ready))
+                for plural, ready in zip(CHILD_RESOURCES, readies, strict=True)
+            ]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
+                await asyncio.sleep(0.5)  # let start-up traffic (discovery, initial lists) finish
+                result = Result(settings=s, rss_start_kib=memory_kib(operator_pid).get("VmRSS", 0))
+                before = await self.stats(session)
+                cpu0, ecpu0, t0 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
+                creating = asyncio.create_task(self.create_all(session, progress))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(progress.all_done.wait()), s.timeout)
+                if not creating.done():
+                    creating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await creating
+                result.create_seconds = max(progress.created.values(), default=t0) - t0
+                result.all_children_seconds = time.monotonic() - t0
+                result.settle_seconds = await self.settle(session)
+                after = await self.stats(session)
+                result.busy_cpu = cpu_seconds(operator_pid) - cpu0
+                result.busy_emulator_cpu = cpu_seconds(emulator_pid) - ecpu0
+                result.busy_wall = time.monotonic() - t0
+                result.requests = after["total"] - before["total"]
+                result.by_kind = collections.Counter(after["by_kind"])
+                result.by_kind.subtract(before["by_kind"])
+
+                cpu1, ecpu1, t1 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
+                await asyncio.sleep(s.idle)
+                cpu2, ecpu2, t2 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
+                idle_stats = await self.stats(session)
+                result.idle_pct = 100 * (cpu2 - cpu1) / (t2 - t1)
+                result.idle_emulator_pct = 100 * (ecpu2 - ecpu1) / (t2 - t1)
+                result.idle_requests = idle_stats["total"] - after["total"]
+                result.idle_wall = t2 - t1
+                memory = memory_kib(operator_pid)
+                result.rss_peak_kib, result.rss_end_kib = memory.get("VmHWM", 0), memory.get("VmRSS", 0)
+                result.emulator_rss_peak_kib = memory_kib(emulator_pid).get("VmHWM", 0)
+            finally:
+                for task in watches:
+                    task.cancel()
+                await asyncio.gather(*watches, return_exceptions=True)
+        result.latencies = sorted(
+            progress.done[n] - progress.created[n] for n in progress.done if n in progress.created
+        )
+        result.create_rtts = sorted(progress.create_rtt.values())
+        result.created = len(progress.created)
+        result.complete = len(progress.done)
+        result.expired = progress.expired
+        return result
+
+
+@dataclass
+class Result:
+    settings: Settings
+    rss_start_kib: int = 0
+    latencies: list[float] = field(default_factory=list)
+    create_rtts: list[float] = field(default_factory=list)
+    created: int = 0
+    complete: int = 0
+    expired: int = 0
+    create_seconds: float = 0.0
+    all_children_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    busy_cpu: float = 0.0
+    busy_emulator_cpu: float = 0.0
+    busy_wall: float = 0.0
+    requests: int = 0
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
+    idle_pct: float = 0.0
+    idle_emulator_pct: float = 0.0
+    idle_requests: int = 0
+    idle_wall: float = 0.0
+    rss_peak_kib: int = 0
+    rss_end_kib: int = 0
+    emulator_rss_peak_kib: int = 0
+    operator_errors: int = 0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of sorted values; NaN when empty."""
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
+
+
+def report(r: Result) -> str:
+    s = r.settings
+    n = max(1, r.created)
+    p50, p95 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 95) * 1000
+    rss_mb = r.rss_peak_kib / 1024
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    rows = [
+        ("create -> all 5 children, p50", f"{p50:.0f} ms", f"< {TARGET_P50_MS:.0f} ms", verdict(p50 < TARGET_P50_MS)),
+        ("create -> all 5 children, p95", f"{p95:.0f} ms", "", ""),
+        ("create -> all 5 children, max", f"{max(r.latencies, default=float('nan')) * 1000:.0f} ms", "", ""),
+        ("operator API requests per SmtpRelay", f"{r.requests / n:.1f}", "", ""),
+        (
+            f"operator CPU idle ({r.idle_wall:.0f} s)",
+            f"{r.idle_pct:.2f} % of a core",
+            f"< {TARGET_IDLE_PCT:.0f} %",
+            verdict(r.idle_pct < TARGET_IDLE_PCT),
+        ),
+        ("operator peak RSS (VmHWM)", f"{rss_mb:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB", verdict(rss_mb < TARGET_RSS_MB)),
+    ]
+    width = max(len(row[0]) for row in rows)
+    lines = [
+        f"operator_scale: {r.created}/{s.count} SmtpRelays created, {r.complete} with all children; "
+        f"concurrency {s.concurrency}" + (f", paced at {s.rate:g}/s" if s.rate else ", unpaced"),
+        "",
+        f"{'metric':<{width}}  {'value':>18}  {'target':>9}  verdict",
+        f"{'-' * width}  {'-' * 18}  {'-' * 9}  -------",
+        *(f"{a:<{width}}  {b:>18}  {c:>9}  {d}".rstrip() for a, b, c, d in rows),
+        "",
+        "details:",
+        f"  creates: {r.created} in {r.create_seconds:.1f} s ({r.created / max(r.create_seconds, 1e-9):.0f}/s), "
+        f"POST round trip p50 {percentile(r.create_rtts, 50) * 1000:.0f} ms, "
+        f"p95 {percentile(r.create_rtts, 95) * 1000:.0f} ms",
+        f"  all children present {r.all_children_seconds:.1f} s after the first create; operator quiet "
+        f"{r.settle_seconds:.1f} s later",
+        f"  operator CPU while creating: {r.busy_cpu:.1f} s over {r.busy_wall:.1f} s "
+        f"({100 * r.busy_cpu / max(r.busy_wall, 1e-9):.0f} % of a core, {1000 * r.busy_cpu / n:.1f} ms per SmtpRelay)",
+        f"  emulator CPU while creating: {r.busy_emulator_cpu:.1f} s "
+        f"({100 * r.busy_emulator_cpu / max(r.busy_wall, 1e-9):.0f} % of a core)",
+        f"  idle window: {r.idle_requests} operator requests ({r.idle_requests / max(r.idle_wall, 1e-9):.1f}/s), "
+        f"emulator {r.idle_emulator_pct:.2f} % of a core",
+        f"  operator RSS: {r.rss_start_kib / 1024:.0f} MB before the creates, "
+        f"{r.rss_end_kib / 1024:.0f} MB at the end; "
+        f"emulator peak {r.emulator_rss_peak_kib / 1024:.0f} MB",
+        f"  operator log: {r.operator_errors} error/traceback lines; bench watches restarted after 410: {r.expired}",
+        "  operator requests per SmtpRelay by kind:",
+    ]
+    for kind, value in sorted(r.by_kind.items(), key=lambda i: -i[1]):
+        if value:
+            lines.append(f"    {value / n:6.2f}  {kind}")
+    return "\n".join(lines)
+
+
+def read_token(kubeconfig: Path) -> str:
+    config = yaml.safe_load(kubeconfig.read_text())
+    return str(config["users"][0]["user"]["token"])
+
+
+def emulator_command(kubeconfig: Path) -> list[str]:
+    return [sys.executable, "-m", "bench.operator_scale", "--serve-emulator", str(kubeconfig)]
+
+
+def operator_command() -> list[str]:
+    script = Path(sys.executable).parent / "relayfleet-operator"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "relay_operator"]
+    return [*base, "--standalone", "--all-namespaces"]
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def count_errors(log: Path) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        text = log.read_text(errors="replace")
+        return sum(1 for line in text.splitlines() if "Traceback" in line or "[ERROR" in line)
+    return 0
+
+
+def run(settings: Settings) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-operator-scale-"))
+    kubeconfig = workdir / "kubeconfig"
+    operator_log = workdir / "operator.log"
+    emulator = subprocess.Popen(
+        emulator_command(kubeconfig),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / "emulator.log", "wb"),  # noqa: SIM115 - the child owns it
+        text=True,
+    )
+    operator: subprocess.Popen[Any] | None = None
+    try:
+        assert emulator.stdout is not None
+        url = emulator.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            raise BenchError(f"the emulator did not start: {(workdir / 'emulator.log').read_text()[-2000:]}")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        with open(operator_log, "wb") as log:
+            operator = subprocess.Popen(operator_command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        bench = Bench(settings, url, read_token(kubeconfig))
+        result = asyncio.run(bench.run(operator.pid, emulator.pid))
+        if operator.poll() is not None:
+            raise BenchError(f"the operator exited ({operator.returncode}); log: {operator_log}")
+        result.operator_errors = count_errors(operator_log)
+        text = report(result)
+        if result.complete < settings.count:
+            raise BenchError(
+                f"{text}\n\nonly {result.complete} of {settings.count} SmtpRelays got all children within "
+                f"{settings.timeout:.0f} s; operator log: {operator_log}"
+            )
+        return text
+    finally:
+        if operator is not None:
+            stop_process(operator)
+        stop_process(emulator)
+        if not settings.keep:
+            for path in workdir.iterdir():
+                path.unlink()
+            workdir.rmdir()
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings | Path:
+    parser = argparse.ArgumentParser(prog="python -m bench.operator_scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=None, help="SmtpRelays to create (default 1000; 50 with --quick)")
+    parser.add_argument("--concurrency", type=int, default=16, help="creates in flight at once (default 16)")
+    parser.add_argument("--rate", type=float, default=None, help="pace the creates at this many per second")
+    parser.add_argument(
+        "--idle", type=float, default=None, help="idle window in seconds (default 60 = one resync interval; 5 quick)"
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="give up on missing children after this long")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 50 relays, 5 s idle window (about 15 s)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (kubeconfig, operator log)")
+    parser.add_argument("--serve-emulator", type=Path, metavar="KUBECONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_emulator:
+        return Path(args.serve_emulator)
+    count = args.count if args.count is not None else (50 if args.quick else 1000)
+    if count < 1 or args.concurrency < 1:
+        parser.error("--count and --concurrency must be at least 1")
+    return Settings(
+        count=count,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        idle=args.idle if args.idle is not None else (5.0 if args.quick else 60.0),
+        timeout=args.timeout if args.timeout is not None else max(60.0, count * 0.5),
+        settle_max=5.0 if args.quick else 30.0,
+        keep=args.keep,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    if isinstance(settings, Path):
+        asyncio.run(serve_emulator(settings))
+        return 0
+    try:
+        print(run(settings))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
