@@ -94,6 +94,24 @@ def _tls_context(verify: bool, ca_pem: bytes | None) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class _SMTP(aiosmtplib.SMTP):
+    """aiosmtplib.SMTP whose close() frees the socket at once, over TLS too.
+
+    aiosmtplib closes the TLS transport, which only starts the TLS shutdown (send close_notify, wait for
+    the server's) and forgets it: the TCP transport underneath stays open until the server answers, or
+    ssl_shutdown_timeout (30 s) later, and if the loop stops first the socket is never closed at all.
+    Every close, ours and aiosmtplib's own (lost connection, timeout, failed connect), comes through
+    here, so aborting the transport after closing it means no path leaves a socket behind. An SMTP
+    client has no use for the TLS goodbye: a session is over at QUIT's reply or on a failure.
+    """
+
+    def close(self) -> None:
+        transport = self.transport
+        super().close()
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()  # closes the TCP transport under a TLS one too; a no-op once it is closed
+
+
 @dataclass
 class _Connection:
     smtp: aiosmtplib.SMTP
@@ -204,6 +222,7 @@ class Deliverer:
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.retire() for pool in pools))
         await asyncio.gather(*self._retiring)
+        await asyncio.sleep(0)  # let the transports just closed release their sockets (one loop pass)
 
     # -- routing ------------------------------------------------------------------------------------
 
@@ -366,17 +385,20 @@ class Deliverer:
         """One connection attempt to one address: TCP, greeting, TLS, EHLO, AUTH."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
+            sock.setblocking(False)
             await asyncio.wait_for(loop.sock_connect(sock, (address, port)), self._timeout)
+            smtp = _SMTP(
+                hostname=name, sock=sock, use_tls=tls == "implicit", start_tls=start_tls,
+                tls_context=context, local_hostname=self._hostname, timeout=self._timeout,
+            )
         except (OSError, TimeoutError) as exc:
             sock.close()
             reason = str(exc) or type(exc).__name__
             raise _HostFailed(Outcome.temporary(0, f"4.4.1 connect to {remote} failed: {reason}", remote)) from None
-        smtp = aiosmtplib.SMTP(
-            hostname=name, sock=sock, use_tls=tls == "implicit", start_tls=start_tls,
-            tls_context=context, local_hostname=self._hostname, timeout=self._timeout,
-        )
+        except BaseException:  # cancelled while connecting: the socket is still ours to close
+            sock.close()
+            raise
         try:
             await smtp.connect()
             if smtp.is_ehlo_or_helo_needed:

@@ -286,3 +286,24 @@ async def test_real_postfix_smtp_sink(local_smtp_sink: SmtpSink, tmp_path: Path)
         assert f"Subject: sink {i}".encode() in dumps
         assert f"X-Rcpt-Args: <s{i}@example.test>".encode() in dumps
     assert b"X-Helo-Args: relay.test" in dumps
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_closing_a_tls_connection_frees_its_socket_at_once(
+    mode: str, upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
+    """Closing must not wait for the server's TLS close_notify: a loop that stops next would leak the socket."""
+    upstream = upstream_factory(tls=mode)
+    d = deliverer({"default": {"smarthosts": [smarthost(upstream.port, tls=mode, verifyTLS=False)]}}, tmp_path)
+    try:
+        outcomes = await d.deliver(message("a@sender.test", "b@example.test"), body(), ["b@example.test"])
+        assert outcomes["b@example.test"].kind is OutcomeKind.DELIVERED
+        [pool] = d._pools.values()
+        [conn] = pool.idle
+        sock = conn.smtp.get_transport_info("socket")
+        assert conn.smtp.get_transport_info("sslcontext") is not None
+        conn.smtp.close()  # as on a failure or a dead pooled connection: no QUIT, the server has not hung up
+        await asyncio.sleep(0)
+        assert sock.fileno() == -1
+    finally:
+        await d.close()
