@@ -108,8 +108,9 @@ RULES: dict[str, list[Rule]] = {
             "!self.listeners.exists(l, has(l.auth) && l.auth != 'none')"
             " || (has(self.clients) && has(self.clients.users))",
             "a listener uses AUTH, so clients.users must name a Secret",
-            lambda node: all(x.get("auth", "none") == "none" for x in _listeners(node))
-            or "users" in node.get("clients", {}),
+            lambda node: (
+                all(x.get("auth", "none") == "none" for x in _listeners(node)) or "users" in node.get("clients", {})
+            ),
         ),
     ],
     "Listener": [
@@ -166,9 +167,7 @@ RULES: dict[str, list[Rule]] = {
 }
 """Cross-field rules (CEL) and the custom pydantic validators JSON schema cannot express."""
 
-RULE_MIRRORS: dict[str, Callable[[Any], bool]] = {
-    rule.cel: rule.mirror for rules in RULES.values() for rule in rules
-}
+RULE_MIRRORS: dict[str, Callable[[Any], bool]] = {rule.cel: rule.mirror for rules in RULES.values() for rule in rules}
 """CEL text -> Python mirror, for the tests' tiny evaluator."""
 
 FIELD_HINTS: dict[str, Schema] = {

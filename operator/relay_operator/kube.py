@@ -205,9 +205,7 @@ class Kube:
                 self.writes += 1
             session = self._open()
             headers = {"Content-Type": content_type} if body is not None else {}
-            async with session.request(
-                method, path, json=body, params=params, headers=headers
-            ) as response:
+            async with session.request(method, path, json=body, params=params, headers=headers) as response:
                 if response.status == 401 and attempt == 1 and self._relogin is not None:
                     self.connection = await self._relogin()  # expired token: log in again, once
                     await self.close()
@@ -260,15 +258,24 @@ class Kube:
             raise
         return True
 
-    async def apply(self, desired: Mapping[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    async def apply(self, desired: Mapping[str, Any], create_first: bool = False) -> tuple[Outcome, dict[str, Any]]:
         """Create `desired`, or patch only the fields of it that differ; no write when none do.
 
         A change in an immutable field (a StatefulSet's volumeClaimTemplates, e.g. when spool storage
         is switched on) recreates the object with orphan propagation: the pods keep running and are
         adopted by the new object, which then rolls them.
+
+        `create_first` (the object most likely does not exist yet, e.g. its owner was just created):
+        POST without a GET first; only a 409 costs the GET and the comparison.
         """
         kind, meta = str(desired["kind"]), desired["metadata"]
         namespace, name = str(meta["namespace"]), str(meta["name"])
+        if create_first:
+            try:
+                return "created", await self.create(desired)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
         observed = await self.get(kind, namespace, name)
         if observed is None:
             return "created", await self.create(desired)

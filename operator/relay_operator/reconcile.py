@@ -8,6 +8,7 @@ rolling pods into a crash loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay_operator.kube import ApiError, Kube, Outcome
-from relay_operator.render import Owner, build_all, service_options
+from relay_operator.render import Manifest, Owner, build_all, service_options
 from relay_operator.render.common import ADMIN_PORT, ADMIN_PORT_NAME, selector_string
 from relay_operator.render.services import ServiceOptionError
 from relay_operator.settings import Settings
@@ -131,6 +132,8 @@ class Result:
     """`Kind/name` -> created, patched, unchanged or recreated."""
     problems: list[Problem] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    status_changed: bool = False
+    """Whether `status` differs from the SmtpRelay's status as it was read."""
 
     @property
     def changed(self) -> list[str]:
@@ -159,17 +162,69 @@ async def write_status(
     problems: Sequence[Problem],
     statefulset: Mapping[str, Any] | None,
     now: datetime | None = None,
-) -> dict[str, Any]:
-    """Compute the status and patch it, unless it would not change."""
+    write: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """Compute the status and patch it (when `write`), unless it would not change; (patch, changed)."""
     current = dict(body.get("status") or {})
     patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems)
-    if status_changed(patch, current):
+    changed = status_changed(patch, current)
+    if changed and write:
         await kube.patch("SmtpRelay", owner.namespace, owner.name, {"status": patch}, subresource="status")
-    return patch
+    return patch, changed
 
 
-async def reconcile(body: Mapping[str, Any], kube: Kube, settings: Settings, events: Recorder) -> Result:
-    """Make the children match the SmtpRelay `body` and report on them."""
+async def _apply_children(
+    kube: Kube, children: Sequence[Manifest], events: Recorder, create_first: bool
+) -> list[tuple[str, Outcome, dict[str, Any]] | None]:
+    """Apply every child concurrently, except that the StatefulSet waits for its ConfigMap (config
+    before pods). Results in the order of `children`; None for a ServiceMonitor without its CRD.
+    Every child is finished (or failed) before the first error is raised."""
+
+    async def apply_one(child: Manifest, after: asyncio.Task[Any] | None) -> tuple[str, Outcome, dict[str, Any]] | None:
+        if after is not None:
+            await after  # the ConfigMap's failure fails the StatefulSet too, reported once (below)
+        key = f"{child['kind']}/{child['metadata']['name']}"
+        try:
+            outcome, applied = await kube.apply(child, create_first=create_first)
+        except ApiError as exc:
+            if child["kind"] == "ServiceMonitor" and exc.status == 404:
+                events.warn("ServiceMonitorUnavailable", "monitoring.coreos.com/v1 is not installed; skipped")
+                return None
+            events.warn("ApplyFailed", f"{key}: {exc.message}")
+            raise
+        return key, outcome, applied
+
+    config: asyncio.Task[Any] | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    for child in children:
+        task = asyncio.ensure_future(apply_one(child, config if child["kind"] == "StatefulSet" else None))
+        if child["kind"] == "ConfigMap":
+            config = task
+        tasks.append(task)
+    results: list[tuple[str, Outcome, dict[str, Any]] | None] = []
+    for item in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(item, BaseException):
+            raise item
+        results.append(item)
+    return results
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    kube: Kube,
+    settings: Settings,
+    events: Recorder,
+    *,
+    fresh: bool = False,
+    write_status_patch: bool = True,
+) -> Result:
+    """Make the children match the SmtpRelay `body` and report on them.
+
+    `fresh`: the SmtpRelay was just created, so its children most likely do not exist: create them
+    without reading first (an existing one costs a 409 and then the usual read and compare).
+    `write_status_patch=False`: leave the status patch in `result.status` (and whether it changes
+    anything in `result.status_changed`) for the caller to write, e.g. with kopf's own patch.
+    """
     owner = Owner.from_body(body)
     result = Result()
     spec, problems = _spec_or_problems(body)
@@ -184,27 +239,25 @@ async def reconcile(body: Mapping[str, Any], kube: Kube, settings: Settings, eve
         if problems[0].reason not in _reported(body):
             events.warn(problems[0].reason, f"{message} (children left as they are)")
         observed = await kube.get("StatefulSet", owner.namespace, owner.name)
-        result.status = await write_status(kube, owner, body, spec, problems, observed)
+        result.status, result.status_changed = await write_status(
+            kube, owner, body, spec, problems, observed, write=write_status_patch
+        )
         return result
 
     assert spec is not None
     statefulset: dict[str, Any] | None = None
-    for child in build_all(owner, spec, settings):
-        key = f"{child['kind']}/{child['metadata']['name']}"
-        try:
-            outcome, applied = await kube.apply(child)
-        except ApiError as exc:
-            if child["kind"] == "ServiceMonitor" and exc.status == 404:
-                events.warn("ServiceMonitorUnavailable", "monitoring.coreos.com/v1 is not installed; skipped")
-                continue
-            events.warn("ApplyFailed", f"{key}: {exc.message}")
-            raise
+    for item in await _apply_children(kube, build_all(owner, spec, settings), events, create_first=fresh):
+        if item is None:
+            continue
+        key, outcome, applied = item
         result.outcomes[key] = outcome
-        if child["kind"] == "StatefulSet":
+        if key.startswith("StatefulSet/"):
             statefulset = applied
         if outcome != "unchanged":
             events.info(outcome.capitalize(), f"{key} {outcome}")
-    result.status = await write_status(kube, owner, body, spec, [], statefulset)
+    result.status, result.status_changed = await write_status(
+        kube, owner, body, spec, [], statefulset, write=write_status_patch
+    )
     return result
 
 
@@ -216,8 +269,11 @@ def _reported(body: Mapping[str, Any]) -> set[str]:
     return set()
 
 
-async def refresh_status(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    """Status only, from a fresh read of the SmtpRelay and its StatefulSet (timers, child events)."""
+async def refresh_status(
+    kube: Kube, namespace: str, name: str, statefulset: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Status only, from a fresh read of the SmtpRelay and its StatefulSet (timers, child events);
+    `statefulset`, when given (a watch event's body), is used instead of reading it."""
     body = await kube.get("SmtpRelay", namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
@@ -227,11 +283,14 @@ async def refresh_status(kube: Kube, namespace: str, name: str) -> dict[str, Any
         problems = [
             Problem(str(c.get("reason")), str(c.get("message")))
             for c in (body.get("status") or {}).get("conditions") or []
-            if c.get("type") == "Degraded" and c.get("status") == "True"
+            if c.get("type") == "Degraded"
+            and c.get("status") == "True"
             and c.get("observedGeneration") == owner.generation
         ]  # keep a Degraded verdict from the last full reconcile until the spec changes
-    statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
-    return await write_status(kube, owner, body, spec, problems, statefulset)
+    if statefulset is None:
+        statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
+    status, _ = await write_status(kube, owner, body, spec, problems, statefulset)
+    return status
 
 
 async def delete_claims(body: Mapping[str, Any], kube: Kube, events: Recorder) -> list[str]:

@@ -142,6 +142,27 @@ async def test_reconcile_creates_children_then_changes_nothing() -> None:
     assert kube.writes == writes, "a rerun must not write anything"
 
 
+async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_the_caller() -> None:
+    kube, events = MemoryKube(), Events()
+    body = await stored_relay(kube, {})
+    kube.log.clear()
+    result = await rec.reconcile(body, kube, Settings(), events, fresh=True, write_status_patch=False)
+    assert sorted(result.outcomes.values()) == ["created"] * 5
+    assert [method for method, _ in kube.log] == ["POST"] * 5, "no GET before the creates, no status PATCH"
+    config = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/configmaps"))
+    sts = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/statefulsets"))
+    assert config < sts, "the ConfigMap is created before the StatefulSet"
+    assert result.status_changed and result.status["phase"] == "Progressing"
+    stored = await kube.get("SmtpRelay", NS, "outbound")
+    assert stored is not None and "status" not in stored
+
+    # Children that exist already (a retried create): 409, then the usual read and compare.
+    kube.log.clear()
+    again = await rec.reconcile(body, kube, Settings(), events, fresh=True)
+    assert set(again.outcomes.values()) == {"unchanged"}
+    assert sorted(method for method, _ in kube.log) == ["GET"] * 5 + ["PATCH"] + ["POST"] * 5
+
+
 async def test_spec_change_patches_only_what_changed_and_keeps_foreign_edits() -> None:
     kube, events = MemoryKube(), Events()
     body = await stored_relay(kube, {})

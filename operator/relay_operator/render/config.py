@@ -14,6 +14,9 @@ from relay_operator.render.common import Manifest, Owner, config_map_name, metad
 from smtp_relay.spec import API_GROUP, API_VERSION, SmtpRelaySpec
 
 CONFIG_KEY = "relay.yaml"
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's emitter when PyYAML has it: ~5x faster than the pure-Python one, the same YAML (it may fold
+long scalars at other places than the Python emitter, so an upgrade can rewrite such ConfigMaps once)."""
 
 
 def relay_document(owner: Owner, spec: SmtpRelaySpec) -> dict[str, Any]:
@@ -28,7 +31,7 @@ def relay_document(owner: Owner, spec: SmtpRelaySpec) -> dict[str, Any]:
 
 def build_configmap(owner: Owner, spec: SmtpRelaySpec) -> Manifest:
     """ConfigMap `<name>-config` with `relay.yaml`."""
-    text = yaml.safe_dump(relay_document(owner, spec), sort_keys=False, width=120)
+    text = yaml.dump(relay_document(owner, spec), Dumper=_DUMPER, sort_keys=False, width=120)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -51,9 +51,7 @@ def service_options(owner: Owner) -> tuple[str, str | None]:
 
 
 def _listener_ports(spec: SmtpRelaySpec) -> list[dict[str, Any]]:
-    return [
-        {"name": lst.name, "port": lst.port, "targetPort": lst.name, "protocol": "TCP"} for lst in spec.listeners
-    ]
+    return [{"name": lst.name, "port": lst.port, "targetPort": lst.name, "protocol": "TCP"} for lst in spec.listeners]
 
 
 def build_service(owner: Owner, spec: SmtpRelaySpec) -> Manifest:
