@@ -204,8 +204,13 @@ class Deliverer:
         for recipient, outcome in outcomes.items():
             if outcome.kind is not OutcomeKind.DELIVERED:
                 log.info(
-                    "%s to=<%s> %s %s %s: %s", message.id, recipient, outcome.kind.value, outcome.remote or "-",
-                    outcome.code, outcome.message,
+                    "%s to=<%s> %s %s %s: %s",
+                    message.id,
+                    recipient,
+                    outcome.kind.value,
+                    outcome.remote or "-",
+                    outcome.code,
+                    outcome.message,
                 )
         return outcomes
 
@@ -389,8 +394,13 @@ class Deliverer:
             sock.setblocking(False)
             await asyncio.wait_for(loop.sock_connect(sock, (address, port)), self._timeout)
             smtp = _SMTP(
-                hostname=name, sock=sock, use_tls=tls == "implicit", start_tls=start_tls,
-                tls_context=context, local_hostname=self._hostname, timeout=self._timeout,
+                hostname=name,
+                sock=sock,
+                use_tls=tls == "implicit",
+                start_tls=start_tls,
+                tls_context=context,
+                local_hostname=self._hostname,
+                timeout=self._timeout,
             )
         except (OSError, TimeoutError) as exc:
             sock.close()
@@ -574,4 +584,3 @@ async def _reset(smtp: aiosmtplib.SMTP) -> None:
     """RSET after a refused transaction so the connection can be reused; a failure just closes it."""
     if not await _probe(smtp):
         smtp.close()
-
