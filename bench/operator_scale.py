@@ -31,6 +31,8 @@ import aiohttp
 import aiohttp.web
 import yaml
 
+from bench.common import BenchError, print_report
+
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = [ROOT / "crds" / "smtprelays.relayfleet.io.yaml", ROOT / "crds" / "sendingdomains.relayfleet.io.yaml"]
 BENCH_AGENT = "relayfleet-bench"
@@ -49,10 +51,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_P50_MS = 300.0
 TARGET_IDLE_PCT = 5.0
 TARGET_RSS_MB = 300.0
-
-
-class BenchError(RuntimeError):
-    """A run that cannot be measured (a process did not start, or children never appeared)."""
 
 
 def children_of(name: str) -> list[tuple[str, str]]:
@@ -113,13 +111,10 @@ class RequestCounter:
 async def serve_emulator(kubeconfig: Path) -> None:
     """tests.kube.server's standalone mode, plus the request counter and its stats URL."""
     from tests.kube.emulator import KubeEmulator
-    from tests.kube.server import stop, write_kubeconfig
+    from tests.kube.server import register_crds, serve_until_signalled
 
     emulator = KubeEmulator()
-    for path in CRDS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                emulator.register_crd(doc)
+    register_crds(emulator, CRDS)
     counter = RequestCounter()
 
     async def handler(request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -129,22 +124,7 @@ async def serve_emulator(kubeconfig: Path) -> None:
             counter.count(request)
         return await emulator(request)
 
-    await emulator.__aenter__()
-    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(handler, handler_cancellation=True), shutdown_timeout=1.0)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    write_kubeconfig(kubeconfig, url)
-    print(url, flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        await stop(emulator, runner)
+    await serve_until_signalled(emulator, 0, kubeconfig, handler)
 
 
 # --- /proc accounting ---------------------------------------------------------------------------------------
@@ -550,12 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(settings, Path):
         asyncio.run(serve_emulator(settings))
         return 0
-    try:
-        print(run(settings))
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return print_report(lambda: run(settings))
 
 
 if __name__ == "__main__":

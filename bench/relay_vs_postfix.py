@@ -37,17 +37,16 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import yaml
+from tests.peers.daemon import HOST, free_port
 from tests.peers.postfix import PostfixInstance, make_workdir, postfix_available
-from tests.peers.smtp_sink import HOST, SmtpSink, free_port, wait_for_banner
+from tests.peers.smtp_sink import SmtpSink, wait_for_banner
+
+from bench.common import BenchError, print_report
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "from@example.com"
 RECIPIENT = "to@example.net"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    """A run that cannot be measured (a target did not start, refused mail, or lost some)."""
 
 
 # --- /proc accounting ------------------------------------------------------------------------------
@@ -601,12 +600,7 @@ def run(settings: Settings) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    try:
-        print(run(settings))
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return print_report(lambda: run(settings))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from smtp_relay.envelope import Envelope
+from smtp_relay.fsutil import write_durably
 
 JUNK_FOLDER = ".Junk"
 _SPAM_FLAG = re.compile(rb"^x-spam-flag:[ \t]*yes\b", re.IGNORECASE | re.MULTILINE)
@@ -57,14 +58,6 @@ def _unique_name() -> str:
     return f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _ensure_maildir(path: Path, subfolder: bool) -> None:
     for part in ("tmp", "new", "cur"):
         (path / part).mkdir(parents=True, exist_ok=True)
@@ -86,19 +79,7 @@ def write_capture(root: Path, folder: str, data: bytes, envelope: Envelope) -> P
         _ensure_maildir(target, subfolder=True)
     newline = b"\r\n" if b"\r\n" in data[:4096] or not data else b"\n"
     name = _unique_name()
-    tmp_path = target / "tmp" / name
     new_path = target / "new" / name
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            handle.write(envelope_headers(envelope, newline))
-            handle.write(data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp_path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp_path, new_path)
-    _fsync_dir(new_path.parent)
+    headers = envelope_headers(envelope, newline)
+    write_durably(new_path, headers, data, tmp=target / "tmp" / name, mode=0o640, exclusive=True)
     return new_path

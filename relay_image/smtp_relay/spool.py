@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from smtp_relay.envelope import Envelope, QueueState, StoredMessage
+from smtp_relay.fsutil import fsync_dir
 from smtp_relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,6 @@ def _write_all(fd: int, buffers: list[bytes]) -> None:
             else:
                 views[0] = head[written:]
                 written = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -617,8 +610,8 @@ class Spool:
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         if created:
-            _fsync_dir(self.root)
-            _fsync_dir(self.root.parent)
+            fsync_dir(self.root)
+            fsync_dir(self.root.parent)
         lock_fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -665,7 +658,7 @@ class Spool:
             else:
                 path.unlink()
         if numbers:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         messages.sort(key=lambda item: item[0].id)
         return _Recovered(messages, segments, (numbers[-1] + 1) if numbers else 1, last_id)
 
@@ -705,7 +698,7 @@ class Spool:
             path = self._segment_path(number)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except OSError:
                 os.close(fd)
                 raise
@@ -742,7 +735,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 self._segment_path(number).unlink()
         if unlinks:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def _housekeep_sync(self, unlinks: list[int], close_current: bool, journal: bytes) -> None:
         try:
@@ -767,7 +760,7 @@ class Spool:
         finally:
             os.close(fd)
         os.replace(tmp, self.root / JOURNAL_NAME)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if self._journal_fd is not None:
             os.close(self._journal_fd)
         self._journal_fd = os.open(

@@ -34,6 +34,7 @@ from smtp_relay.config import Credentials, RelayConfig
 from smtp_relay.envelope import Envelope as RelayEnvelope
 from smtp_relay.envelope import StoredMessage
 from smtp_relay.manifest import parse_spec
+from tests.peers.daemon import free_port
 
 SERVER_NAME = "smarthost.test"
 
@@ -245,9 +246,7 @@ def upstream_factory(delivery_tls: TlsFiles) -> Iterator[UpstreamFactory]:
 
 def closed_port() -> int:
     """A port with nothing listening on it (bound then released, so a connect is refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def relay_config(

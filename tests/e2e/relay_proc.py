@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.peers.daemon import free_port
+
 RELAY_BIN = Path(sys.executable).with_name("smtp-relay")
-
-
-def free_port() -> int:
-    """A port nobody holds right now on 127.0.0.1 (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def relay_manifest(spec: dict[str, Any], *secrets: dict[str, Any], name: str = "test") -> str:

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.relay_proc import free_port, wait_until
+from tests.e2e.relay_proc import wait_until
 from tests.peers.clamd import eicar
+from tests.peers.daemon import free_port
 
 pytestmark = pytest.mark.peers
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.relay_proc import RELAY_BIN, free_port, relay_manifest, wait_until
+from tests.e2e.relay_proc import RELAY_BIN, relay_manifest, wait_until
+from tests.peers.daemon import free_port
 
 pytestmark = pytest.mark.peers
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.relay_proc import RelayProcess, free_port, wait_until
+from tests.e2e.relay_proc import RelayProcess, wait_until
 from tests.e2e.test_relay_process import _send, _smarthost_spec, _subject
+from tests.peers.daemon import free_port
 
 pytestmark = pytest.mark.peers
 

@@ -15,7 +15,7 @@ import concurrent.futures
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,10 +44,26 @@ def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-async def start(emulator: KubeEmulator, port: int = 0) -> tuple[aiohttp.web.ServerRunner, str]:
-    """Listen on 127.0.0.1:port (0 = any free port); return the runner (for cleanup) and the URL."""
+Handler = Callable[[aiohttp.web.BaseRequest], Awaitable[aiohttp.web.StreamResponse]]
+
+
+def register_crds(emulator: KubeEmulator, paths: Iterable[Path]) -> None:
+    """Register every CustomResourceDefinition in the manifests at `paths`."""
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                emulator.register_crd(doc)
+
+
+async def start(
+    emulator: KubeEmulator, port: int = 0, handler: Handler | None = None
+) -> tuple[aiohttp.web.ServerRunner, str]:
+    """Listen on 127.0.0.1:port (0 = any free port); return the runner (for cleanup) and the URL.
+
+    `handler` (default: the emulator) serves the requests, e.g. a wrapper that counts them first.
+    """
     await emulator.__aenter__()  # kmock accumulates handler errors only inside its context
-    server = aiohttp.web.Server(emulator, handler_cancellation=True)
+    server = aiohttp.web.Server(handler or emulator, handler_cancellation=True)
     runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
@@ -61,6 +77,24 @@ async def stop(emulator: KubeEmulator, runner: aiohttp.web.ServerRunner) -> None
     await asyncio.sleep(0)  # let the watch streams see the flag and finish their responses
     await runner.cleanup()
     await emulator.__aexit__(None, None, None)
+
+
+async def serve_until_signalled(
+    emulator: KubeEmulator, port: int = 0, kubeconfig: Path | None = None, handler: Handler | None = None
+) -> None:
+    """Standalone mode: `start`, write `kubeconfig`, print the URL, serve until SIGINT or SIGTERM, `stop`."""
+    runner, url = await start(emulator, port, handler)
+    if kubeconfig:
+        write_kubeconfig(kubeconfig, url)
+    print(url, flush=True)
+    stopped = asyncio.Event()
+    loop: Any = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await stop(emulator, runner)
 
 
 class ThreadedServer:
@@ -134,22 +168,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         emulator = KubeEmulator()
-        for path in args.crd:
-            for doc in yaml.safe_load_all(path.read_text()):
-                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                    emulator.register_crd(doc)
-        runner, url = await start(emulator, args.port)
-        if args.kubeconfig:
-            write_kubeconfig(args.kubeconfig, url)
-        print(url, flush=True)
-        stopped = asyncio.Event()
-        loop: Any = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopped.set)
-        try:
-            await stopped.wait()
-        finally:
-            await stop(emulator, runner)
+        register_crds(emulator, args.crd)
+        await serve_until_signalled(emulator, args.port, args.kubeconfig)
 
     asyncio.run(serve())
     sys.exit(0)

@@ -10,22 +10,22 @@ per session only to keep the suite's process count low.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.peers.daemon import HOST, Daemon, free_port, running, skip_unless_installed, start_retrying, wait_until_ready
+
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
-HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 HASH_SIGNATURE = "Relayfleet.Test.EICAR"
 BODY_SIGNATURE = "Relayfleet.Test.EICAR-Body"
@@ -37,39 +37,12 @@ def eicar() -> bytes:
     return "".join(parts).encode("ascii")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class Clamd:
-    """A running clamd."""
+class Clamd(Daemon):
+    """A running clamd (`address` is what VirusSpec.address takes)."""
 
-    host: str
-    port: int
-    folder: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def address(self) -> str:
-        """host:port, as VirusSpec.address takes it."""
-        return f"{self.host}:{self.port}"
-
-    def log(self) -> str:
-        path = self.folder / "clamd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop clamd (idempotent)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    name = "clamd"
+    log_file = "clamd.log"
 
 
 def write_database(folder: Path) -> None:
@@ -96,17 +69,11 @@ def start_clamd(folder: Path, *, stream_max_length: str = "25M") -> Clamd:
     Retried on a fresh port when clamd exits at once: another process may take the probed port first.
     """
     write_database(folder / "db")
-    error: RuntimeError | None = None
-    for _ in range(3):
-        try:
-            return _start_clamd_once(folder, stream_max_length)
-        except RuntimeError as exc:
-            error = exc
-    raise RuntimeError(f"clamd did not start: {error}")
+    return start_retrying("clamd", lambda: _start_clamd_once(folder, stream_max_length))
 
 
 def _start_clamd_once(folder: Path, stream_max_length: str) -> Clamd:
-    port = _free_port()
+    port = free_port()
     as_root = os.geteuid() == 0
     config = folder / "clamd.conf"
     config.write_text(
@@ -126,47 +93,26 @@ def _start_clamd_once(folder: Path, stream_max_length: str) -> Clamd:
         [CLAMD, "--config-file", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     server = Clamd(HOST, port, folder, process)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _ping(port):
-        if time.monotonic() > deadline:
-            server.stop()
-            raise TimeoutError(f"{HOST}:{port} not ready in {START_TIMEOUT}s: {server.log()[-2000:]}")
-        if process.poll() is not None:
-            raise RuntimeError(f"clamd on {HOST}:{port} (exit {process.returncode}): {server.log()[-2000:]}")
-        time.sleep(0.05)
+    wait_until_ready(server, lambda: _ping(port), START_TIMEOUT, interval=0.05)
     return server
 
 
 @pytest.fixture(scope="session")
 def clamd() -> Iterator[Clamd]:
     """A real clamd (host, port, address) that finds EICAR as Relayfleet.Test.EICAR[-Body].UNOFFICIAL."""
-    if not os.access(CLAMD, os.X_OK):
-        pytest.skip("clamd is not installed (make test installs the Debian peers)")
-    # Not pytest's tmp_path: its 0700 root-owned parents are closed to the clamav user.
-    folder = Path(tempfile.mkdtemp(prefix="relayfleet-clamd-"))
-    server = start_clamd(folder)
-    try:
+    with running(CLAMD, start_clamd) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
 def clamd_factory() -> Iterator[Callable[..., Clamd]]:
     """Start extra clamds with other limits: `clamd_factory(stream_max_length="1K")`; stopped at teardown."""
-    if not os.access(CLAMD, os.X_OK):
-        pytest.skip("clamd is not installed (make test installs the Debian peers)")
-    started: list[Clamd] = []
+    skip_unless_installed(CLAMD)
+    with contextlib.ExitStack() as started:
 
-    def start(*, stream_max_length: str = "25M") -> Clamd:
-        server = start_clamd(Path(tempfile.mkdtemp(prefix="relayfleet-clamd-")), stream_max_length=stream_max_length)
-        started.append(server)
-        return server
+        def start(*, stream_max_length: str = "25M") -> Clamd:
+            return started.enter_context(
+                running(CLAMD, lambda folder: start_clamd(folder, stream_max_length=stream_max_length))
+            )
 
-    try:
         yield start
-    finally:
-        for server in started:
-            server.stop()
-            shutil.rmtree(server.folder, ignore_errors=True)

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
@@ -27,6 +25,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+
+from tests.peers.daemon import Daemon, free_port, start_retrying, wait_until_ready
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 START_TIMEOUT = 10.0
@@ -36,34 +36,25 @@ ZoneSpec = Mapping[str, list[str]]
 
 
 @dataclass
-class DnsServer:
-    """A running NSD instance."""
+class DnsServer(Daemon):
+    """A running NSD instance; `stop` it to test the relay's behaviour with DNS down."""
 
-    host: str
-    port: int
+    name = "nsd"
+    log_file = "nsd.log"
+    stop_timeout = 5.0
+    log_tail = 0  # the whole log
+
     zones: dict[str, list[str]]
-    folder: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
 
     def nameserver(self) -> str:
         """The `host:port` form `DnsSpec.nameservers` takes."""
-        return f"{self.host}:{self.port}"
+        return self.address
 
     def query(self, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message:
         """One raw query (UDP with EDNS, TCP when truncated), for tests that look at the answer itself."""
         request = dns.message.make_query(name, rdtype, use_edns=0, payload=4096)
         reply, _ = dns.query.udp_with_fallback(request, self.host, port=self.port, timeout=timeout)
         return reply
-
-    def stop(self) -> None:
-        """Stop the server (idempotent), e.g. to test the relay's behaviour with DNS down."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def txt_rdata(value: str | bytes) -> str:
@@ -128,21 +119,6 @@ def _zone_text(zone: str, records: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port(host: str) -> int:
-    """A port free for both UDP and TCP (DNS needs both); the kernel picks it."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free UDP+TCP port found")
-
-
 def _write_config(folder: Path, host: str, port: int, zones: ZoneSpec) -> Path:
     zone_blocks = []
     for zone, records in zones.items():
@@ -168,46 +144,37 @@ def _write_config(folder: Path, host: str, port: int, zones: ZoneSpec) -> Path:
     return config
 
 
-def _wait_ready(server: DnsServer) -> None:
-    """Block until the server answers the SOA of every zone authoritatively (NSD loads zones after binding)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = list(server.zones)
+def _serves_all_zones(server: DnsServer, pending: list[str]) -> bool:
+    """True once the server has answered the SOA of every zone in `pending` authoritatively (NSD loads
+    zones after binding); the zones that answered are taken off `pending`."""
     while pending:
-        if server.process.poll() is not None:
-            logfile = server.folder / "nsd.log"
-            log = logfile.read_text(errors="replace") if logfile.exists() else ""
-            raise RuntimeError(f"nsd exited with {server.process.returncode}: {log}")
         try:
             reply = server.query(pending[0].rstrip(".") + ".", "SOA", timeout=0.05)
         except (dns.exception.Timeout, OSError):
-            reply = None
-        if reply is not None and reply.rcode() == dns.rcode.NOERROR and reply.answer:
-            pending.pop(0)
-            continue
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nsd on {server.nameserver()} did not serve {pending[0]} in {START_TIMEOUT}s")
-        time.sleep(0.02)
+            return False
+        if reply.rcode() != dns.rcode.NOERROR or not reply.answer:
+            return False
+        pending.pop(0)
+    return True
 
 
 def start_dns_server(folder: Path, zones: ZoneSpec, host: str = "127.0.0.1") -> DnsServer:
     """Start NSD in the foreground on a free port of `host`, serving `zones`, and wait until it answers."""
     folder.mkdir(parents=True, exist_ok=True)
-    last_error: Exception | None = None
-    for _ in range(3):  # the free port may be taken between the probe and NSD's bind
-        port = _free_port(host)
+
+    def start_once() -> DnsServer:
+        port = free_port(host, udp=True)
         config = _write_config(folder, host, port, zones)
         process = subprocess.Popen(
             [NSD, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         server = DnsServer(host=host, port=port, zones=dict(zones), folder=folder, process=process)
-        try:
-            _wait_ready(server)
-        except RuntimeError as exc:
-            server.stop()
-            last_error = exc
-            continue
+        pending = list(server.zones)
+        wait_until_ready(server, lambda: _serves_all_zones(server, pending), START_TIMEOUT, interval=0.02)
         return server
-    raise RuntimeError(f"could not start nsd: {last_error}")
+
+    # again on a fresh port when NSD fails: the free port may be taken between the probe and NSD's bind
+    return start_retrying("nsd", start_once, retry_on=(RuntimeError, TimeoutError))
 
 
 @pytest.fixture

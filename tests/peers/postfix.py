@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.smtp_sink import HOST, free_port, wait_for_banner
+from tests.peers.daemon import HOST, free_port
+from tests.peers.smtp_sink import wait_for_banner
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 QUEUE_FOLDERS = ("maildrop", "incoming", "active", "deferred", "hold")

@@ -16,20 +16,18 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.peers.daemon import HOST, Daemon, free_port, running, start_retrying, wait_until_ready
+
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
-HOST = "127.0.0.1"
 HS_CACHE = Path(os.environ.get("RELAYFLEET_RSPAMD_CACHE", "/tmp/relayfleet-rspamd-hs"))
 START_TIMEOUT = 120.0
 OFFLINE_MODULES = (
@@ -40,39 +38,15 @@ OFFLINE_MODULES = (
 )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class Rspamd:
-    """A running rspamd."""
+class Rspamd(Daemon):
+    """A running rspamd: `address` is its normal worker, as SpamSpec.address takes it; `stop` stops the
+    main process, which stops its workers."""
 
-    host: str
-    port: int
-    folder: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def address(self) -> str:
-        """host:port of the normal worker, as SpamSpec.address takes it."""
-        return f"{self.host}:{self.port}"
-
-    def log(self) -> str:
-        path = self.folder / "log" / "rspamd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop the main process, which stops its workers (idempotent)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    name = "rspamd"
+    log_file = "log/rspamd.log"
+    stop_timeout = 15.0
+    log_tail = 3000
 
 
 def _ping(port: int) -> bool:
@@ -86,11 +60,11 @@ def _ping(port: int) -> bool:
 def _write_config(local: Path, port: int) -> None:
     (local / "local.d").mkdir(parents=True)
     (local / "override.d").mkdir()
-    unused_dns = _free_port()
+    unused_dns = free_port()
     (local / "override.d" / "worker-normal.inc").write_text(f'bind_socket = "{HOST}:{port}";\ncount = 1;\n')
     for worker in ("controller", "proxy"):
         (local / "override.d" / f"worker-{worker}.inc").write_text(
-            f'enabled = false;\ncount = 0;\nbind_socket = "{HOST}:{_free_port()}";\n'
+            f'enabled = false;\ncount = 0;\nbind_socket = "{HOST}:{free_port()}";\n'
         )
     (local / "override.d" / "options.inc").write_text(
         f'dns {{ nameserver = ["{HOST}:{unused_dns}"]; timeout = 0.2s; retransmits = 1; }}\n'
@@ -108,17 +82,11 @@ def start_rspamd(folder: Path) -> Rspamd:
     for sub in ("db", "run", "log"):
         (folder / sub).mkdir()
     HS_CACHE.mkdir(parents=True, exist_ok=True)
-    error: RuntimeError | None = None
-    for _ in range(3):
-        try:
-            return _start_rspamd_once(folder)
-        except RuntimeError as exc:
-            error = exc
-    raise RuntimeError(f"rspamd did not start: {error}")
+    return start_retrying("rspamd", lambda: _start_rspamd_once(folder))
 
 
 def _start_rspamd_once(folder: Path) -> Rspamd:
-    port = _free_port()
+    port = free_port()
     shutil.rmtree(folder / "local", ignore_errors=True)
     _write_config(folder / "local", port)
     cmd = [RSPAMD, "-f", "-c", "/etc/rspamd/rspamd.conf"]
@@ -131,26 +99,12 @@ def _start_rspamd_once(folder: Path) -> Rspamd:
         cmd.append(f"--var={var}={folder / sub}")
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Rspamd(HOST, port, folder, process)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _ping(port):
-        if time.monotonic() > deadline:
-            server.stop()
-            raise TimeoutError(f"{HOST}:{port} not ready in {START_TIMEOUT}s: {server.log()[-2000:]}")
-        if process.poll() is not None:
-            raise RuntimeError(f"rspamd on {HOST}:{port} (exit {process.returncode}): {server.log()[-3000:]}")
-        time.sleep(0.1)
+    wait_until_ready(server, lambda: _ping(port), START_TIMEOUT)
     return server
 
 
 @pytest.fixture(scope="session")
 def rspamd() -> Iterator[Rspamd]:
     """A real rspamd normal worker (host, port, address): GTUBE gives action reject; no network lookups."""
-    if not os.access(RSPAMD, os.X_OK):
-        pytest.skip("rspamd is not installed (make test installs the Debian peers)")
-    folder = Path(tempfile.mkdtemp(prefix="relayfleet-rspamd-"))
-    server = start_rspamd(folder)
-    try:
+    with running(RSPAMD, start_rspamd) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)

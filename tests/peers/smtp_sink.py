@@ -38,18 +38,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.daemon import HOST, free_port
+
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-HOST = "127.0.0.1"
 _COUNTER = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)")
 _DOT_REFUSERS = ("soft_reject", "hard_reject", "disconnect", "reply_421")
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1; free again once this returns."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_banner(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> bytes:

@@ -6,7 +6,6 @@ Async only: the reply parsers are tested with plain data in test_scanner_replies
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -21,6 +20,7 @@ from smtp_relay.policy.scanners import (
 )
 from smtp_relay.policy.spam_builtin import GTUBE
 from tests.peers.clamd import Clamd, eicar
+from tests.peers.daemon import free_port
 from tests.peers.rspamd import Rspamd
 from tests.peers.spamd import Spamd
 from tests.policy.samples import PDF, message, zip_of
@@ -34,9 +34,7 @@ SPAM = (
 
 def unused_port() -> int:
     """A port with nothing listening: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture

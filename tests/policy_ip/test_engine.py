@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,6 +21,7 @@ from smtp_relay.policy.quarantine import QuarantineStore
 from smtp_relay.resolver import make_resolver
 from smtp_relay.spec import Listener, SmtpRelaySpec
 from tests.peers.clamd import Clamd, eicar
+from tests.peers.daemon import free_port
 from tests.peers.dns import DnsServer
 from tests.policy_ip.zones import CLIENT, DNSBL_ZONE, MAIL_ZONE, SPF_ZONE
 
@@ -87,9 +87,8 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port with nothing listening: connections are refused at once."""
+    return free_port()
 
 
 # --- connect --------------------------------------------------------------------------------------

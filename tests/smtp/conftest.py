@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,8 @@ from smtp_relay.envelope import Envelope
 from smtp_relay.manifest import parse_spec
 from smtp_relay.metrics import RelayMetrics
 from smtp_relay.smtp.server import RelayServer
+from tests.peers.daemon import free_port
 from tests.peers.tls import IssuedCert
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

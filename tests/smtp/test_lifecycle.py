@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.smtp.conftest import RawClient, StartRelay, free_port, listeners, make_config
+from tests.peers.daemon import free_port
+from tests.smtp.conftest import RawClient, StartRelay, listeners, make_config
 
 LOCAL = {"clients": {"allowedNetworks": ["127.0.0.0/8"]}}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smtp_relay.envelope import Envelope
+from smtp_relay.fsutil import fsync_dir, write_durably
 
 _ID = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
 
@@ -72,23 +73,6 @@ def _envelope_from_json(data: dict[str, Any]) -> Envelope:
     return Envelope(**values)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
 class QuarantineStore:
     """Quarantined messages under `root` (SPOOL/quarantine): ID.eml plus ID.json per message.
 
@@ -118,9 +102,8 @@ class QuarantineStore:
         entry_id = f"{int(now * 1000):012x}-{secrets.token_hex(6)}"
         eml, sidecar = self._paths(entry_id)
         entry = QuarantineEntry(entry_id, envelope, reason, tuple(verdicts), now, len(data))
-        _write_durably(eml, data)
-        _write_durably(sidecar, json.dumps(entry.to_json(), sort_keys=True).encode())
-        _fsync_dir(self.root)
+        write_durably(eml, data, sync_dir=False)
+        write_durably(sidecar, json.dumps(entry.to_json(), sort_keys=True).encode())  # fsyncs self.root
         return entry_id
 
     def list(self) -> list[QuarantineEntry]:
@@ -166,7 +149,7 @@ class QuarantineStore:
         """The caller has spooled the message durably: forget it."""
         for path in self._paths(entry_id, self._releasing):
             path.unlink(missing_ok=True)
-        _fsync_dir(self._releasing)
+        fsync_dir(self._releasing)
 
     def abort_release(self, entry_id: str) -> None:
         """Re-injection failed: list the message again."""
@@ -174,7 +157,7 @@ class QuarantineStore:
         eml, sidecar = self._paths(entry_id)
         os.replace(held_eml, eml)
         os.replace(held_sidecar, sidecar)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def delete(self, entry_id: str) -> None:
         """Remove the message for good (sidecar first, so it is never listed without its data)."""
@@ -184,4 +167,4 @@ class QuarantineStore:
         except FileNotFoundError:
             raise QuarantineError(f"no quarantined message {entry_id!r}") from None
         eml.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)

@@ -22,7 +22,7 @@ import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
@@ -193,6 +193,20 @@ class RelaySession(SMTP):
         if self._errors >= MAX_ERRORS:
             log.info("closing client=%s after %d protocol errors", self._client_ip, self._errors)
             await self._hang_up("421 4.7.0 Too many errors, closing connection")
+
+    async def _out_of_sequence(self, needs: Literal["HELO", "MAIL", "RCPT"]) -> bool:
+        """Reply 503 and return True when the command comes before what it `needs` (and all that comes before)."""
+        assert self.session is not None
+        if not self.session.host_name:
+            problem = "Send HELO/EHLO first"
+        elif needs != "HELO" and self._mail_from is None:
+            problem = "Need MAIL command"
+        elif needs == "RCPT" and not self._rcpts:
+            problem = "Need RCPT command"
+        else:
+            return False
+        await self._error(f"503 5.5.1 {problem}", "sequence")
+        return True
 
     async def _hang_up(self, reply: str) -> None:
         with contextlib.suppress(ConnectionError):
@@ -501,8 +515,7 @@ class RelaySession(SMTP):
             self._relay.metrics.rejected.labels(reason="draining").inc()
             await self._hang_up("421 4.3.2 Service shutting down")
             return
-        if not self.session.host_name:
-            await self._error("503 5.5.1 Send HELO/EHLO first", "sequence")
+        if await self._out_of_sequence("HELO"):
             return
         if self._mail_from is not None:
             await self._error("503 5.5.1 Nested MAIL command", "sequence")
@@ -547,12 +560,7 @@ class RelaySession(SMTP):
         await self.push("250 2.1.0 Ok")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self._error("503 5.5.1 Send HELO/EHLO first", "sequence")
-            return
-        if self._mail_from is None:
-            await self._error("503 5.5.1 Need MAIL command", "sequence")
+        if await self._out_of_sequence("MAIL"):
             return
         try:
             path = parse_path(arg or "", keyword="TO:", allow_null=False)
@@ -576,15 +584,7 @@ class RelaySession(SMTP):
         await self.push("250 2.1.5 Ok")
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self._error("503 5.5.1 Send HELO/EHLO first", "sequence")
-            return
-        if self._mail_from is None:
-            await self._error("503 5.5.1 Need MAIL command", "sequence")
-            return
-        if not self._rcpts:
-            await self._error("503 5.5.1 Need RCPT command", "sequence")
+        if await self._out_of_sequence("RCPT"):
             return
         if arg:
             await self._error("501 5.5.4 Syntax: DATA", "syntax")
