@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiosmtpd's own logger says "Peer: ..." and lists AUTH mechanisms the relay may not offer; the
+    # relay logs each connection's outcome itself.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.worker_index is None:
         from smtp_relay.supervisor import needs_supervisor
 
