@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import TypeVar
 
 import dns.asyncresolver
@@ -33,7 +34,7 @@ from smtp_relay.envelope import Envelope, domain_of
 from smtp_relay.policy.dnsbl import Listing, dnsbl_listings, dnsbl_verdict
 from smtp_relay.policy.headers import HeaderInjectionError, authentication_results, spam_headers, spf_resinfo
 from smtp_relay.policy.metrics import PolicyMetrics
-from smtp_relay.policy.mime import inspect_attachments
+from smtp_relay.policy.mime import inspect_attachments, parse_message
 from smtp_relay.policy.quarantine import QuarantineStore
 from smtp_relay.policy.ratelimit import AuthThrottle, ConnectionLimiter, RateLimiter
 from smtp_relay.policy.recipients import recipient_domain_exists, recipient_domain_verdict, recipient_syntax_verdict
@@ -334,7 +335,17 @@ class PolicyEngine:
                 quarantine = quarantine_reason
 
         attachments = self.policy.attachments
-        finding = await self._cpu(inspect_attachments, data, attachments) if attachments.enabled else None
+        # Parse once for both local content checks: parsing is most of their cost.
+        parsed = (
+            await self._cpu(len(data), lambda: parse_message(data))
+            if attachments.enabled or self.policy.spam.engine == "builtin"
+            else None
+        )
+        finding = (
+            await self._cpu(len(data), lambda: inspect_attachments(data, attachments, parsed=parsed))
+            if attachments.enabled
+            else None
+        )
         if finding is not None:
             what = f"{finding.filename} ({finding.reason}: {finding.detail})" if finding.filename else finding.detail
             text = f"Message rejected: blocked attachment {reply_text(what, 200)}"
@@ -347,7 +358,7 @@ class PolicyEngine:
 
         scan_everything = self.audit or refusal is None
         virus_task = self._scan_virus(data) if scan_everything and self.scanners.clamd is not None else None
-        spam_task = self._score_spam(facts, data, envelope) if scan_everything else None
+        spam_task = self._score_spam(facts, data, envelope, parsed) if scan_everything else None
         virus, spam = await asyncio.gather(_maybe(virus_task), _maybe(spam_task))
 
         if isinstance(virus, ScannerError):
@@ -392,24 +403,28 @@ class PolicyEngine:
         headers = await self._headers(facts, envelope, report)
         return DataDecision(ACCEPT, headers, quarantine, tuple(fired))
 
-    async def _cpu(self, func: Callable[..., T], data: bytes, *args: object) -> T:
-        if len(data) <= INLINE_BYTES:
-            return func(data, *args)
-        return await asyncio.to_thread(func, data, *args)
+    async def _cpu(self, size: int, func: Callable[[], T]) -> T:
+        """Run a CPU-bound check inline for small messages, in a thread for big ones."""
+        if size <= INLINE_BYTES:
+            return func()
+        return await asyncio.to_thread(func)
 
     async def _scan_virus(self, data: bytes) -> VirusResult | ScannerError:
         clamd = self.scanners.clamd
         assert clamd is not None
         return await self._timed("clamd", clamd.scan(data))
 
-    async def _score_spam(self, facts: Facts, data: bytes, envelope: Envelope) -> SpamReport | ScannerError | None:
+    async def _score_spam(
+        self, facts: Facts, data: bytes, envelope: Envelope, parsed: Message | None = None
+    ) -> SpamReport | ScannerError | None:
         engine = self.policy.spam.engine
         if engine == "off":
             return None
         if engine == "builtin":
             spf = await self._spf_for_headers(facts, envelope)
             self.metrics.checks.labels("spam_builtin").inc()
-            return await self._cpu(_score_builtin, data, spf.result if spf is not None else None)
+            spf_result = spf.result if spf is not None else None
+            return await self._cpu(len(data), lambda: score_builtin(data, spf_result=spf_result, parsed=parsed))
         if self.scanners.rspamd is not None:
             rspamd = self.scanners.rspamd
             result = await self._timed(
@@ -494,10 +509,6 @@ class PolicyEngine:
         return await asyncio.to_thread(
             self.quarantine_store.put, envelope, data, decision.quarantine_reason, [v.reply for v in decision.verdicts]
         )
-
-
-def _score_builtin(data: bytes, spf_result: str | None) -> SpamReport:
-    return score_builtin(data, spf_result=spf_result)
 
 
 async def _maybe(awaitable: Awaitable[T] | None) -> T | None:
