@@ -184,3 +184,18 @@ def test_audit_mode_accepts_and_counts_what_it_would_have_refused(world: Any) ->
         )
 
     wait_until(counted, timeout=5)
+
+
+@pytest.mark.parametrize("engine", ["rspamd", "spamassassin"])
+def test_external_spam_engine_rejects_gtube(world: Any, engine: str, request: pytest.FixtureRequest) -> None:
+    """The real rspamd / spamd score the message; above rejectAbove the relay answers 550 at end of DATA."""
+    scanner = request.getfixturevalue("rspamd" if engine == "rspamd" else "spamd")
+    _, sink, port = world({"spam": {"engine": engine, "address": scanner.address, "tagAbove": 5, "rejectAbove": 10}})
+    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net", "--body", gtube)
+    assert code != 0
+    assert any(r.startswith("550 5.7.1 Message rejected as spam") for r in replies(transcript)), transcript
+    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net", "--body", "Lunch at noon?")
+    assert code == 0, transcript
+    sink.wait_for(1, timeout=15)
+    assert sink.count() == 1
