@@ -274,3 +274,24 @@ def test_permanent_failure_bounces_once_and_spares_delivered_recipients(
     assert report.get_param("report-type") == "delivery-status"
     assert b"Final-Recipient: rfc822; nobody@bad.example" in bounces[0].data
     assert b"Action: failed" in bounces[0].data
+
+
+def test_reload_when_the_mounted_manifest_changes_without_a_signal(relay_factory: Any, smtp_sink_factory: Any) -> None:
+    """Kubernetes updates a mounted ConfigMap in place; the relay notices the change by itself."""
+    sink = smtp_sink_factory()
+    port = free_port()
+    spec = _smarthost_spec(port, sink.port)
+    relay = relay_factory(spec)
+    spec["policy"]["maxRecipients"] = 1
+    relay.manifest.write_text(relay_manifest(spec))
+
+    def limited() -> bool:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.test")
+            client.mail("app@example.com")
+            client.rcpt("a@example.net")
+            code, _ = client.rcpt("b@example.net")
+            return code == 452
+
+    wait_until(limited, timeout=15, interval=0.5)
+    assert "config reloaded" in relay.log.read_text()
