@@ -199,3 +199,19 @@ def test_external_spam_engine_rejects_gtube(world: Any, engine: str, request: py
     assert code == 0, transcript
     sink.wait_for(1, timeout=15)
     assert sink.count() == 1
+
+
+def test_virus_is_rejected_and_a_down_scanner_defers(world: Any, clamd: Any, tmp_path: Path) -> None:
+    attachment = tmp_path / "eicar.zip.txt"
+    attachment.write_bytes(eicar())
+    _, sink, port = world({"spam": {"engine": "off"}, "virus": {"engine": "clamd", "address": clamd.address}})
+    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net", "--attach", str(attachment))
+    assert code != 0
+    assert any(r.startswith("554 5.7.1 Message rejected: virus found") for r in replies(transcript)), transcript
+
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there: clamd is "down"
+    _, sink, port = world({"spam": {"engine": "off"}, "virus": {"engine": "clamd", "address": down}})
+    code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net", "--body", "clean")
+    assert code != 0
+    assert any(r.startswith("451 4.3.0") for r in replies(transcript)), transcript  # the client keeps it, retries
+    assert sink.count() == 0
