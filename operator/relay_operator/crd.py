@@ -171,12 +171,10 @@ RULE_MIRRORS: dict[str, Callable[[Any], bool]] = {rule.cel: rule.mirror for rule
 """CEL text -> Python mirror, for the tests' tiny evaluator."""
 
 FIELD_HINTS: dict[str, Schema] = {
-    "SmtpRelaySpec.listeners": {"maxItems": 32},
     "Destination.smarthosts": {"minItems": 1},
     "Route.smarthosts": {"minItems": 1},
 }
-"""Bounds pydantic enforces in a validator (smarthosts) or the apiserver needs to cost the O(n^2) listener
-uniqueness rules (maxItems; CRD only: the models accept more, see the report/README)."""
+"""Bounds pydantic enforces in a validator (smarthosts), so its JSON schema does not carry them."""
 
 
 def _strip_none(value: Any) -> Any:

@@ -413,7 +413,7 @@ class SmtpRelaySpec(SpecModel):
     """Number of relay pods."""
     image: str = ""
     """Relay container image; empty uses the operator's default."""
-    listeners: Annotated[list[Listener], Field(min_length=1)] = [Listener(name="smtp", port=2525)]
+    listeners: Annotated[list[Listener], Field(min_length=1, max_length=32)] = [Listener(name="smtp", port=2525)]
     """SMTP listeners; names and ports must be unique."""
     tls: TlsSpec | None = None
     """Server certificate; required by any TLS listener."""
