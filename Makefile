@@ -25,6 +25,7 @@ peers:
 ## make test: install everything (Python deps and Debian peers), then run the whole suite
 test: $(STAMP) peers
 	$(BIN)/ruff check relay_image operator tests bench
+	$(BIN)/ruff format --check relay_image operator tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

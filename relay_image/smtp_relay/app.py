@@ -86,19 +86,34 @@ class Relay:
         self.deliverer = Deliverer(self.config, resolver, shared_dir, hostname=self.hostname, metrics=self.metrics)
         self.quarantine = QuarantineStore(shared_dir / "quarantine")
         self.policy = PolicyEngine(
-            self.config, resolver, hostname=self.hostname, metrics=PolicyMetrics(self.metrics.registry),
-            quarantine=self.quarantine, scanners=Scanners.from_spec(self.config.spec),
+            self.config,
+            resolver,
+            hostname=self.hostname,
+            metrics=PolicyMetrics(self.metrics.registry),
+            quarantine=self.quarantine,
+            scanners=Scanners.from_spec(self.config.spec),
         )
         self.scheduler = Scheduler(
-            self.spool, self.deliverer.deliver, self.config.spec.queue.retry,
-            hostname=self.hostname, metrics=self.metrics,
+            self.spool,
+            self.deliverer.deliver,
+            self.config.spec.queue.retry,
+            hostname=self.hostname,
+            metrics=self.metrics,
         )
         self.server = RelayServer(
-            self.config, self.accept, host=options.host, hostname=self.hostname,
-            metrics=self.metrics, reuse_port=options.reuse_port, policy=self.policy,
+            self.config,
+            self.accept,
+            host=options.host,
+            hostname=self.hostname,
+            metrics=self.metrics,
+            reuse_port=options.reuse_port,
+            policy=self.policy,
         )
         self.admin = AdminServer(
-            self.metrics, self.status, self.start_drain, host=options.http_host or options.host,
+            self.metrics,
+            self.status,
+            self.start_drain,
+            host=options.http_host or options.host,
             port=options.http_port,
             extra_routes=lambda app: add_quarantine_routes(app, self.quarantine, self.accept),
         )
@@ -150,8 +165,14 @@ class Relay:
             tmp.write_text(f"{self.admin.port}\n")
             tmp.replace(self.options.port_file)
         ports = ", ".join(f"{name}={port}" for name, port in self.server.bound_ports().items()) or "deliver-only"
-        log.info("relay %s/%s serving on %s (%s), http on %s", self.config.namespace, self.config.name,
-                 self.options.host, ports, self.admin.port)
+        log.info(
+            "relay %s/%s serving on %s (%s), http on %s",
+            self.config.namespace,
+            self.config.name,
+            self.options.host,
+            ports,
+            self.admin.port,
+        )
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -50,9 +50,7 @@ def _address_field(address: str) -> str:
     """`rfc822; addr`, or RFC 6533 `utf-8; addr` with \\x{HEX} escapes for an internationalized address."""
     if address.isascii():
         return f"rfc822; {_ascii_line(address)}"
-    escaped = "".join(
-        ch if " " < ch <= "~" and ch not in "\\+=" else f"\\x{{{ord(ch):X}}}" for ch in address
-    )
+    escaped = "".join(ch if " " < ch <= "~" and ch not in "\\+=" else f"\\x{{{ord(ch):X}}}" for ch in address)
     return f"utf-8; {escaped[:_MAX_TEXT]}"
 
 

@@ -37,19 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (run, check):
         sub.add_argument("-f", "--file", type=Path, required=True, help="YAML with one SmtpRelay (+ Secrets)")
         sub.add_argument(
-            "--secrets-dir", type=Path, default=None,
+            "--secrets-dir",
+            type=Path,
+            default=None,
             help="folder of mounted Secrets as <secret>/<key> files (in a pod)",
         )
     run.add_argument("--spool", type=Path, default=Path("var/spool"), help="spool folder (default var/spool)")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--http-port", type=int, default=9025, help="metrics/health/drain port (default 9025)")
     run.add_argument("--hostname", default="", help="name in the banner and Received headers (default FQDN)")
-    run.add_argument("--grace", type=float, default=float(os.environ.get("RELAY_GRACE_SECONDS", "300")),
-                     help="seconds to keep delivering after SIGTERM (default 300)")
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("RELAY_GRACE_SECONDS", "300")),
+        help="seconds to keep delivering after SIGTERM (default 300)",
+    )
     run.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (several processes, one port)")
     run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "INFO"))
-    run.add_argument("--workers", type=_positive, default=os.environ.get("RELAY_WORKERS", "1"),
-                     help="relay processes sharing the SMTP ports under one supervisor (default 1: no supervisor)")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.environ.get("RELAY_WORKERS", "1"),
+        help="relay processes sharing the SMTP ports under one supervisor (default 1: no supervisor)",
+    )
     # Internal: how the supervisor starts its workers (see smtp_relay.supervisor).
     hidden = argparse.SUPPRESS
     run.add_argument("--worker-index", default=None, help=hidden)
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent(args.parent_pid)
     tag = "" if args.worker_index is None else f"[worker {args.worker_index}] "
     logging.basicConfig(
-        level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     # aiosmtpd's own logger says "Peer: ..." and lists AUTH mechanisms the relay may not offer; the
@@ -109,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     from smtp_relay.app import Relay, RelayOptions  # imported late: `check` needs none of the I/O stack
 
     options = RelayOptions(
-        spool_dir=args.spool, host=args.host, http_port=args.http_port, hostname=args.hostname,
-        grace=args.grace, reuse_port=args.reuse_port, http_host=args.http_host, shared_dir=args.shared_dir,
-        listen=not args.no_listen, port_file=args.port_file,
+        spool_dir=args.spool,
+        host=args.host,
+        http_port=args.http_port,
+        hostname=args.hostname,
+        grace=args.grace,
+        reuse_port=args.reuse_port,
+        http_host=args.http_host,
+        shared_dir=args.shared_dir,
+        listen=not args.no_listen,
+        port_file=args.port_file,
     )
     try:
         relay = Relay(source, options)
@@ -138,8 +156,14 @@ def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
         return EXIT_BAD_MANIFEST
     _print_where_to_look(config.spec, args.spool)
     options = SupervisorOptions(
-        manifest=args.file, secrets_dir=args.secrets_dir, spool_dir=args.spool, workers=args.workers,
-        host=args.host, http_port=args.http_port, hostname=args.hostname, grace=args.grace,
+        manifest=args.file,
+        secrets_dir=args.secrets_dir,
+        spool_dir=args.spool,
+        workers=args.workers,
+        host=args.host,
+        http_port=args.http_port,
+        hostname=args.hostname,
+        grace=args.grace,
         log_level=args.log_level,
     )
     try:

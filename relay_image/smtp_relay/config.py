@@ -56,9 +56,7 @@ def _need(secrets: Mapping[str, SecretData], name: str, keys: tuple[str, ...], w
     return secret
 
 
-def resolve(
-    name: str, namespace: str, spec: SmtpRelaySpec, secrets: Mapping[str, SecretData]
-) -> RelayConfig:
+def resolve(name: str, namespace: str, spec: SmtpRelaySpec, secrets: Mapping[str, SecretData]) -> RelayConfig:
     """Join a spec with its Secrets; raise ManifestError naming the field of each missing piece."""
     tls = None
     if spec.tls is not None:
@@ -77,7 +75,9 @@ def resolve(
         for j, host in enumerate(destination.smarthosts or []):
             if host.credentials_secret:
                 secret = _need(
-                    secrets, host.credentials_secret, ("username", "password"),
+                    secrets,
+                    host.credentials_secret,
+                    ("username", "password"),
                     f"{where}.smarthosts[{j}].credentialsSecret",
                 )
                 credentials[host.credentials_secret] = Credentials(

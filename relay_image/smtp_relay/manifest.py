@@ -140,10 +140,6 @@ def load_mounted_secrets(folder: Path) -> dict[str, SecretData]:
     if not folder.is_dir():
         return secrets
     for secret_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        data = {
-            f.name: f.read_bytes()
-            for f in secret_dir.iterdir()
-            if f.is_file() and not f.name.startswith(".")
-        }
+        data = {f.name: f.read_bytes() for f in secret_dir.iterdir() if f.is_file() and not f.name.startswith(".")}
         secrets[secret_dir.name] = SecretData(name=secret_dir.name, data=data)
     return secrets

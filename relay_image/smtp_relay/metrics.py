@@ -24,12 +24,15 @@ class RelayMetrics:
             "smtp_relay_delivered_recipients", "Recipients delivered, by route kind.", ["route"], registry=r
         )
         self.deferred = Counter(
-            "smtp_relay_deferred_recipients", "Recipients that failed temporarily and wait for a retry.",
+            "smtp_relay_deferred_recipients",
+            "Recipients that failed temporarily and wait for a retry.",
             registry=r,
         )
         self.bounced = Counter(
-            "smtp_relay_bounced_recipients", "Recipients given up on (5xx or maxAge): a DSN went to the sender.",
-            ["reason"], registry=r,
+            "smtp_relay_bounced_recipients",
+            "Recipients given up on (5xx or maxAge): a DSN went to the sender.",
+            ["reason"],
+            registry=r,
         )
         self.rejected = Counter(
             "smtp_relay_rejected", "SMTP commands or messages refused, by reason.", ["reason"], registry=r
@@ -38,16 +41,20 @@ class RelayMetrics:
             "smtp_relay_queue_messages", "Messages in the spool, by queue state.", ["state"], registry=r
         )
         self.queue_oldest = Gauge(
-            "smtp_relay_queue_oldest_age_seconds", "Age of the oldest message, by queue state.", ["state"],
+            "smtp_relay_queue_oldest_age_seconds",
+            "Age of the oldest message, by queue state.",
+            ["state"],
             registry=r,
         )
         self.delivery_latency = Histogram(
-            "smtp_relay_delivery_latency_seconds", "Time from the 250 to delivery of all recipients.",
+            "smtp_relay_delivery_latency_seconds",
+            "Time from the 250 to delivery of all recipients.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400),
             registry=r,
         )
         self.commit_latency = Histogram(
-            "smtp_relay_spool_commit_seconds", "Time from end of DATA to the fsync that allows the 250.",
+            "smtp_relay_spool_commit_seconds",
+            "Time from end of DATA to the fsync that allows the 250.",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
             registry=r,
         )

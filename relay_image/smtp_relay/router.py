@@ -40,9 +40,7 @@ def choose_route(routing: RoutingSpec, sender: str, recipient: str) -> Destinati
     return routing.default if index < 0 else routing.routes[index]
 
 
-def group_by_route(
-    routing: RoutingSpec, sender: str, recipients: Iterable[str]
-) -> list[tuple[Destination, list[str]]]:
+def group_by_route(routing: RoutingSpec, sender: str, recipients: Iterable[str]) -> list[tuple[Destination, list[str]]]:
     """Recipients grouped per destination, so each destination gets one transaction per message.
 
     Groups come in the order of their first recipient, recipients in their given order, so delivery
@@ -52,9 +50,7 @@ def group_by_route(
     groups: dict[int, list[str]] = {}
     for recipient in recipients:
         groups.setdefault(_route_index(routing, sender_domain, recipient), []).append(recipient)
-    return [
-        (routing.default if index < 0 else routing.routes[index], members) for index, members in groups.items()
-    ]
+    return [(routing.default if index < 0 else routing.routes[index], members) for index, members in groups.items()]
 
 
 def route_label(destination: Destination) -> Literal["smarthosts", "mx", "capture"]:

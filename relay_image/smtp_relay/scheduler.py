@@ -208,8 +208,10 @@ class Scheduler:
                 self._metrics.queue_depth.labels(state=state.value).set(counts[state])
                 self._metrics.queue_oldest.labels(state=state.value).set(oldest[state])
         return QueueStats(
-            active=counts[QueueState.ACTIVE], deferred=counts[QueueState.DEFERRED],
-            oldest_active_age=oldest[QueueState.ACTIVE], oldest_deferred_age=oldest[QueueState.DEFERRED],
+            active=counts[QueueState.ACTIVE],
+            deferred=counts[QueueState.DEFERRED],
+            oldest_active_age=oldest[QueueState.ACTIVE],
+            oldest_deferred_age=oldest[QueueState.DEFERRED],
         )
 
     # ----------------------------------------------------------------- internals
@@ -321,7 +323,11 @@ class Scheduler:
             self._metrics.deferred.inc(len(temporary))
         log.info(
             "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
-            message.id, len(temporary), message.attempts, message.next_attempt - now, message.last_error,
+            message.id,
+            len(temporary),
+            message.attempts,
+            message.next_attempt - now,
+            message.last_error,
         )
         self._spool.record_attempt(message, settled)
         self._defer(message)
@@ -350,17 +356,27 @@ class Scheduler:
         if original.mail_from == "" or original.is_bounce:
             log.warning(
                 "message %s from the null sender failed for %d recipient(s): dropped, never bounced",
-                message.id, len(failures),
+                message.id,
+                len(failures),
             )
             self._count_bounced(labels)
             return True
         dsn = build_dsn(
-            original, _header_block(data), failures, reporting_mta=self._hostname, queue_id=message.id,
-            now=now, reason=reason,
+            original,
+            _header_block(data),
+            failures,
+            reporting_mta=self._hostname,
+            queue_id=message.id,
+            now=now,
+            reason=reason,
         )
         envelope = Envelope(
-            mail_from="", rcpt_tos=(original.mail_from,), helo=self._hostname, received_at=now,
-            is_bounce=True, smtputf8=not original.mail_from.isascii(),
+            mail_from="",
+            rcpt_tos=(original.mail_from,),
+            helo=self._hostname,
+            received_at=now,
+            is_bounce=True,
+            smtputf8=not original.mail_from.isascii(),
         )
         try:
             stored = await self._spool.commit(envelope, dsn)

@@ -81,9 +81,7 @@ def _hostport(value: str) -> str:
 
 Port = Annotated[int, AfterValidator(_port), Field(json_schema_extra={"minimum": 1, "maximum": 65535})]
 Duration = Annotated[str, AfterValidator(_duration), Field(json_schema_extra={"pattern": DURATION_PATTERN})]
-Quantity = Annotated[
-    str | int, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})
-]
+Quantity = Annotated[str | int, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
 DomainName = Annotated[str, AfterValidator(_domain), Field(json_schema_extra={"pattern": _DOMAIN})]
 Network = Annotated[str, AfterValidator(_network)]
 HostPort = Annotated[str, AfterValidator(_hostport)]
@@ -325,7 +323,8 @@ class Destination(SpecModel):
         chosen = [n for n in ("smarthosts", "mx", "capture") if getattr(self, n) is not None]
         if len(chosen) != 1:
             raise PydanticCustomError(
-                "destination", "exactly one of smarthosts, mx or capture must be set (got {got})",
+                "destination",
+                "exactly one of smarthosts, mx or capture must be set (got {got})",
                 {"got": ", ".join(chosen) or "none"},
             )
         if self.smarthosts is not None and not self.smarthosts:

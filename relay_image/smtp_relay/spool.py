@@ -296,7 +296,10 @@ class Spool:
         if envelope.received_at <= 0:
             envelope = dataclasses.replace(envelope, received_at=time.time())
         message = StoredMessage(
-            id=self._new_id(), envelope=envelope, size=len(data), pending=set(envelope.rcpt_tos),
+            id=self._new_id(),
+            envelope=envelope,
+            size=len(data),
+            pending=set(envelope.rcpt_tos),
             state=QueueState.ACTIVE,
         )
         meta = json.dumps(
@@ -334,7 +337,10 @@ class Spool:
             self._forget_data(message.id)  # it waits for a retry: let fresh mail have the memory
         self._add_entry(
             {
-                "i": message.id, "s": done, "a": message.attempts, "n": message.next_attempt,
+                "i": message.id,
+                "s": done,
+                "a": message.attempts,
+                "n": message.next_attempt,
                 "e": message.last_error[:1000],
             }
         )
@@ -460,7 +466,10 @@ class Spool:
             if settled or message.attempts or message.last_error:
                 entries.append(
                     {
-                        "i": message.id, "s": sorted(settled), "a": message.attempts, "n": message.next_attempt,
+                        "i": message.id,
+                        "s": sorted(settled),
+                        "a": message.attempts,
+                        "n": message.next_attempt,
                         "e": message.last_error[:1000],
                     }
                 )
@@ -503,9 +512,7 @@ class Spool:
             # batch held one record) is written at once instead of idling for the window.
             window = self._batch_window if self._last_batch > 1 else 0.0
             if self._queue and (
-                urgent
-                or len(self._queue) >= self._batch_max
-                or now >= self._queue[0].arrival + window
+                urgent or len(self._queue) >= self._batch_max or now >= self._queue[0].arrival + window
             ):
                 batch = self._queue[: self._batch_max]
                 del self._queue[: self._batch_max]
@@ -647,8 +654,13 @@ class Spool:
                     segment.finished.add(message_id)
                     continue
                 message = StoredMessage(
-                    id=message_id, envelope=envelope, size=frame.data_len, pending=pending,
-                    attempts=state.attempts, next_attempt=state.next_attempt, last_error=state.last_error,
+                    id=message_id,
+                    envelope=envelope,
+                    size=frame.data_len,
+                    pending=pending,
+                    attempts=state.attempts,
+                    next_attempt=state.next_attempt,
+                    last_error=state.last_error,
                     state=QueueState.DEFERRED if state.next_attempt > now else QueueState.ACTIVE,
                 )
                 segment.live.add(message_id)

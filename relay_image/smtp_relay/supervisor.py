@@ -129,8 +129,7 @@ def merge_metrics(texts: Iterable[str]) -> bytes:
         for family in text_string_to_metric_families(text):
             merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             if merged.type != family.type:
-                log.warning("metric %s is a %s here but a %s elsewhere: skipped", family.name, family.type,
-                            merged.type)
+                log.warning("metric %s is a %s here but a %s elsewhere: skipped", family.name, family.type, merged.type)
                 continue
             acc = values.setdefault(family.name, {})  # insertion order keeps histogram buckets in order
             for sample in family.samples:
@@ -195,11 +194,15 @@ class Supervisor:
             self.workers.append(Worker(f"drain-{label}", spool, False))
         self.metrics = RelayMetrics()
         self.restarts = Counter(
-            "smtp_relay_worker_restarts", "Worker processes restarted after they died.", ["worker"],
+            "smtp_relay_worker_restarts",
+            "Worker processes restarted after they died.",
+            ["worker"],
             registry=self.metrics.registry,
         )
         self.running = Gauge(
-            "smtp_relay_worker_processes", "Worker processes running, by mode.", ["mode"],
+            "smtp_relay_worker_processes",
+            "Worker processes running, by mode.",
+            ["mode"],
             registry=self.metrics.registry,
         )
         self.admin = _SupervisorAdmin(self, options.host, options.http_port)
@@ -231,8 +234,13 @@ class Supervisor:
             fleet.cancel()
             if not self._stop.is_set():
                 self._fleet_started = True
-                log.info("supervisor: %d worker(s) serving, http on %s:%s (%d deliver-only)", self.options.workers,
-                         self.options.host, self.admin.port, sum(not w.listen for w in self.workers))
+                log.info(
+                    "supervisor: %d worker(s) serving, http on %s:%s (%d deliver-only)",
+                    self.options.workers,
+                    self.options.host,
+                    self.admin.port,
+                    sum(not w.listen for w in self.workers),
+                )
             await waiting
             await self._stop_workers()
         finally:
@@ -248,10 +256,34 @@ class Supervisor:
     def _command(self, worker: Worker) -> list[str]:
         o = self.options
         command = [
-            sys.executable, "-m", "smtp_relay.cli", "run", "-f", str(o.manifest), "--spool", str(worker.spool),
-            "--host", o.host, "--http-host", "127.0.0.1", "--http-port", "0", "--port-file", str(worker.port_file),
-            "--shared-dir", str(o.spool_dir), "--grace", str(o.grace), "--log-level", o.log_level,
-            "--workers", "1", "--worker-index", worker.name, "--parent-pid", str(os.getpid()),
+            sys.executable,
+            "-m",
+            "smtp_relay.cli",
+            "run",
+            "-f",
+            str(o.manifest),
+            "--spool",
+            str(worker.spool),
+            "--host",
+            o.host,
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--port-file",
+            str(worker.port_file),
+            "--shared-dir",
+            str(o.spool_dir),
+            "--grace",
+            str(o.grace),
+            "--log-level",
+            o.log_level,
+            "--workers",
+            "1",
+            "--worker-index",
+            worker.name,
+            "--parent-pid",
+            str(os.getpid()),
             "--reuse-port" if worker.listen else "--no-listen",
         ]
         if o.hostname:
@@ -302,8 +334,14 @@ class Supervisor:
                 return
             if time.monotonic() - started > _STABLE_AFTER:
                 backoff = _BACKOFF_FIRST
-            log.error("worker %s (pid %d) died with exit code %s; restarting in %.1fs on %s", worker.name, proc.pid,
-                      worker.returncode, backoff, worker.spool)
+            log.error(
+                "worker %s (pid %d) died with exit code %s; restarting in %.1fs on %s",
+                worker.name,
+                proc.pid,
+                worker.returncode,
+                backoff,
+                worker.spool,
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -336,8 +374,13 @@ class Supervisor:
 
     # -- talking to the workers ---------------------------------------------------------------------
 
-    async def _call(self, worker: Worker, method: str, path: str, body: bytes | None = None,
-                    ) -> tuple[int, bytes, str] | None:
+    async def _call(
+        self,
+        worker: Worker,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+    ) -> tuple[int, bytes, str] | None:
         """One HTTP request to a worker's admin port; None when it is not up."""
         if worker.port is None or self._session is None:
             return None
@@ -370,12 +413,20 @@ class Supervisor:
         else:
             reason = f"worker(s) {', '.join(not_ready)} not ready" if not_ready else ""
         workers = [
-            {"name": w.name, "pid": w.proc.pid if w.proc else None, "listen": w.listen, "restarts": w.restarts,
-             "ready": bool(data and data.get("ready")), "finished": w.finished, "queue": (data or {}).get("queue")}
+            {
+                "name": w.name,
+                "pid": w.proc.pid if w.proc else None,
+                "listen": w.listen,
+                "restarts": w.restarts,
+                "ready": bool(data and data.get("ready")),
+                "finished": w.finished,
+                "queue": (data or {}).get("queue"),
+            }
             for w, data in answers
         ]
         return {
-            "ready": not reason, "reason": reason,
+            "ready": not reason,
+            "reason": reason,
             "queue": merge_queues(data.get("queue") or {} for _, data in answers if data),
             "workers": workers,
         }
@@ -420,7 +471,11 @@ class _SupervisorAdmin(AdminServer):
 
     def __init__(self, supervisor: Supervisor, host: str, port: int) -> None:
         super().__init__(
-            supervisor.metrics, lambda: {}, supervisor.drain, host=host, port=port,
+            supervisor.metrics,
+            lambda: {},
+            supervisor.drain,
+            host=host,
+            port=port,
             extra_routes=supervisor.add_proxy_routes,
         )
         self._supervisor = supervisor

@@ -58,10 +58,23 @@ class RelayProcess:
     def start(self, wait: bool = True) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(RELAY_BIN), "run", "-f", str(self.manifest), "--spool", str(self.spool),
-                 "--http-port", str(self.http_port), "--hostname", "relay.test", "--log-level", "DEBUG",
-                 *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    str(RELAY_BIN),
+                    "run",
+                    "-f",
+                    str(self.manifest),
+                    "--spool",
+                    str(self.spool),
+                    "--http-port",
+                    str(self.http_port),
+                    "--hostname",
+                    "relay.test",
+                    "--log-level",
+                    "DEBUG",
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if wait:
             self.wait_ready()
@@ -120,8 +133,13 @@ def relay_factory(tmp_path: Path) -> Iterator[Any]:
     """Make relays from a spec dict (plus Secret documents); all are killed at teardown."""
     made: list[RelayProcess] = []
 
-    def make(spec: dict[str, Any], *secrets: dict[str, Any], start: bool = True, args: list[str] | None = None,
-             grace: float = 10.0) -> RelayProcess:
+    def make(
+        spec: dict[str, Any],
+        *secrets: dict[str, Any],
+        start: bool = True,
+        args: list[str] | None = None,
+        grace: float = 10.0,
+    ) -> RelayProcess:
         workdir = tmp_path / f"relay{len(made)}"
         workdir.mkdir()
         manifest = workdir / "relay.yaml"
@@ -145,5 +163,3 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
-
-

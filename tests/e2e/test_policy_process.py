@@ -33,7 +33,10 @@ def swaks(port: int, *args: str) -> tuple[int, str]:
     """Run swaks against the relay; return its exit code and the whole transcript."""
     result = subprocess.run(
         ["swaks", "--server", f"127.0.0.1:{port}", "--helo", "client.test", "--timeout", "15", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return result.returncode, result.stdout + result.stderr
 
@@ -90,8 +93,14 @@ def test_spammy_mail_is_tagged_so_the_recipient_files_it_as_spam(world: Any) -> 
     _, sink, port = world({"spam": {"engine": "builtin", "tagAbove": 0.5, "rejectAbove": 50}}, trusted=False)
     # No Date and no Message-ID header: the builtin rules score it above 0.5.
     code, transcript = swaks(
-        port, *AUTH, "--from", "a@pass.spf.test", "--to", "b@example.net",
-        "--data", "From: a@pass.spf.test\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n",
+        port,
+        *AUTH,
+        "--from",
+        "a@pass.spf.test",
+        "--to",
+        "b@example.net",
+        "--data",
+        "From: a@pass.spf.test\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n",
     )
     assert code == 0, transcript
     sink.wait_for(1, timeout=15)
@@ -138,10 +147,12 @@ def test_blocked_attachment_is_rejected(world: Any, tmp_path: Path) -> None:
 
 
 def test_virus_is_quarantined_then_released(world: Any, clamd: Any, tmp_path: Path) -> None:
-    relay, sink, port = world({
-        "spam": {"engine": "off"},
-        "virus": {"engine": "clamd", "address": clamd.address, "action": "quarantine"},
-    })
+    relay, sink, port = world(
+        {
+            "spam": {"engine": "off"},
+            "virus": {"engine": "clamd", "address": clamd.address, "action": "quarantine"},
+        }
+    )
     attachment = tmp_path / "eicar.com.txt"
     attachment.write_bytes(eicar())
     code, transcript = swaks(port, "--from", "a@pass.spf.test", "--to", "b@example.net", "--attach", str(attachment))
@@ -178,7 +189,8 @@ def test_audit_mode_accepts_and_counts_what_it_would_have_refused(world: Any) ->
     def counted() -> bool:
         metrics = relay.http("/metrics")[1]
         return any(
-            line.startswith("smtp_relay_policy_audit_overrides_total") and 'check="spam"' in line
+            line.startswith("smtp_relay_policy_audit_overrides_total")
+            and 'check="spam"' in line
             and not line.endswith(" 0.0")
             for line in metrics.splitlines()
         )

@@ -64,8 +64,12 @@ def _smarthost_spec(listen_port: int, upstream_port: int, **extra: Any) -> dict[
 def test_bad_manifest_is_refused_with_field_path_and_exit_2(tmp_path: Path) -> None:
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(relay_manifest({"listeners": [{"name": "a", "port": 25}, {"name": "b", "port": 70000}]}))
-    result = subprocess.run([str(RELAY_BIN), "run", "-f", str(manifest), "--spool", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(RELAY_BIN), "run", "-f", str(manifest), "--spool", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "spec.listeners[1].port: must be between 1 and 65535" in result.stderr
     assert not (tmp_path / "s").exists(), "nothing may start (or create a spool) for a refused manifest"
@@ -73,10 +77,14 @@ def test_bad_manifest_is_refused_with_field_path_and_exit_2(tmp_path: Path) -> N
 
 def test_missing_secret_is_refused_naming_the_field(tmp_path: Path) -> None:
     manifest = tmp_path / "relay.yaml"
-    manifest.write_text(relay_manifest({
-        "listeners": [{"name": "a", "port": free_port()}],
-        "routing": {"default": {"smarthosts": [{"host": "127.0.0.1", "credentialsSecret": "nope"}]}},
-    }))
+    manifest.write_text(
+        relay_manifest(
+            {
+                "listeners": [{"name": "a", "port": free_port()}],
+                "routing": {"default": {"smarthosts": [{"host": "127.0.0.1", "credentialsSecret": "nope"}]}},
+            }
+        )
+    )
     result = subprocess.run([str(RELAY_BIN), "check", "-f", str(manifest)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "spec.routing.default.smarthosts[0].credentialsSecret: Secret 'nope' not found" in result.stderr
@@ -257,8 +265,10 @@ def test_permanent_failure_bounces_once_and_spares_delivered_recipients(
     port = free_port()
     spec = _smarthost_spec(port, good.port)
     spec["routing"]["routes"] = [
-        {"match": {"recipientDomains": ["bad.example"]},
-         "smarthosts": [{"host": "127.0.0.1", "port": refusing.port, "tls": "none"}]},
+        {
+            "match": {"recipientDomains": ["bad.example"]},
+            "smarthosts": [{"host": "127.0.0.1", "port": refusing.port, "tls": "none"}],
+        },
     ]
     relay_factory(spec)
     _send(port, "bounce-me", rcpts=["ok@good.example", "nobody@bad.example"])

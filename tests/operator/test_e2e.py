@@ -86,7 +86,10 @@ class ClusterApi:
 
     def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Json]:
         params = self.client.param_serialize(
-            method, path, header_params={"Content-Type": ctype, "Accept": "application/json"}, body=body,
+            method,
+            path,
+            header_params={"Content-Type": ctype, "Accept": "application/json"},
+            body=body,
             auth_settings=["BearerToken"],
         )
         response = self.client.call_api(*params)
@@ -153,8 +156,11 @@ class Operator:
         try:
             asyncio.run(
                 kopf.operator(
-                    registry=self.registry, namespaces=[self.namespace], standalone=True,
-                    stop_flag=self.stop_flag, ready_flag=self.ready_flag,
+                    registry=self.registry,
+                    namespaces=[self.namespace],
+                    standalone=True,
+                    stop_flag=self.stop_flag,
+                    ready_flag=self.ready_flag,
                 )
             )
         except BaseException as exc:  # reported by __exit__
@@ -196,8 +202,13 @@ def act_as_statefulset_controller(api: Api, path: str, ready: int) -> None:
     sts = ok(api, "GET", path)
     replicas = sts["spec"]["replicas"]
     status = {
-        "observedGeneration": sts["metadata"].get("generation", 1), "replicas": replicas, "readyReplicas": ready,
-        "updatedReplicas": replicas, "currentReplicas": replicas, "currentRevision": "r1", "updateRevision": "r1",
+        "observedGeneration": sts["metadata"].get("generation", 1),
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": replicas,
+        "currentReplicas": replicas,
+        "currentRevision": "r1",
+        "updateRevision": "r1",
     }
     ok(api, "PATCH", path + "/status", {"status": status}, MERGE)
 
@@ -206,13 +217,23 @@ def scenario(api: Api, ns: str) -> None:
     """Apply, follow a spec change, scale, print, degrade on a missing Secret, delete."""
     name = "outbound"
     p = paths(ns, name)
-    ok(api, "POST", f"/api/v1/namespaces/{ns}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "outbound-users"}, "stringData": {"app": "pw"},
-    })
+    ok(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "outbound-users"},
+            "stringData": {"app": "pw"},
+        },
+    )
     if api.emulated:  # the emulator keeps stringData as given; a real apiserver turns it into data
         ok(api, "PATCH", f"/api/v1/namespaces/{ns}/secrets/outbound-users", {"data": {"app": "cHc="}}, MERGE)
     relay = {
-        "apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": name, "namespace": ns},
+        "apiVersion": "relayfleet.io/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": name, "namespace": ns},
         "spec": {
             "replicas": 2,
             "listeners": [{"name": "relay", "port": 2525}, {"name": "sub", "port": 587, "auth": "required"}],
@@ -246,8 +267,11 @@ def scenario(api: Api, ns: str) -> None:
     ok(api, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 7}}}, MERGE)
     wait_for(lambda: "maxRecipients: 7" in ok(api, "GET", p["ConfigMap"])["data"]["relay.yaml"])
     assert pod_checksum(ok(api, "GET", p["StatefulSet"])) == checksum
-    listeners = [{"name": "relay", "port": 2525}, {"name": "sub", "port": 587, "auth": "required"},
-                 {"name": "alt", "port": 2526}]
+    listeners = [
+        {"name": "relay", "port": 2525},
+        {"name": "sub", "port": 587, "auth": "required"},
+        {"name": "alt", "port": 2526},
+    ]
     ok(api, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
     wait_for(lambda: [x["port"] for x in ok(api, "GET", p["Service"])["spec"]["ports"]] == [2525, 587, 2526])
     assert pod_checksum(ok(api, "GET", p["StatefulSet"])) != checksum
@@ -257,8 +281,10 @@ def scenario(api: Api, ns: str) -> None:
     wait_for(lambda: ok(api, "GET", p["StatefulSet"])["spec"]["replicas"] == 5)
     if api.emulated:
         act_as_statefulset_controller(api, p["StatefulSet"], ready=5)
-    relay_now = wait_for(lambda: (r := get(api, p["relay"])) and r["status"].get("readyReplicas") == 5 and r,
-                         timeout=300 if not api.emulated else 15)
+    relay_now = wait_for(
+        lambda: (r := get(api, p["relay"])) and r["status"].get("readyReplicas") == 5 and r,
+        timeout=300 if not api.emulated else 15,
+    )
     assert relay_now["status"]["replicas"] == 5
     assert condition(relay_now, "Ready")["status"] == "True"
     assert relay_now["status"]["phase"] == "Ready"
@@ -275,10 +301,19 @@ def scenario(api: Api, ns: str) -> None:
     # 5. a missing Secret degrades the relay and leaves the children alone
     before = ok(api, "GET", p["StatefulSet"])
     smtps = {"name": "smtps", "port": 465, "tls": "implicit"}
-    ok(api, "PATCH", p["relay"], {"spec": {"tls": {"secretName": "missing-tls"}, "listeners": [*listeners, smtps]}},
-       MERGE)
-    degraded = wait_for(lambda: condition(get(api, p["relay"]), "Degraded").get("status") == "True"
-                        and condition(get(api, p["relay"]), "Degraded"))
+    ok(
+        api,
+        "PATCH",
+        p["relay"],
+        {"spec": {"tls": {"secretName": "missing-tls"}, "listeners": [*listeners, smtps]}},
+        MERGE,
+    )
+    degraded = wait_for(
+        lambda: (
+            condition(get(api, p["relay"]), "Degraded").get("status") == "True"
+            and condition(get(api, p["relay"]), "Degraded")
+        )
+    )
     assert degraded["reason"] == "SecretNotFound"
     assert "spec.tls.secretName" in degraded["message"] and "missing-tls" in degraded["message"]
     after = ok(api, "GET", p["StatefulSet"])
@@ -289,12 +324,20 @@ def scenario(api: Api, ns: str) -> None:
     # 6. delete: children collected through ownerReferences, spool claims deleted as asked
     if api.emulated:  # the StatefulSet controller would have made these
         for i in range(2):
-            ok(api, "POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": f"spool-{name}-{i}", "labels": sts["spec"]["volumeClaimTemplates"][0][
-                    "metadata"]["labels"]},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            })
+            ok(
+                api,
+                "POST",
+                f"/api/v1/namespaces/{ns}/persistentvolumeclaims",
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {
+                        "name": f"spool-{name}-{i}",
+                        "labels": sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"],
+                    },
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                },
+            )
     ok(api, "DELETE", p["relay"])
     wait_for(lambda: not any(get(api, path) for path in p.values()), timeout=15 if api.emulated else 120)
     claims = ok(api, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]
@@ -320,12 +363,20 @@ def test_operator_end_to_end_on_the_emulator(emulator: EmulatorApi) -> None:
 def test_invalid_spec_is_degraded_on_the_emulator(emulator: EmulatorApi) -> None:
     """A spec the CRD would refuse (the emulator does not validate) still never reaches the children."""
     with Operator(emulator, "default"):
-        body = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": "bad"},
-                "spec": {"listeners": [{"name": "a", "port": 25}, {"name": "a", "port": 26}]}}
+        body = {
+            "apiVersion": "relayfleet.io/v1alpha1",
+            "kind": "SmtpRelay",
+            "metadata": {"name": "bad"},
+            "spec": {"listeners": [{"name": "a", "port": 25}, {"name": "a", "port": 26}]},
+        }
         ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
         path = f"{GROUP}/namespaces/default/smtprelays/bad"
-        cond = wait_for(lambda: condition(get(emulator, path), "Degraded").get("status") == "True"
-                        and condition(get(emulator, path), "Degraded"))
+        cond = wait_for(
+            lambda: (
+                condition(get(emulator, path), "Degraded").get("status") == "True"
+                and condition(get(emulator, path), "Degraded")
+            )
+        )
         assert cond["reason"] == "InvalidSpec" and "listener names must be unique" in cond["message"]
         assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/bad") is None
 

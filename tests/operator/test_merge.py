@@ -25,8 +25,10 @@ def test_covers_ignores_fields_we_do_not_render() -> None:
 
 def test_merge_patch_keeps_foreign_fields_inside_list_items() -> None:
     desired = {"spec": {"ports": [{"name": "a", "port": 26}, {"name": "b", "port": 27}]}}
-    observed = {"metadata": {"labels": {"mine": "x"}},
-                "spec": {"ports": [{"name": "a", "port": 25, "nodePort": 30025}], "clusterIP": "10.0.0.1"}}
+    observed = {
+        "metadata": {"labels": {"mine": "x"}},
+        "spec": {"ports": [{"name": "a", "port": 25, "nodePort": 30025}], "clusterIP": "10.0.0.1"},
+    }
     patch = merge_patch(desired, observed)
     assert patch == {"spec": {"ports": [{"name": "a", "port": 26, "nodePort": 30025}, {"name": "b", "port": 27}]}}
 
@@ -73,5 +75,3 @@ def test_spec_problems_catch_the_admin_port() -> None:
     problems = spec_problems(owner, parse_spec({"listeners": [{"name": "admin", "port": 9025}]}))
     assert [p.reason for p in problems] == ["PortConflict", "PortConflict", "InvalidAnnotation"]
     assert problems[0].message.startswith("spec.listeners[0].port: 9025")
-
-

@@ -66,8 +66,12 @@ class MemoryKube(Kube):
                 raise ApiError(409, "AlreadyExists", method, item)
             self._rv += 1
             created = copy.deepcopy(dict(body))
-            created["metadata"] = {**created["metadata"], "uid": f"uid-{self._rv}", "resourceVersion": str(self._rv),
-                                   "generation": 1}
+            created["metadata"] = {
+                **created["metadata"],
+                "uid": f"uid-{self._rv}",
+                "resourceVersion": str(self._rv),
+                "generation": 1,
+            }
             self.objects[item] = created
             return copy.deepcopy(created)
         if path not in self.objects:
@@ -238,8 +242,12 @@ async def test_refresh_status_follows_the_statefulset() -> None:
     body = await stored_relay(kube, {"replicas": 2})
     await rec.reconcile(body, kube, Settings(), events)
     sts_path = "/apis/apps/v1/namespaces/mail/statefulsets/outbound"
-    kube.objects[sts_path]["status"] = {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2,
-                                        "updatedReplicas": 2}
+    kube.objects[sts_path]["status"] = {
+        "observedGeneration": 1,
+        "replicas": 2,
+        "readyReplicas": 2,
+        "updatedReplicas": 2,
+    }
     status = await rec.refresh_status(kube, NS, "outbound")
     assert status is not None and status["phase"] == "Ready"
     writes = kube.writes
@@ -256,11 +264,19 @@ async def test_delete_claims_only_when_asked(delete_claims: bool) -> None:
     await rec.reconcile(body, kube, Settings(), events)
     template = kube.objects["/apis/apps/v1/namespaces/mail/statefulsets/outbound"]["spec"]["volumeClaimTemplates"][0]
     for i in range(2):
-        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                 "metadata": {"name": f"spool-outbound-{i}", "namespace": NS, "labels": template["metadata"]["labels"]}}
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": f"spool-outbound-{i}", "namespace": NS, "labels": template["metadata"]["labels"]},
+        }
         await kube.create(claim)
-    await kube.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                       "metadata": {"name": "unrelated", "namespace": NS, "labels": {"app": "x"}}})
+    await kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "unrelated", "namespace": NS, "labels": {"app": "x"}},
+        }
+    )
     deleted = await rec.delete_claims(body, kube, events)
     claims = sorted(p.rsplit("/", 1)[1] for p in kube.objects if "persistentvolumeclaims" in p)
     if delete_claims:

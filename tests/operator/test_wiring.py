@@ -27,8 +27,11 @@ def test_settings_defaults_and_env() -> None:
         }
     )
     assert settings == Settings(
-        relay_image="r.example/relay:9", resync_seconds=15.0, termination_grace_seconds=900,
-        service_monitor=True, network_policy=False,
+        relay_image="r.example/relay:9",
+        resync_seconds=15.0,
+        termination_grace_seconds=900,
+        service_monitor=True,
+        network_policy=False,
     )
 
 
@@ -54,7 +57,13 @@ def test_every_setting_is_documented_in_the_chart() -> None:
 def test_kopf_command_line() -> None:
     assert kopf_argv([]) == ["run", "-m", "relay_operator.handlers", "--all-namespaces"]
     assert kopf_argv(["-n", "mail", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]) == [
-        "run", "-m", "relay_operator.handlers", "-n", "mail", "--standalone", "--liveness=http://0.0.0.0:8080/healthz",
+        "run",
+        "-m",
+        "relay_operator.handlers",
+        "-n",
+        "mail",
+        "--standalone",
+        "--liveness=http://0.0.0.0:8080/healthz",
     ]
     assert kopf_argv(["--namespace=mail", "-v"])[-2:] == ["--namespace=mail", "-v"]
 

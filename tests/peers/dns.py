@@ -165,9 +165,7 @@ def start_dns_server(folder: Path, zones: ZoneSpec, host: str = "127.0.0.1") -> 
     def start_once() -> DnsServer:
         port = free_port(host, udp=True)
         config = _write_config(folder, host, port, zones)
-        process = subprocess.Popen(
-            [NSD, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        process = subprocess.Popen([NSD, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = DnsServer(host=host, port=port, zones=dict(zones), folder=folder, process=process)
         pending = list(server.zones)
         wait_until_ready(server, lambda: _serves_all_zones(server, pending), START_TIMEOUT, interval=0.02)

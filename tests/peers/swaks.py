@@ -27,8 +27,15 @@ class SwaksResult:
 async def run_swaks(host: str, port: int, *args: str, seconds: float = 30.0) -> SwaksResult:
     """Run `swaks --server host:port ARGS`, returning the exit code and the transcript."""
     proc = await asyncio.create_subprocess_exec(
-        SWAKS, "--server", f"{host}:{port}", "--timeout", "15", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+        SWAKS,
+        "--server",
+        f"{host}:{port}",
+        "--timeout",
+        "15",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), seconds)

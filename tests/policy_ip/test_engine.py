@@ -57,16 +57,21 @@ def make_engine(dns_server: DnsServer, registry: CollectorRegistry, tmp_path: Pa
             }
         )
         return PolicyEngine(
-            spec, make_resolver(spec.dns), hostname="relay.test", metrics=PolicyMetrics(registry),
-            quarantine=QuarantineStore(tmp_path / "quarantine"), **kwargs,
+            spec,
+            make_resolver(spec.dns),
+            hostname="relay.test",
+            metrics=PolicyMetrics(registry),
+            quarantine=QuarantineStore(tmp_path / "quarantine"),
+            **kwargs,
         )
 
     return make
 
 
 def facts(client_ip: str = CLIENT, mail_from: str | None = None, rcpt: str | None = None, **kw: Any) -> Facts:
-    return Facts(listener=LISTENER, client_ip=client_ip, helo=kw.pop("helo", "client.test"), mail_from=mail_from,
-                 rcpt=rcpt, **kw)
+    return Facts(
+        listener=LISTENER, client_ip=client_ip, helo=kw.pop("helo", "client.test"), mail_from=mail_from, rcpt=rcpt, **kw
+    )
 
 
 def message(body: str = "Hello Bob,\nthe report attached.\n", *, attachment: tuple[str, bytes] | None = None) -> bytes:
@@ -123,8 +128,12 @@ async def test_connections_per_client_are_limited_except_for_allowed_networks(ma
 @pytest.mark.parametrize(
     ("mode", "sender", "action", "reply"),
     [
-        ("reject", "a@fail.spf.test", Action.REJECT,
-         "550 5.7.23 SPF fail for fail.spf.test: SPF fail - not authorized"),
+        (
+            "reject",
+            "a@fail.spf.test",
+            Action.REJECT,
+            "550 5.7.23 SPF fail for fail.spf.test: SPF fail - not authorized",
+        ),
         ("tag", "a@fail.spf.test", Action.TAG, None),
         ("reject", "a@softfail.spf.test", Action.TAG, None),
         ("reject", "a@pass.spf.test", Action.ACCEPT, None),
@@ -170,10 +179,16 @@ async def test_require_verified_domain(make_engine: EngineFactory) -> None:
     [
         ("bob@mail.test", None),
         ("bob@aonly.mail.test", None),
-        ("bob@nowhere.mail.test", "550 5.1.2 Recipient address rejected: domain nowhere.mail.test does not accept mail "
-         "(no MX or address record)"),
-        ("bob@nullmx.mail.test", "550 5.1.2 Recipient address rejected: domain nullmx.mail.test does not accept mail "
-         "(no MX or address record)"),
+        (
+            "bob@nowhere.mail.test",
+            "550 5.1.2 Recipient address rejected: domain nowhere.mail.test does not accept mail "
+            "(no MX or address record)",
+        ),
+        (
+            "bob@nullmx.mail.test",
+            "550 5.1.2 Recipient address rejected: domain nullmx.mail.test does not accept mail "
+            "(no MX or address record)",
+        ),
         ("bob..x@mail.test", "501 5.1.3 Bad recipient address syntax: invalid local part"),
     ],
 )
@@ -275,8 +290,9 @@ async def test_a_blocked_attachment_is_quarantined_and_released(make_engine: Eng
 
 
 @pytest.mark.parametrize(("action", "code"), [("reject", 554), ("quarantine", 250)])
-async def test_a_virus_found_by_clamd(make_engine: EngineFactory, clamd: Clamd, registry: CollectorRegistry,
-                                      action: str, code: int) -> None:
+async def test_a_virus_found_by_clamd(
+    make_engine: EngineFactory, clamd: Clamd, registry: CollectorRegistry, action: str, code: int
+) -> None:
     engine = make_engine({"virus": {"engine": "clamd", "address": clamd.address, "action": action}})
     data = message(attachment=("readme.txt", eicar()))
     decision = await engine.on_data(facts(mail_from="alice@pass.spf.test"), data, envelope())
@@ -307,8 +323,11 @@ async def test_clamd_down(make_engine: EngineFactory, registry: CollectorRegistr
     [("spamassassin", "spamd"), pytest.param("rspamd", "rspamd", marks=pytest.mark.slow)],
 )
 async def test_external_spam_engines(
-    make_engine: EngineFactory, request: pytest.FixtureRequest, registry: CollectorRegistry,
-    engine_name: str, fixture: str,
+    make_engine: EngineFactory,
+    request: pytest.FixtureRequest,
+    registry: CollectorRegistry,
+    engine_name: str,
+    fixture: str,
 ) -> None:
     daemon = request.getfixturevalue(fixture)
     # rspamd scores GTUBE exactly at its reject threshold (15), spamd at 1000: "above" 10 refuses both
@@ -333,8 +352,9 @@ async def test_external_spam_engines(
 @pytest.mark.looptime
 async def test_rate_limit_counts_accepted_messages_and_slides(make_engine: EngineFactory) -> None:
     loop = asyncio.get_running_loop()
-    engine = make_engine({"ipAuthority": {"spf": "off"}, "rateLimits": [{"key": "sender", "limit": 2, "per": "1m"}]},
-                         clock=loop.time)
+    engine = make_engine(
+        {"ipAuthority": {"spf": "off"}, "rateLimits": [{"key": "sender", "limit": 2, "per": "1m"}]}, clock=loop.time
+    )
     fx = facts(mail_from="alice@pass.spf.test")
     for _ in range(2):
         assert (await engine.on_mail(fx)).action is Action.ACCEPT
@@ -367,12 +387,14 @@ async def test_auth_failures_are_tarpitted_then_refused(make_engine: EngineFacto
 async def test_audit_mode_accepts_everything_but_counts_it(
     make_engine: EngineFactory, registry: CollectorRegistry
 ) -> None:
-    engine = make_engine({
-        "mode": "audit",
-        "ipAuthority": {"spf": "reject", "dnsbl": {"zones": ["bl.test"], "action": "reject"}},
-        "attachments": {"action": "quarantine"},
-        "rateLimits": [{"key": "client", "limit": 1}],
-    })
+    engine = make_engine(
+        {
+            "mode": "audit",
+            "ipAuthority": {"spf": "reject", "dnsbl": {"zones": ["bl.test"], "action": "reject"}},
+            "attachments": {"action": "quarantine"},
+            "rateLimits": [{"key": "client", "limit": 1}],
+        }
+    )
     fx = facts("127.0.0.2", mail_from="alice@fail.spf.test", rcpt="bob@nowhere.mail.test")
     assert (await engine.on_connect(fx)).action is Action.ACCEPT
     assert (await engine.on_mail(fx)).action is Action.ACCEPT
@@ -383,12 +405,22 @@ async def test_audit_mode_accepts_everything_but_counts_it(
         assert (decision.verdict.action, decision.add_headers, decision.quarantine_reason) == (Action.ACCEPT, [], None)
     audited = {
         (check, action): sample(registry, "smtp_relay_policy_audit_overrides_total", check=check, action=action)
-        for check, action in [("dnsbl", "reject"), ("spf", "reject"), ("rcpt_domain", "reject"),
-                              ("attachments", "quarantine"), ("spam", "reject"), ("ratelimit", "defer")]
+        for check, action in [
+            ("dnsbl", "reject"),
+            ("spf", "reject"),
+            ("rcpt_domain", "reject"),
+            ("attachments", "quarantine"),
+            ("spam", "reject"),
+            ("ratelimit", "defer"),
+        ]
     }
     assert audited == {
-        ("dnsbl", "reject"): 1, ("spf", "reject"): 1, ("rcpt_domain", "reject"): 1,
-        ("attachments", "quarantine"): 2, ("spam", "reject"): 2, ("ratelimit", "defer"): 1,
+        ("dnsbl", "reject"): 1,
+        ("spf", "reject"): 1,
+        ("rcpt_domain", "reject"): 1,
+        ("attachments", "quarantine"): 2,
+        ("spam", "reject"): 2,
+        ("ratelimit", "defer"): 1,
     }
 
 

@@ -340,7 +340,11 @@ def test_quarantine_round_trip(tmp_path: Path) -> None:
     [entry] = store.list()
     assert entry.id == entry_id
     assert (entry.envelope, entry.reason, entry.verdicts, entry.time, entry.size) == (
-        ENVELOPE, "virus: Eicar-Signature", ("550 5.7.1 virus found",), 1_700_000_000.5, len(DATA),
+        ENVELOPE,
+        "virus: Eicar-Signature",
+        ("550 5.7.1 virus found",),
+        1_700_000_000.5,
+        len(DATA),
     )
     assert store.get(entry_id) == entry
     assert store.data(entry_id) == DATA

@@ -60,7 +60,8 @@ async def test_list_release_and_delete(relay: Relay, client: TestClient[web.Requ
     assert response.status == 200
     listed = (await response.json())["messages"]
     assert [(m["id"], m["reason"], m["envelope"]["mail_from"]) for m in listed] == [
-        (held, "virus: Eicar", "alice@example.com"), (other, "attachment: a.exe", "alice@example.com"),
+        (held, "virus: Eicar", "alice@example.com"),
+        (other, "attachment: a.exe", "alice@example.com"),
     ]
     assert (await (await client.get(f"/quarantine/{held}")).json())["verdicts"] == [
         "554 5.7.1 Message rejected: virus found (Eicar)"

@@ -79,8 +79,13 @@ async def start_relay() -> AsyncIterator[StartRelay]:
     """`await start_relay(spec_dict, cert=..., users=...)` starts a relay; all are closed at teardown."""
     started: list[RelayServer] = []
 
-    async def _start(spec: dict[str, Any], *, cert: IssuedCert | None = None,
-                     users: dict[str, str] | None = None, sink: MemorySink | None = None) -> Relay:
+    async def _start(
+        spec: dict[str, Any],
+        *,
+        cert: IssuedCert | None = None,
+        users: dict[str, str] | None = None,
+        sink: MemorySink | None = None,
+    ) -> Relay:
         spec = dict(spec)
         spec.setdefault("listeners", listeners({"name": "smtp"}))
         metrics = RelayMetrics()

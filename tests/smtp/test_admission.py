@@ -69,8 +69,10 @@ def test_ipv4_mapped_ipv6_counts_as_ipv4() -> None:
 def test_mail_checks_in_order() -> None:
     admission = Admission.from_spec(
         spec(
-            listeners=[SUBMISSION.model_dump(by_alias=True)], tls={"secretName": "t"},
-            clients={"users": {"secretName": "u"}}, senders={"allowedDomains": ["example.org"]},
+            listeners=[SUBMISSION.model_dump(by_alias=True)],
+            tls={"secretName": "t"},
+            clients={"users": {"secretName": "u"}},
+            senders={"allowedDomains": ["example.org"]},
             policy={"maxMessageSize": "1Ki", "maxRecipients": 2},
         )
     )
@@ -80,8 +82,14 @@ def test_mail_checks_in_order() -> None:
     assert admission.on_mail(tls).verdict.reply == "530 5.7.0 Authentication required"
     ok = Facts(listener=SUBMISSION, client_ip="192.0.2.1", secure=True, auth_user="u", mail_from="a@example.org")
     assert admission.on_mail(ok).verdict is ACCEPT
-    big = Facts(listener=SUBMISSION, client_ip="192.0.2.1", secure=True, auth_user="u", mail_from="a@example.org",
-                declared_size=1025)
+    big = Facts(
+        listener=SUBMISSION,
+        client_ip="192.0.2.1",
+        secure=True,
+        auth_user="u",
+        mail_from="a@example.org",
+        declared_size=1025,
+    )
     assert admission.on_mail(big).verdict.code == 552
     other = Facts(listener=SUBMISSION, client_ip="192.0.2.1", secure=True, auth_user="u", mail_from="a@evil.org")
     assert admission.on_mail(other).verdict.reply == "553 5.7.1 Sender address domain not allowed"

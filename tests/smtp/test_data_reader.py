@@ -27,7 +27,7 @@ def feed_in_chunks(stream: bytes, sizes: list[int], limit: int | None = None) ->
     decoder = DotDecoder(limit)
     pos = 0
     for size in sizes:
-        chunk = stream[pos:pos + size]
+        chunk = stream[pos : pos + size]
         used = decoder.feed(chunk)
         pos += used
         if decoder.done:

@@ -51,7 +51,15 @@ async def test_allowed_network_may_relay_any_domain(start_relay: StartRelay, con
 
 
 SMUGGLING = [
-    b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\r\n.\n", b"\n.\r", b"\r\n\x00.\r\n", b"\n..\n",
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r",
+    b"\r\n.\r",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\n.\r",
+    b"\r\n\x00.\r\n",
+    b"\n..\n",
 ]
 
 
@@ -64,7 +72,8 @@ async def test_smuggling_never_makes_a_second_message(start_relay: StartRelay, c
     await client.cmd("RCPT TO:<b@example.org>")
     assert (await client.cmd("DATA"))[0] == 354
     smuggled = (
-        b"Subject: outer\r\n\r\nouter body" + fake_end
+        b"Subject: outer\r\n\r\nouter body"
+        + fake_end
         + b"MAIL FROM:<ceo@bank.example>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
         + b"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\n"
     )
@@ -108,7 +117,8 @@ async def test_size_declared_too_big_552_at_mail(start_relay: StartRelay, connec
     client: RawClient = await connect(relay.port())
     await client.cmd("EHLO c")
     assert await client.cmd("MAIL FROM:<a@example.org> SIZE=10241") == (
-        552, "5.3.4 Message size exceeds fixed maximum message size"
+        552,
+        "5.3.4 Message size exceeds fixed maximum message size",
     )
     assert (await client.cmd("MAIL FROM:<a@example.org> SIZE=10240"))[0] == 250
 

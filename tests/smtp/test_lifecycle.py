@@ -77,9 +77,17 @@ async def test_reload_adds_moves_and_removes_listeners(start_relay: StartRelay, 
 
     moved = free_port()
     added = free_port()
-    relay.server.update(make_config({**LOCAL, "listeners": [
-        {"name": "smtp", "port": moved}, {"name": "submission", "port": added},
-    ]}))
+    relay.server.update(
+        make_config(
+            {
+                **LOCAL,
+                "listeners": [
+                    {"name": "smtp", "port": moved},
+                    {"name": "submission", "port": added},
+                ],
+            }
+        )
+    )
     assert relay.server.bound_ports() == {"smtp": moved, "submission": added}
     for port in (moved, added):
         client: RawClient = await connect(port)

@@ -84,8 +84,10 @@ async def test_pipelined_transactions_in_one_write_are_two_messages(start_relay:
     await client.send(one + b"first\r\n.\r\n" + one + b"second\r\n.\r\nNOOP\r\n")
     codes = [(await client.reply())[0] for _ in range(9)]
     assert codes == [250, 250, 354, 250, 250, 250, 354, 250, 250]
-    bodies = [data.split(b"\r\n\r\n", 1)[-1] if b"\r\n\r\n" in data else data.split(b";\r\n\t", 1)[1]
-              for _, data in relay.sink.messages]
+    bodies = [
+        data.split(b"\r\n\r\n", 1)[-1] if b"\r\n\r\n" in data else data.split(b";\r\n\t", 1)[1]
+        for _, data in relay.sink.messages
+    ]
     assert len(bodies) == 2
     assert bodies[0].endswith(b"\r\nfirst\r\n") and bodies[1].endswith(b"\r\nsecond\r\n")
 

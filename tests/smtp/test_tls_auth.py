@@ -138,14 +138,31 @@ async def test_auth_not_offered_without_tls_and_not_enabled(
 
 @pytest.mark.peers
 async def test_swaks_starttls_verify_auth_login_bcrypt(
-    start_relay: StartRelay, tls_spec: dict[str, object], server_cert: IssuedCert, test_ca: ThrowawayCA,
+    start_relay: StartRelay,
+    tls_spec: dict[str, object],
+    server_cert: IssuedCert,
+    test_ca: ThrowawayCA,
     swaks: Swaks,
 ) -> None:
     relay = await start_relay(tls_spec, cert=server_cert, users=USERS)
     result = await swaks(
-        relay.port("submission"), "--tls", "--tls-verify", "--tls-ca-path", str(test_ca.ca_path),
-        "--auth", "LOGIN", "--auth-user", "hashed", "--auth-password", HASHED,
-        "--from", "app@example.org", "--to", "x@example.com", "--ehlo", "swaks.example",
+        relay.port("submission"),
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(test_ca.ca_path),
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "hashed",
+        "--auth-password",
+        HASHED,
+        "--from",
+        "app@example.org",
+        "--to",
+        "x@example.com",
+        "--ehlo",
+        "swaks.example",
     )
     assert result.code == 0, result.transcript
     assert "250 2.0.0 Ok: queued as" in result.transcript
@@ -155,26 +172,59 @@ async def test_swaks_starttls_verify_auth_login_bcrypt(
 
 @pytest.mark.peers
 async def test_swaks_implicit_tls_auth_plain(
-    start_relay: StartRelay, tls_spec: dict[str, object], server_cert: IssuedCert, test_ca: ThrowawayCA,
-    swaks: Swaks, tmp_path: Path,
+    start_relay: StartRelay,
+    tls_spec: dict[str, object],
+    server_cert: IssuedCert,
+    test_ca: ThrowawayCA,
+    swaks: Swaks,
+    tmp_path: Path,
 ) -> None:
     relay = await start_relay(tls_spec, cert=server_cert, users=USERS)
     result = await swaks(
-        relay.port("smtps"), "--tlsc", "--tls-verify", "--tls-ca-path", str(test_ca.ca_path),
-        "--auth", "PLAIN", "--auth-user", "app", "--auth-password", PASSWORD,
-        "--from", "app@example.org", "--to", "x@example.com",
+        relay.port("smtps"),
+        "--tlsc",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(test_ca.ca_path),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "app@example.org",
+        "--to",
+        "x@example.com",
     )
     assert result.code == 0, result.transcript
     assert len(relay.sink.messages) == 1
     stranger = ThrowawayCA.create(tmp_path / "other-ca")  # verification is real: another CA is refused
     untrusted = await swaks(
-        relay.port("smtps"), "--tlsc", "--tls-verify", "--tls-ca-path", str(stranger.ca_path),
-        "--from", "app@example.org", "--to", "x@example.com",
+        relay.port("smtps"),
+        "--tlsc",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(stranger.ca_path),
+        "--from",
+        "app@example.org",
+        "--to",
+        "x@example.com",
     )
     assert untrusted.code != 0 and len(relay.sink.messages) == 1
     bad = await swaks(
-        relay.port("smtps"), "--tlsc", "--auth", "PLAIN", "--auth-user", "app", "--auth-password", "nope",
-        "--from", "app@example.org", "--to", "x@example.com",
+        relay.port("smtps"),
+        "--tlsc",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        "nope",
+        "--from",
+        "app@example.org",
+        "--to",
+        "x@example.com",
     )
     assert bad.code == 28 and "535 5.7.8" in bad.transcript  # 28: AUTH failed
 
@@ -184,8 +234,19 @@ async def test_swaks_plain_listener_with_insecure_auth_and_open_relay_refusal(
     start_relay: StartRelay, tls_spec: dict[str, object], server_cert: IssuedCert, swaks: Swaks
 ) -> None:
     relay = await start_relay(tls_spec, cert=server_cert, users=USERS)
-    result = await swaks(relay.port("plainauth"), "--auth", "PLAIN", "--auth-user", "app", "--auth-password", PASSWORD,
-                         "--from", "a@example.org", "--to", "x@example.com")
+    result = await swaks(
+        relay.port("plainauth"),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "a@example.org",
+        "--to",
+        "x@example.com",
+    )
     assert result.code == 0, result.transcript
     refused = await swaks(relay.port("plainauth"), "--from", "a@example.org", "--to", "x@example.com")
     assert refused.code == 24 and "554 5.7.1 Relay access denied" in refused.transcript  # 24: RCPT refused

@@ -33,8 +33,13 @@ def _groups(raw: bytes) -> list[Message]:
 def _dsn(failures: dict[str, Outcome], reason: str = "") -> bytes:
     original = Envelope("alice@example.org", tuple(failures), received_at=1_700_000_000.0)
     return build_dsn(
-        original, HEADERS, failures, reporting_mta="relay-0.example.com", queue_id="0006ABCDEF0123",
-        now=1_700_000_600.0, reason=reason,
+        original,
+        HEADERS,
+        failures,
+        reporting_mta="relay-0.example.com",
+        queue_id="0006ABCDEF0123",
+        now=1_700_000_600.0,
+        reason=reason,
     )
 
 
@@ -84,7 +89,9 @@ def test_one_dsn_lists_every_failed_recipient() -> None:
     )
     groups = _groups(raw)[1:]
     assert [(g["Final-Recipient"], g["Status"]) for g in groups] == [
-        ("rfc822; a@example.net", "5.1.1"), ("rfc822; b@example.net", "5.2.2"), ("rfc822; c@example.net", "5.0.0"),
+        ("rfc822; a@example.net", "5.1.1"),
+        ("rfc822; b@example.net", "5.2.2"),
+        ("rfc822; c@example.net", "5.0.0"),
     ]
     assert groups[2]["Diagnostic-Code"] == "X-Relayfleet; domain has no MX"
 

@@ -49,8 +49,10 @@ def test_schema_is_structural(name: str) -> None:
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
         assert node.get("additionalProperties", True) is True, path
         if "default" in node:
-            assert None not in (node["default"], *(node["default"].values() if isinstance(node["default"], dict)
-                                                    else ())), path
+            assert None not in (
+                node["default"],
+                *(node["default"].values() if isinstance(node["default"], dict) else ()),
+            ), path
 
 
 @pytest.mark.parametrize("name", sorted(CRDS))
@@ -92,7 +94,10 @@ def test_smtprelay_shape() -> None:
     assert doc["spec"]["scope"] == "Namespaced"
     names = doc["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
-        "SmtpRelay", "smtprelays", ["smr"], ["relayfleet"],
+        "SmtpRelay",
+        "smtprelays",
+        ["smr"],
+        ["relayfleet"],
     )
     (version,) = doc["spec"]["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
@@ -136,7 +141,12 @@ def test_conditions_are_a_map_list() -> None:
         conditions = spec_schema(name)["properties"]["status"]["properties"]["conditions"]
         assert conditions["x-kubernetes-list-map-keys"] == ["type"]
         assert set(conditions["items"]["properties"]) == {
-            "type", "status", "reason", "message", "lastTransitionTime", "observedGeneration",
+            "type",
+            "status",
+            "reason",
+            "message",
+            "lastTransitionTime",
+            "observedGeneration",
         }
 
 

@@ -72,8 +72,12 @@ def test_every_child_is_owned_and_labelled(settings: Settings) -> None:
         assert LABELS.items() <= meta["labels"].items()
         (ref,) = meta["ownerReferences"]
         assert ref == {
-            "apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": "uid-1",
-            "controller": True, "blockOwnerDeletion": True,
+            "apiVersion": "relayfleet.io/v1alpha1",
+            "kind": "SmtpRelay",
+            "name": "outbound",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
         }
 
 
@@ -94,17 +98,30 @@ def test_statefulset_runs_the_relay_hardened() -> None:
     assert spec["podManagementPolicy"] == "Parallel"
     assert spec["serviceName"] == "outbound-pods"
     assert spec["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "relayfleet-relay", "app.kubernetes.io/instance": "outbound",
+        "app.kubernetes.io/name": "relayfleet-relay",
+        "app.kubernetes.io/instance": "outbound",
     }
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     (container,) = pod(sts)["containers"]
     assert container["command"] == [
-        "smtp-relay", "run", "-f", "/etc/relay/relay.yaml", "--secrets-dir", "/etc/relay/secrets",
-        "--spool", "/var/spool/relay", "--host", "0.0.0.0", "--http-port", "9025",
+        "smtp-relay",
+        "run",
+        "-f",
+        "/etc/relay/relay.yaml",
+        "--secrets-dir",
+        "/etc/relay/secrets",
+        "--spool",
+        "/var/spool/relay",
+        "--host",
+        "0.0.0.0",
+        "--http-port",
+        "9025",
     ]
     assert container["image"] == SETTINGS.relay_image
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
-        ("relay", 2525), ("submission", 587), ("admin", 9025),
+        ("relay", 2525),
+        ("submission", 587),
+        ("admin", 9025),
     ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
@@ -147,16 +164,26 @@ def test_spool_is_a_claim_template_with_storage_else_an_empty_dir() -> None:
 
 def test_restart_checksum_ignores_what_hot_reload_applies() -> None:
     base = restart_checksum(FULL)
-    reloadable = FULL.model_copy(update={"policy": parse_spec({"policy": {"maxRecipients": 5}}).policy,
-                                         "routing": MINIMAL.routing, "replicas": 7})
+    reloadable = FULL.model_copy(
+        update={
+            "policy": parse_spec({"policy": {"maxRecipients": 5}}).policy,
+            "routing": MINIMAL.routing,
+            "replicas": 7,
+        }
+    )
     assert restart_checksum(reloadable) == base
     sts = build_statefulset(OWNER, reloadable, SETTINGS)
     assert sts["spec"]["template"]["metadata"]["annotations"]["relayfleet.io/restart-checksum"] == base
-    moved = parse_spec({**FULL.model_dump(by_alias=True, exclude_none=True),
-                        "listeners": [{"name": "relay", "port": 2526}]})
+    moved = parse_spec(
+        {**FULL.model_dump(by_alias=True, exclude_none=True), "listeners": [{"name": "relay", "port": 2526}]}
+    )
     assert restart_checksum(moved) != base
-    retls = parse_spec({**FULL.model_dump(by_alias=True, exclude_none=True),
-                        "listeners": [{"name": "relay", "port": 2525, "tls": "implicit"}]})
+    retls = parse_spec(
+        {
+            **FULL.model_dump(by_alias=True, exclude_none=True),
+            "listeners": [{"name": "relay", "port": 2525, "tls": "implicit"}],
+        }
+    )
     assert restart_checksum(retls) != base
 
 
@@ -182,8 +209,9 @@ def test_service_has_one_port_per_listener() -> None:
 def test_load_balancer_keeps_client_ips_unless_told_otherwise() -> None:
     lb = Owner(name="o", namespace="n", uid="u", annotations={SERVICE_TYPE: "LoadBalancer"})
     assert build_service(lb, FULL)["spec"]["externalTrafficPolicy"] == "Local"
-    cluster = Owner(name="o", namespace="n", uid="u",
-                    annotations={SERVICE_TYPE: "NodePort", EXTERNAL_TRAFFIC_POLICY: "Cluster"})
+    cluster = Owner(
+        name="o", namespace="n", uid="u", annotations={SERVICE_TYPE: "NodePort", EXTERNAL_TRAFFIC_POLICY: "Cluster"}
+    )
     assert build_service(cluster, FULL)["spec"]["externalTrafficPolicy"] == "Cluster"
     bad = Owner(name="o", namespace="n", uid="u", annotations={SERVICE_TYPE: "ExternalName"})
     with pytest.raises(ServiceOptionError, match=r"relayfleet\.io/service-type: 'ExternalName'"):
@@ -209,9 +237,10 @@ def test_servicemonitor_scrapes_the_headless_service() -> None:
     monitor = build_servicemonitor(OWNER)
     headless = build_headless_service(OWNER, FULL)
     assert monitor["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
-    assert not monitor["spec"]["selector"]["matchLabels"].items() <= build_service(OWNER, FULL)["metadata"][
-        "labels"
-    ].items()
+    assert (
+        not monitor["spec"]["selector"]["matchLabels"].items()
+        <= build_service(OWNER, FULL)["metadata"]["labels"].items()
+    )
     assert monitor["spec"]["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "30s"}]
 
 

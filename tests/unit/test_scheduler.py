@@ -75,8 +75,9 @@ async def relay(
     loop = asyncio.get_running_loop()
     metrics = RelayMetrics()
     spool = Spool(tmp_path / "queue")
-    scheduler = Scheduler(spool, delivery, retry, hostname="relay.test", metrics=metrics,
-                          max_active=max_active, clock=loop.time)
+    scheduler = Scheduler(
+        spool, delivery, retry, hostname="relay.test", metrics=metrics, max_active=max_active, clock=loop.time
+    )
     for message in await spool.open():
         scheduler.submit(message)
     task = asyncio.create_task(scheduler.run()) if run else None
@@ -90,8 +91,9 @@ async def relay(
         await spool.close()
 
 
-async def submit(spool: Spool, scheduler: Scheduler, *rcpts: str, sender: str = "alice@example.org",
-                 is_bounce: bool = False) -> StoredMessage:
+async def submit(
+    spool: Spool, scheduler: Scheduler, *rcpts: str, sender: str = "alice@example.org", is_bounce: bool = False
+) -> StoredMessage:
     envelope = Envelope(sender, rcpts, received_at=asyncio.get_running_loop().time(), is_bounce=is_bounce)
     message = await spool.commit(envelope, ORIGINAL)
     scheduler.submit(message)

@@ -18,8 +18,9 @@ from smtp_relay.spool import JOURNAL_NAME, Spool, SpoolError, iter_segment_recor
 
 
 def _env(*rcpts: str, sender: str = "alice@example.org") -> Envelope:
-    return Envelope(sender, rcpts or ("bob@example.net",), client_ip="127.0.0.1", helo="client.test",
-                    received_at=1_700_000_000.0)
+    return Envelope(
+        sender, rcpts or ("bob@example.net",), client_ip="127.0.0.1", helo="client.test", received_at=1_700_000_000.0
+    )
 
 
 def _segments(root: Path) -> list[Path]:
@@ -57,8 +58,14 @@ async def test_commit_and_recover_round_trip(tmp_path: Path) -> None:
     envelopes = [
         _env("bob@example.net", "carol@example.net"),
         Envelope("", ("postmaster@example.org",), is_bounce=True, received_at=5.0),
-        Envelope("j\u00f6rg@b\u00fccher.example", ("\u00e9l\u00e8ve@\u00e9cole.example",), smtputf8=True,
-                 body_8bit=True, auth_user="u1", received_at=7.0),
+        Envelope(
+            "j\u00f6rg@b\u00fccher.example",
+            ("\u00e9l\u00e8ve@\u00e9cole.example",),
+            smtputf8=True,
+            body_8bit=True,
+            auth_user="u1",
+            received_at=7.0,
+        ),
     ]
     bodies = [b"Subject: one\r\n\r\nbody\r\n", b"", os.urandom(200_000)]
     stored = [await spool.commit(e, d) for e, d in zip(envelopes, bodies, strict=True)]

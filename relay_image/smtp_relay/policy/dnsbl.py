@@ -88,9 +88,7 @@ async def _lookup_zone(resolver: dns.asyncresolver.Resolver, client_ip: str, zon
     return Listing(zone.rstrip(".").lower(), listed[0], text)
 
 
-async def dnsbl_listings(
-    resolver: dns.asyncresolver.Resolver, client_ip: str, zones: Sequence[str]
-) -> list[Listing]:
+async def dnsbl_listings(resolver: dns.asyncresolver.Resolver, client_ip: str, zones: Sequence[str]) -> list[Listing]:
     """Every zone listing the client, in the order of `zones`; all zones are asked at once."""
     results = await asyncio.gather(*(_lookup_zone(resolver, client_ip, zone) for zone in zones))
     return [r for r in results if r is not None]

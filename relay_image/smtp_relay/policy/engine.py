@@ -428,9 +428,14 @@ class PolicyEngine:
         if self.scanners.rspamd is not None:
             rspamd = self.scanners.rspamd
             result = await self._timed(
-                "rspamd", rspamd.check(
-                    data, client_ip=facts.client_ip or None, helo=facts.helo or None,
-                    mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos, user=facts.auth_user,
+                "rspamd",
+                rspamd.check(
+                    data,
+                    client_ip=facts.client_ip or None,
+                    helo=facts.helo or None,
+                    mail_from=envelope.mail_from,
+                    rcpts=envelope.rcpt_tos,
+                    user=facts.auth_user,
                 ),
             )
         elif self.scanners.spamd is not None:
@@ -459,9 +464,7 @@ class PolicyEngine:
         are the platform's own applications, whose pod IPs no domain's SPF lists: the allowedNetworks
         declaration is their authority, so SPF is checked for everyone else (authenticated users)."""
         return (
-            self.policy.ip_authority.spf != "off"
-            and bool(facts.client_ip)
-            and not ip_in(facts.client_ip, self.trusted)
+            self.policy.ip_authority.spf != "off" and bool(facts.client_ip) and not ip_in(facts.client_ip, self.trusted)
         )
 
     async def _spf_for_headers(self, facts: Facts, envelope: Envelope) -> SpfResult | None:
@@ -474,8 +477,10 @@ class PolicyEngine:
         spf = await self._spf_for_headers(facts, envelope)
         resinfo = [spf_resinfo(spf.result, envelope.mail_from, helo=facts.helo)] if spf is not None else []
         tags: list[str] = []
-        if spf is not None and spf_verdict(spf, self.policy.ip_authority.spf) is not None and spf.result in (
-            "fail", "softfail"
+        if (
+            spf is not None
+            and spf_verdict(spf, self.policy.ip_authority.spf) is not None
+            and spf.result in ("fail", "softfail")
         ):
             tags.append(f"SPF_{spf.result.upper()}")
         dnsbl = self.policy.ip_authority.dnsbl
@@ -497,8 +502,7 @@ class PolicyEngine:
         if tags and not any(name == "X-Spam-Flag" for name, _ in headers):
             # Tagged by SPF or a blocklist whatever the score: the recipient's filter keys on the flag.
             headers = [("X-Spam-Flag", "YES")] + [
-                (name, value.replace("No,", "Yes,", 1) if name == "X-Spam-Status" else value)
-                for name, value in headers
+                (name, value.replace("No,", "Yes,", 1) if name == "X-Spam-Status" else value) for name, value in headers
             ]
         return headers
 
@@ -513,4 +517,3 @@ class PolicyEngine:
 
 async def _maybe(awaitable: Awaitable[T] | None) -> T | None:
     return None if awaitable is None else await awaitable
-

@@ -47,15 +47,22 @@ class QuarantineEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "envelope": _envelope_to_json(self.envelope), "reason": self.reason,
-            "verdicts": list(self.verdicts), "time": self.time, "size": self.size,
+            "id": self.id,
+            "envelope": _envelope_to_json(self.envelope),
+            "reason": self.reason,
+            "verdicts": list(self.verdicts),
+            "time": self.time,
+            "size": self.size,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QuarantineEntry:
         return cls(
-            id=str(data["id"]), envelope=_envelope_from_json(data["envelope"]), reason=str(data["reason"]),
-            verdicts=tuple(str(v) for v in data.get("verdicts", ())), time=float(data["time"]),
+            id=str(data["id"]),
+            envelope=_envelope_from_json(data["envelope"]),
+            reason=str(data["reason"]),
+            verdicts=tuple(str(v) for v in data.get("verdicts", ())),
+            time=float(data["time"]),
             size=int(data["size"]),
         )
 

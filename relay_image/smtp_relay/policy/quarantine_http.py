@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 ReinjectFn = Callable[[Envelope, bytes], Awaitable[str]]
 """Commits a released message to the main spool; returns its queue id."""
 
+
 def add_quarantine_routes(app: web.Application, store: QuarantineStore, reinject: ReinjectFn) -> None:
     """GET /quarantine, GET /quarantine/{id} (metadata), POST /quarantine/{id}/release, DELETE /quarantine/{id}."""
 

@@ -124,7 +124,9 @@ class RateLimiter:
                 continue
             if window.count(key) + max(cost, 1) > rl.limit:
                 return defer(
-                    451, "4.7.1", f"Rate limit exceeded for {rl.key} ({rl.limit} per {rl.per}), try again later",
+                    451,
+                    "4.7.1",
+                    f"Rate limit exceeded for {rl.key} ({rl.limit} per {rl.per}), try again later",
                     f"ratelimit_{rl.key}",
                 )
         if cost > 0:
@@ -143,8 +145,15 @@ class AuthThrottle:
     """
 
     def __init__(
-        self, *, max_failures: int = 10, delay_after: int = 3, window: float = 600.0, cooldown: float = 900.0,
-        max_delay: float = 5.0, clock: Clock = time.monotonic, max_keys: int = MAX_KEYS,
+        self,
+        *,
+        max_failures: int = 10,
+        delay_after: int = 3,
+        window: float = 600.0,
+        cooldown: float = 900.0,
+        max_delay: float = 5.0,
+        clock: Clock = time.monotonic,
+        max_keys: int = MAX_KEYS,
     ) -> None:
         self.max_failures = max_failures
         self.delay_after = delay_after

@@ -134,6 +134,8 @@ def recipient_domain_verdict(domain: str, exists: bool | None) -> Verdict | None
     if exists is not False:
         return None
     return reject(
-        550, "5.1.2", f"Recipient address rejected: domain {reply_text(domain, 255)} does not accept mail "
-        "(no MX or address record)", "rcpt_domain",
+        550,
+        "5.1.2",
+        f"Recipient address rejected: domain {reply_text(domain, 255)} does not accept mail (no MX or address record)",
+        "rcpt_domain",
     )

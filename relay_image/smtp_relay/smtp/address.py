@@ -43,9 +43,9 @@ def parse_path(arg: str, *, keyword: str, allow_null: bool) -> Path:
     """Parse `FROM:<path> params` (keyword "FROM:") or `TO:<path> params` (keyword "TO:")."""
     if arg[: len(keyword)].upper() != keyword:
         raise AddressError(f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address>")
-    rest = arg[len(keyword):].lstrip(" ")
+    rest = arg[len(keyword) :].lstrip(" ")
     match = _PATH_RE.match(rest) if rest.startswith("<") else _BARE_RE.match(rest)
-    if match is None or (rest[match.end():match.end() + 1] not in ("", " ")):
+    if match is None or (rest[match.end() : match.end() + 1] not in ("", " ")):
         raise AddressError("Bad address syntax")
     if match.end() > MAX_PATH:
         raise AddressError("Address too long")
@@ -53,7 +53,7 @@ def parse_path(arg: str, *, keyword: str, allow_null: bool) -> Path:
     if not address and not allow_null:
         raise AddressError("Null address not allowed here")
     params: dict[str, str | bool] = {}
-    for word in rest[match.end():].split():
+    for word in rest[match.end() :].split():
         if not _PARAM_RE.fullmatch(word):
             raise AddressError(f"Bad parameter {word!r}")
         key, eq, value = word.partition("=")

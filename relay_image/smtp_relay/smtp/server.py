@@ -180,8 +180,13 @@ class RelaySession(SMTP):
         self._relay.metrics.rejected.labels(reason=verdict.reason).inc()
         log.info(
             "refused client=%s listener=%s from=<%s> rcpts=%d %s reason=%s reply=%r",
-            self._client_ip, self._listener.name, self._mail_from if self._mail_from is not None else "",
-            len(self._rcpts), what, verdict.reason, verdict.reply,
+            self._client_ip,
+            self._listener.name,
+            self._mail_from if self._mail_from is not None else "",
+            len(self._rcpts),
+            what,
+            verdict.reason,
+            verdict.reply,
         )
         await self.push(verdict.reply)
 
@@ -370,7 +375,11 @@ class RelaySession(SMTP):
         self.session.host_name = arg
         self.session.extended_smtp = True
         lines = [
-            self.hostname, "PIPELINING", f"SIZE {self._setup.max_size}", "8BITMIME", "SMTPUTF8",
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self._setup.max_size}",
+            "8BITMIME",
+            "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
         ]
         if self._listener.tls == "starttls" and self.tls_context is not None and not self.is_secure():
@@ -598,8 +607,10 @@ class RelaySession(SMTP):
                 DataProblem.BARE_CR_LF: "550 5.6.0 Bare CR or LF not allowed in message data, use CRLF",
                 DataProblem.NUL: "550 5.6.0 NUL not allowed in message data",
             }[result.problem]
-            await self._refuse(Verdict(Action.REJECT, int(reply[:3]), reply[4:9], reply[10:], result.problem.value),
-                               f"DATA size={result.size}")
+            await self._refuse(
+                Verdict(Action.REJECT, int(reply[:3]), reply[4:9], reply[10:], result.problem.value),
+                f"DATA size={result.size}",
+            )
             self._reset_transaction()
             return
         if count_received(result.content) > MAX_RECEIVED:
@@ -617,12 +628,24 @@ class RelaySession(SMTP):
         now = time.time()
         user = self.auth_user()
         trace = received_header(
-            helo=self.helo(), client_ip=self._client_ip, hostname=self.hostname, esmtp=self.session.extended_smtp,
-            tls=self.is_secure(), auth=user is not None, utf8=self._smtputf8, now=now,
+            helo=self.helo(),
+            client_ip=self._client_ip,
+            hostname=self.hostname,
+            esmtp=self.session.extended_smtp,
+            tls=self.is_secure(),
+            auth=user is not None,
+            utf8=self._smtputf8,
+            now=now,
         )
         envelope = Envelope(
-            mail_from=self._mail_from or "", rcpt_tos=tuple(self._rcpts), client_ip=self._client_ip,
-            helo=self.helo(), auth_user=user, smtputf8=self._smtputf8, body_8bit=self._body_8bit, received_at=now,
+            mail_from=self._mail_from or "",
+            rcpt_tos=tuple(self._rcpts),
+            client_ip=self._client_ip,
+            helo=self.helo(),
+            auth_user=user,
+            smtputf8=self._smtputf8,
+            body_8bit=self._body_8bit,
+            received_at=now,
         )
         message = trace + content
         policy = self._relay.policy
@@ -633,8 +656,13 @@ class RelaySession(SMTP):
                 return
             if decision.quarantine_reason is not None:
                 held = await policy.quarantine(envelope, message, decision)
-                log.info("quarantined id=%s client=%s from=<%s> reason=%s", held, self._client_ip,
-                         envelope.mail_from, decision.quarantine_reason)
+                log.info(
+                    "quarantined id=%s client=%s from=<%s> reason=%s",
+                    held,
+                    self._client_ip,
+                    envelope.mail_from,
+                    decision.quarantine_reason,
+                )
                 await self.push(f"250 2.0.0 Ok: queued as {held}")
                 return
             if decision.add_headers:
@@ -647,15 +675,24 @@ class RelaySession(SMTP):
             raise
         except Exception:
             log.exception(
-                "sink failed client=%s from=<%s> rcpts=%d size=%d", self._client_ip, envelope.mail_from,
-                len(envelope.rcpt_tos), len(message),
+                "sink failed client=%s from=<%s> rcpts=%d size=%d",
+                self._client_ip,
+                envelope.mail_from,
+                len(envelope.rcpt_tos),
+                len(message),
             )
             self._relay.metrics.rejected.labels(reason="sink_error").inc()
             await self.push("451 4.3.0 Temporary failure, try again later")
             return
         log.info(
-            "queued id=%s client=%s listener=%s user=%s from=<%s> rcpts=%d size=%d", queue_id, self._client_ip,
-            self._listener.name, user or "-", envelope.mail_from, len(envelope.rcpt_tos), len(message),
+            "queued id=%s client=%s listener=%s user=%s from=<%s> rcpts=%d size=%d",
+            queue_id,
+            self._client_ip,
+            self._listener.name,
+            user or "-",
+            envelope.mail_from,
+            len(envelope.rcpt_tos),
+            len(message),
         )
         await self.push(f"250 2.0.0 Ok: queued as {queue_id}")
 
@@ -719,8 +756,13 @@ class RelayServer:
     async def _serve(self, bound: _Bound) -> None:
         loop = asyncio.get_running_loop()
         bound.server = await loop.create_server(lambda: RelaySession(self, bound, self._setup), sock=bound.sock)
-        log.info("listening name=%s port=%d tls=%s auth=%s", bound.listener.name, bound.listener.port,
-                 bound.listener.tls, bound.listener.auth)
+        log.info(
+            "listening name=%s port=%d tls=%s auth=%s",
+            bound.listener.name,
+            bound.listener.port,
+            bound.listener.tls,
+            bound.listener.auth,
+        )
 
     async def start(self) -> None:
         """Bind and serve every listener of the spec."""
