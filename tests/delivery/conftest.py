@@ -2,14 +2,12 @@
 
 The upstream is aiosmtpd on 127.0.0.1 on a kernel-chosen port, recording exactly what arrived (MAIL
 options, RCPT, data, TLS, AUTH user, which connection) and answering RCPT/DATA as a test asks. The
-TLS CA here is throwaway and local to these tests.
+TLS certificate comes from the shared throwaway CA of tests/peers/tls.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -25,16 +23,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from smtp_relay.config import Credentials, RelayConfig
 from smtp_relay.envelope import Envelope as RelayEnvelope
 from smtp_relay.envelope import StoredMessage
 from smtp_relay.manifest import parse_spec
 from tests.peers.daemon import free_port
+from tests.peers.tls import ThrowawayCA
 
 SERVER_NAME = "smarthost.test"
 
@@ -53,65 +48,11 @@ class TlsFiles:
         return context
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 @pytest.fixture(scope="session")
-def delivery_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """Generate the CA and server certificate once per session (EC keys: milliseconds)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("relayfleet delivery test CA"))
-        .issuer_name(_name("relayfleet delivery test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(SERVER_NAME))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return TlsFiles(ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM), cert_path=cert_path, key_path=key_path)
+def delivery_tls(test_ca: ThrowawayCA) -> TlsFiles:
+    """A server certificate for SERVER_NAME and 127.0.0.1 from the session's shared test CA."""
+    issued = test_ca.issue((SERVER_NAME, "127.0.0.1"))
+    return TlsFiles(ca_pem=test_ca.ca_pem, cert_path=issued.cert_path, key_path=issued.key_path)
 
 
 @dataclass(frozen=True)

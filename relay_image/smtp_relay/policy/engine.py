@@ -334,6 +334,13 @@ class PolicyEngine:
                 log.info("policy: %s quarantines client %s: %s", check, facts.client_ip, quarantine_reason)
                 quarantine = quarantine_reason
 
+        def hold_or_reject(check: str, action: str, text: str, held_for: str) -> None:
+            """A malware finding: quarantine (the client gets 250) or refuse with 554 5.7.1, as the spec says."""
+            if action == "quarantine":
+                note(check, Verdict(Action.TAG, 250, "2.7.0", text, check), held_for)
+            else:
+                note(check, reject(554, "5.7.1", text, check))
+
         attachments = self.policy.attachments
         # Parse once for both local content checks: parsing is most of their cost.
         parsed = (
@@ -349,10 +356,7 @@ class PolicyEngine:
         if finding is not None:
             what = f"{finding.filename} ({finding.reason}: {finding.detail})" if finding.filename else finding.detail
             text = f"Message rejected: blocked attachment {reply_text(what, 200)}"
-            if self.policy.attachments.action == "quarantine":
-                note("attachments", Verdict(Action.TAG, 250, "2.7.0", text, "attachments"), f"attachment: {what}")
-            else:
-                note("attachments", reject(554, "5.7.1", text, "attachments"))
+            hold_or_reject("attachments", attachments.action, text, f"attachment: {what}")
         else:
             note("attachments", None)
 
@@ -371,10 +375,7 @@ class PolicyEngine:
             if virus.infected:
                 signature = reply_text(virus.signature or "unknown", 100)
                 text = f"Message rejected: virus found ({signature})"
-                if self.policy.virus.action == "quarantine":
-                    note("virus", Verdict(Action.TAG, 250, "2.7.0", text, "virus"), f"virus: {signature}")
-                else:
-                    note("virus", reject(554, "5.7.1", text, "virus"))
+                hold_or_reject("virus", self.policy.virus.action, text, f"virus: {signature}")
             else:
                 note("virus", None)
 
