@@ -12,7 +12,6 @@ would cost more than the message). All host names are resolved through the relay
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -30,6 +29,7 @@ from smtp_relay.capture import write_capture
 from smtp_relay.config import Credentials, RelayConfig
 from smtp_relay.envelope import Envelope, Outcome, OutcomeKind, StoredMessage, domain_of
 from smtp_relay.metrics import RelayMetrics
+from smtp_relay.pipelining import ConnectionBroken, ReplyReader, UnsafeAddress, path_command, stuff, transact
 from smtp_relay.resolver import DnsError, NullMxError, PermanentDnsError, lookup_mx, resolve_host
 from smtp_relay.router import group_by_route, route_label
 from smtp_relay.spec import CaptureSpec, Destination, MxSpec, Smarthost
@@ -114,9 +114,23 @@ class _SMTP(aiosmtplib.SMTP):
 
 @dataclass
 class _Connection:
+    """A set-up upstream session: aiosmtplib owns the socket (close), the reader its replies."""
+
     smtp: aiosmtplib.SMTP
+    reader: ReplyReader
     remote: str
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def pipelining(self) -> bool:
+        return self.smtp.supports_extension("pipelining")
+
+    async def command(self, line: bytes, timeout: float) -> bool:  # noqa: ASYNC109
+        """Send a command outside a transaction (RSET, QUIT): True on a positive reply."""
+        try:
+            return (await self.reader.command(line, timeout)).positive
+        except ConnectionBroken:
+            return False
 
 
 class _Pool:
@@ -151,14 +165,13 @@ class _Pool:
         """Stop handing out connections; close idle ones politely (busy ones close on release)."""
         self.retired = True
         idle, self.idle = self.idle, []
-        await asyncio.gather(*(_quit(conn.smtp) for conn in idle))
+        await asyncio.gather(*(_quit(conn) for conn in idle))
 
 
-async def _quit(smtp: aiosmtplib.SMTP) -> None:
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        if smtp.is_connected:
-            await smtp.quit(timeout=2.0)
-    smtp.close()
+async def _quit(conn: _Connection) -> None:
+    if conn.smtp.is_connected:
+        await conn.command(b"QUIT\r\n", 2.0)
+    conn.smtp.close()
 
 
 class Deliverer:
@@ -308,7 +321,7 @@ class Deliverer:
     ) -> dict[str, Outcome]:
         async with pool.slots:
             conn = pool.take_idle()
-            if conn is not None and time.monotonic() - conn.last_used > PROBE_IDLE and not await _probe(conn.smtp):
+            if conn is not None and time.monotonic() - conn.last_used > PROBE_IDLE and not await _probe(conn):
                 conn.smtp.close()
                 conn = None
             reused = conn is not None
@@ -415,17 +428,18 @@ class Deliverer:
                 await _greet(smtp)
             if credentials is not None:
                 await smtp.login(credentials.username, credentials.password)
+            reader = ReplyReader.take_over(smtp.transport)  # from here on, replies are ours (pipelining)
         except aiosmtplib.SMTPResponseException as exc:
             failure = Outcome.temporary(exc.code, f"{remote}: {exc.message}", remote)
             cause: BaseException = exc
-        except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError) as exc:
+        except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError, ConnectionBroken) as exc:
             failure = Outcome.temporary(0, f"{remote}: {type(exc).__name__}: {exc}", remote)
             cause = exc
         except BaseException:
             smtp.close()
             raise
         else:
-            return _Connection(smtp, remote)
+            return _Connection(smtp, reader, remote)
         # No sock.close() here: the socket belongs to the transport now (asyncio closes it with the
         # transport, even after a failed handshake); closing it early would free the fd under it.
         smtp.close()
@@ -434,10 +448,10 @@ class Deliverer:
     async def _transact(
         self, conn: _Connection, envelope: Envelope, data: bytes, recipients: list[str]
     ) -> dict[str, Outcome]:
-        """MAIL, RCPT each, DATA: outcomes from the server's own replies.
+        """MAIL, RCPT each, DATA (pipelined where offered): outcomes from the server's own replies.
 
-        Raises _StaleConnection if the connection is gone before MAIL is answered (nothing sent yet),
-        _HostFailed when the host cannot take this message at all (no SMTPUTF8).
+        Raises _StaleConnection if the connection is gone before MAIL is answered (nothing was taken,
+        a retry is safe), _HostFailed when the host cannot take this message at all (no SMTPUTF8).
         """
         smtp, remote = conn.smtp, conn.remote
         options: list[str] = []
@@ -452,41 +466,54 @@ class Deliverer:
             options.append("SMTPUTF8")
             encoding = "utf-8"
         try:
-            await smtp.mail(envelope.mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await _reset(smtp)
-            return dict.fromkeys(recipients, _reply_outcome(exc.code, exc.message, remote))
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            smtp.close()
-            raise _StaleConnection(str(exc) or type(exc).__name__) from None
+            mail = path_command(b"MAIL FROM", envelope.mail_from, options, encoding)
+        except UnsafeAddress as exc:
+            return dict.fromkeys(recipients, Outcome.permanent(553, f"5.1.7 bad sender address: {exc}", remote))
         outcomes: dict[str, Outcome] = {}
-        accepted: list[str] = []
-        try:
-            for recipient in recipients:
-                try:
-                    await smtp.rcpt(recipient, encoding=encoding)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    outcomes[recipient] = _reply_outcome(exc.code, exc.message, remote)
-                except (UnicodeEncodeError, ValueError) as exc:
-                    outcomes[recipient] = Outcome.permanent(553, f"5.1.3 bad recipient address: {exc}", remote)
-                else:
-                    accepted.append(recipient)
-            if not accepted:
-                await _reset(smtp)
-                return outcomes
+        sent: list[str] = []
+        commands: list[bytes] = []
+        for recipient in recipients:
             try:
-                response = await smtp.data(data)
-            except aiosmtplib.SMTPDataError as exc:
-                await _reset(smtp)
-                outcomes.update(dict.fromkeys(accepted, _reply_outcome(exc.code, exc.message, remote)))
-                return outcomes
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                commands.append(path_command(b"RCPT TO", recipient, (), encoding))
+            except UnsafeAddress as exc:
+                outcomes[recipient] = Outcome.permanent(553, f"5.1.3 bad recipient address: {exc}", remote)
+            else:
+                sent.append(recipient)
+        if not sent:
+            return outcomes
+        try:
+            result = await transact(
+                conn.reader, mail, commands, stuff(data), pipelining=conn.pipelining, timeout=self._timeout
+            )
+        except ConnectionBroken as exc:
             smtp.close()
-            lost = Outcome.temporary(0, f"4.4.2 connection lost: {exc or type(exc).__name__}", remote)
+            if not exc.replies:
+                raise _StaleConnection(exc.reason) from None
+            lost = Outcome.temporary(0, f"4.4.2 {exc.reason}", remote)
+            for recipient, reply in zip(sent, exc.replies[1:], strict=False):
+                if not reply.positive:
+                    outcomes[recipient] = _reply_outcome(reply.code, reply.text, remote)
             for recipient in recipients:
                 outcomes.setdefault(recipient, lost)
             return outcomes
-        outcomes.update(dict.fromkeys(accepted, Outcome.delivered(remote, response.message)))
+        if not result.mail.positive:
+            await _reset(conn)
+            outcomes.update(dict.fromkeys(sent, _reply_outcome(result.mail.code, result.mail.text, remote)))
+            return outcomes
+        accepted: list[str] = []
+        for recipient, reply in zip(sent, result.rcpts, strict=True):
+            if reply.positive:
+                accepted.append(recipient)
+            else:
+                outcomes[recipient] = _reply_outcome(reply.code, reply.text, remote)
+        if result.delivered:
+            assert result.done is not None
+            outcomes.update(dict.fromkeys(accepted, Outcome.delivered(remote, result.done.text)))
+            return outcomes
+        await _reset(conn)
+        refusal = result.done or result.data
+        if accepted and refusal is not None:
+            outcomes.update(dict.fromkeys(accepted, _reply_outcome(refusal.code, refusal.text, remote)))
         return outcomes
 
     # -- direct MX delivery -------------------------------------------------------------------------
@@ -538,9 +565,9 @@ class Deliverer:
                 conn.smtp.close()
                 raise
             else:
-                await _quit(conn.smtp)
+                await _quit(conn)
                 return result
-            await _quit(conn.smtp)
+            await _quit(conn)
         return dict.fromkeys(recipients, _combined_failure(failures))
 
 
@@ -571,16 +598,12 @@ async def _greet(smtp: aiosmtplib.SMTP) -> None:
         await smtp.helo()
 
 
-async def _probe(smtp: aiosmtplib.SMTP) -> bool:
+async def _probe(conn: _Connection) -> bool:
     """RSET on a connection idle for a while: True when it is still usable."""
-    try:
-        await smtp.rset()
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
-        return False
-    return True
+    return await conn.command(b"RSET\r\n", conn.smtp.timeout or 30.0)
 
 
-async def _reset(smtp: aiosmtplib.SMTP) -> None:
+async def _reset(conn: _Connection) -> None:
     """RSET after a refused transaction so the connection can be reused; a failure just closes it."""
-    if not await _probe(smtp):
-        smtp.close()
+    if not await _probe(conn):
+        conn.smtp.close()

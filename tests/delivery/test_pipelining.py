@@ -1,0 +1,194 @@
+"""RFC 2920 pipelined transactions: the pure helpers, the reply reader, and real upstreams.
+
+The proof that commands really are pipelined is a server that answers nothing until it has read
+DATA: a client that waits for each reply before the next command deadlocks against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from smtp_relay.delivery import Deliverer
+from smtp_relay.envelope import OutcomeKind
+from smtp_relay.pipelining import ConnectionBroken, Reply, ReplyReader, UnsafeAddress, path_command, stuff
+from smtp_relay.resolver import make_resolver
+from smtp_relay.spec import DnsSpec
+from tests.delivery.conftest import body, message, relay_config
+from tests.peers.smtp_sink import SinkBehaviour, SmtpSink
+
+SinkFactory = Callable[..., SmtpSink]
+
+
+def test_stuff_doubles_leading_dots_and_terminates() -> None:
+    assert stuff(b".a\r\nb\r\n..c\r\n") == b"..a\r\nb\r\n...c\r\n.\r\n"
+    assert stuff(b"no final line end") == b"no final line end\r\n.\r\n"
+    assert stuff(b"") == b".\r\n"
+
+
+def test_stuff_normalizes_bare_line_ends_before_stuffing() -> None:
+    assert stuff(b"a\n.b\rc\r\n") == b"a\r\n..b\r\nc\r\n.\r\n"
+
+
+def test_path_command_refuses_what_would_inject_a_command() -> None:
+    assert path_command(b"MAIL FROM", "a@b.test", ["SIZE=10"], "ascii") == b"MAIL FROM:<a@b.test> SIZE=10\r\n"
+    assert path_command(b"MAIL FROM", "", [], "ascii") == b"MAIL FROM:<>\r\n"
+    assert path_command(b"RCPT TO", '"x y"@b.test', [], "ascii") == b'RCPT TO:<"x y"@b.test>\r\n'
+    with pytest.raises(UnsafeAddress, match="control character"):
+        path_command(b"RCPT TO", "a@b.test>\r\nRCPT TO:<evil@x.test", [], "ascii")
+    with pytest.raises(UnsafeAddress, match="SMTPUTF8"):
+        path_command(b"RCPT TO", "\u00fcser@b.test", [], "ascii")
+    assert path_command(b"RCPT TO", "\u00fcser@b.test", [], "utf-8") == "RCPT TO:<\u00fcser@b.test>\r\n".encode()
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+
+async def test_reader_parses_replies_split_anywhere_and_multiline() -> None:
+    reader = ReplyReader.take_over(_FakeTransport())
+    wire = b"250-first\r\n250 second\r\n354 go ahead\r\n550 5.1.1 no\r\n"
+    pending = asyncio.ensure_future(reader.replies(3, timeout=5))
+    for index in range(len(wire)):  # one byte at a time: every split point
+        reader.data_received(wire[index : index + 1])
+    assert await pending == [Reply(250, "first\nsecond"), Reply(354, "go ahead"), Reply(550, "5.1.1 no")]
+
+
+async def test_reader_garbage_eof_and_timeout_break_with_what_came() -> None:
+    reader = ReplyReader.take_over(_FakeTransport())
+    reader.data_received(b"250 ok\r\nHTTP/1.1 400 Bad Request\r\n")
+    with pytest.raises(ConnectionBroken, match="malformed") as broken:
+        await reader.replies(2, timeout=5)
+    assert broken.value.replies == [Reply(250, "ok")]
+
+    reader = ReplyReader.take_over(_FakeTransport())
+    reader.data_received(b"250 ok\r\n")
+    reader.eof_received()
+    with pytest.raises(ConnectionBroken, match="closed by the server") as broken:
+        await reader.replies(3, timeout=5)
+    assert broken.value.replies == [Reply(250, "ok")]
+    with pytest.raises(ConnectionBroken):
+        reader.send(b"RSET\r\n")
+
+    reader = ReplyReader.take_over(_FakeTransport())
+    with pytest.raises(ConnectionBroken, match="timed out"):
+        await reader.replies(1, timeout=0.05)
+
+
+async def test_reader_refuses_an_endless_reply() -> None:
+    reader = ReplyReader.take_over(_FakeTransport())
+    for _ in range(100):
+        reader.data_received(b"250-" + b"x" * 1000 + b"\r\n")
+    with pytest.raises(ConnectionBroken, match="too long"):
+        await reader.replies(1, timeout=5)
+
+
+class _HoldUntilData:
+    """An upstream that answers nothing until it has read DATA, then every reply at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.transcript = b""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hold ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-hold\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
+        group = await reader.readuntil(b"DATA\r\n")
+        self.transcript += group
+        rcpts = group.count(b"RCPT TO:")
+        writer.write(b"250 sender ok\r\n" + b"250 rcpt ok\r\n" * rcpts + b"354 go\r\n")
+        self.transcript += await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 2.0.0 taken\r\n")
+        self.transcript += await reader.readline()  # QUIT
+        writer.write(b"221 bye\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def hold_until_data() -> AsyncIterator[_HoldUntilData]:
+    upstream = _HoldUntilData()
+    server = await asyncio.start_server(upstream.serve, sock=upstream.sock)
+    yield upstream
+    server.close()
+
+
+async def test_commands_are_pipelined_up_to_data(hold_until_data: _HoldUntilData, tmp_path: Path) -> None:
+    upstream = {"host": "127.0.0.1", "port": hold_until_data.port, "tls": "none"}
+    config = relay_config({"default": {"smarthosts": [upstream]}})
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=3.0)
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+    finally:
+        await deliverer.close()
+    assert {o.kind for o in outcomes.values()} == {OutcomeKind.DELIVERED}, outcomes
+    assert outcomes["a@example.test"].message == "2.0.0 taken"
+    assert hold_until_data.transcript.startswith(
+        b"MAIL FROM:<s@sender.test> SIZE=%d\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
+        % len(body())
+    )
+    assert b"\r\n..leading dot line\r\n.\r\n" in hold_until_data.transcript
+    assert hold_until_data.transcript.endswith(b"QUIT\r\n")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_real_smtp_sink_with_and_without_pipelining(
+    pipelining: bool, smtp_sink_factory: SinkFactory, tmp_path: Path
+) -> None:
+    """smtp-sink checks the protocol strictly; without PIPELINING each command waits for its reply."""
+    sink = smtp_sink_factory(behaviour=SinkBehaviour(pipelining=pipelining))
+    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+    try:
+        for index in range(3):
+            rcpts = [f"r{index}@example.test", f"s{index}@example.test"]
+            outcomes = await deliverer.deliver(message("a@sender.test", *rcpts), body(f"m{index}"), rcpts)
+            assert [o.kind for o in outcomes.values()] == [OutcomeKind.DELIVERED] * 2, outcomes
+    finally:
+        await deliverer.close()
+    arrived = sorted(sink.messages(), key=lambda m: m.recipients)
+    assert [m.recipients for m in arrived] == [(f"r{i}@example.test", f"s{i}@example.test") for i in range(3)]
+    assert all(m.data == body(f"m{i}") for i, m in enumerate(arrived))
+
+
+def test_delivery_under_uvloop(smtp_sink_factory: SinkFactory, tmp_path: Path) -> None:
+    """The relay runs on uvloop, whose transports are no asyncio.Transport subclasses."""
+    sink = smtp_sink_factory()
+    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
+
+    async def deliver() -> set[OutcomeKind]:
+        deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+        try:
+            kinds = set()
+            for index in range(2):
+                outcomes = await deliverer.deliver(message("a@s.test", "b@e.test"), body(f"u{index}"), ["b@e.test"])
+                kinds |= {o.kind for o in outcomes.values()}
+            return kinds
+        finally:
+            await deliverer.close()
+
+    assert uvloop.run(deliver()) == {OutcomeKind.DELIVERED}
+    assert sink.wait_for(2) == 2
