@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from smtp_relay import logsetup
 from smtp_relay.manifest import ManifestError
 from smtp_relay.source import ConfigSource
 from smtp_relay.spec import SmtpRelaySpec
@@ -103,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
     tag = "" if args.worker_index is None else f"[worker {args.worker_index}] "
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logsetup.configure(args.log_level.upper(), f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", sys.stderr)
     # aiosmtpd's own logger says "Peer: ..." and lists AUTH mechanisms the relay may not offer; the
     # relay logs each connection's outcome itself.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))

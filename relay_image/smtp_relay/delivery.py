@@ -205,9 +205,12 @@ class Deliverer:
         """Deliver `data` to `recipients`, one transaction per destination, destinations in parallel."""
         envelope = message.envelope
         groups = group_by_route(self._config.spec.routing, envelope.mail_from, recipients)
-        results = await asyncio.gather(
-            *(self._deliver_group(destination, envelope, data, members) for destination, members in groups)
-        )
+        if len(groups) == 1:  # the common case: no task per destination
+            results = [await self._deliver_group(groups[0][0], envelope, data, groups[0][1])]
+        else:
+            results = await asyncio.gather(
+                *(self._deliver_group(destination, envelope, data, members) for destination, members in groups)
+            )
         outcomes: dict[str, Outcome] = {}
         for (destination, _), result in zip(groups, results, strict=True):
             outcomes.update(result)

@@ -59,7 +59,6 @@ _ID_RE = re.compile(r"^[0-9A-F]{14}$")
 _MAX_META = 16 * 1024 * 1024
 _IOV_MAX = 512
 _SNAPSHOT_CHUNK = 2000
-_ENVELOPE_FIELDS = {f.name for f in dataclasses.fields(Envelope)}
 
 
 class SpoolError(OSError):
@@ -137,14 +136,18 @@ def _pread_all(path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
+_ENVELOPE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Envelope))
+
+
 def _envelope_to_json(envelope: Envelope) -> dict[str, Any]:
-    raw = dataclasses.asdict(envelope)
+    """The envelope's fields as JSON values; every field is flat, so no deep copy as in dataclasses.asdict."""
+    raw = {name: getattr(envelope, name) for name in _ENVELOPE_FIELD_NAMES}
     raw["rcpt_tos"] = list(envelope.rcpt_tos)
     return raw
 
 
 def _envelope_from_json(raw: dict[str, Any]) -> Envelope:
-    known = {k: v for k, v in raw.items() if k in _ENVELOPE_FIELDS}
+    known = {k: v for k, v in raw.items() if k in _ENVELOPE_FIELD_NAMES}
     known["rcpt_tos"] = tuple(known.get("rcpt_tos", ()))
     return Envelope(**known)
 

@@ -156,10 +156,10 @@ class PolicyEngine:
 
     def _decide(self, check: str, verdict: Verdict | None, facts: Facts | None = None) -> Verdict | None:
         """Count a check and its verdict; in audit mode log what would have happened and return None."""
-        self.metrics.checks.labels(check).inc()
+        self.metrics.count_check(check)
         if verdict is None or verdict.action is Action.ACCEPT:
             return None
-        self.metrics.verdicts.labels(check, verdict.action.value).inc()
+        self.metrics.count_verdict(check, verdict.action.value)
         client = facts.client_ip if facts is not None else "-"
         if self.audit:
             self.metrics.audited.labels(check, verdict.action.value).inc()
@@ -325,8 +325,8 @@ class PolicyEngine:
                 if decided is not None and decided.refuses and refusal is None:
                     refusal = decided
                 return
-            self.metrics.checks.labels(check).inc()
-            self.metrics.verdicts.labels(check, "quarantine").inc()
+            self.metrics.count_check(check)
+            self.metrics.count_verdict(check, "quarantine")
             if self.audit:
                 self.metrics.audited.labels(check, "quarantine").inc()
                 log.info("policy audit: %s would quarantine client %s: %s", check, facts.client_ip, quarantine_reason)
@@ -357,13 +357,24 @@ class PolicyEngine:
             what = f"{finding.filename} ({finding.reason}: {finding.detail})" if finding.filename else finding.detail
             text = f"Message rejected: blocked attachment {reply_text(what, 200)}"
             hold_or_reject("attachments", attachments.action, text, f"attachment: {what}")
-        else:
+        elif attachments.enabled:
             note("attachments", None)
 
         scan_everything = self.audit or refusal is None
         virus_task = self._scan_virus(data) if scan_everything and self.scanners.clamd is not None else None
-        spam_task = self._score_spam(facts, data, envelope, parsed) if scan_everything else None
-        virus, spam = await asyncio.gather(_maybe(virus_task), _maybe(spam_task))
+        spam_task = (
+            self._score_spam(facts, data, envelope, parsed)
+            if scan_everything and self.policy.spam.engine != "off"
+            else None
+        )
+        virus: VirusResult | ScannerError | None = None
+        spam: SpamReport | ScannerError | None = None
+        if virus_task is not None and spam_task is not None:
+            virus, spam = await asyncio.gather(virus_task, spam_task)  # the scanners work concurrently
+        elif virus_task is not None:
+            virus = await virus_task
+        elif spam_task is not None:
+            spam = await spam_task
 
         if isinstance(virus, ScannerError):
             if self.policy.virus.on_scanner_error == "defer":
@@ -423,7 +434,7 @@ class PolicyEngine:
             return None
         if engine == "builtin":
             spf = await self._spf_for_headers(facts, envelope)
-            self.metrics.checks.labels("spam_builtin").inc()
+            self.metrics.count_check("spam_builtin")
             spf_result = spf.result if spf is not None else None
             return await self._cpu(len(data), lambda: score_builtin(data, spf_result=spf_result, parsed=parsed))
         if self.scanners.rspamd is not None:
@@ -449,7 +460,7 @@ class PolicyEngine:
         return result
 
     async def _timed(self, scanner: str, call: Awaitable[T]) -> T | ScannerError:
-        self.metrics.checks.labels(scanner).inc()
+        self.metrics.count_check(scanner)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(SCAN_TIMEOUT):
@@ -514,7 +525,3 @@ class PolicyEngine:
         return await asyncio.to_thread(
             self.quarantine_store.put, envelope, data, decision.quarantine_reason, [v.reply for v in decision.verdicts]
         )
-
-
-async def _maybe(awaitable: Awaitable[T] | None) -> T | None:
-    return None if awaitable is None else await awaitable

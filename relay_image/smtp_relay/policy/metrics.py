@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 
 class PolicyMetrics:
@@ -36,3 +39,20 @@ class PolicyMetrics:
             ["scanner"],
             registry=r,
         )
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Counter:
+        """metric.labels(*values), looked up once: labels() validates and takes a lock on every call."""
+        key = (metric._name, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = cast(Counter, metric.labels(*values))
+            self._children[key] = child
+        return child
+
+    def count_check(self, check: str) -> None:
+        """One more run of `check`; every message runs several, so this is on the hot path."""
+        self._child(self.checks, check).inc()
+
+    def count_verdict(self, check: str, action: str) -> None:
+        self._child(self.verdicts, check, action).inc()
