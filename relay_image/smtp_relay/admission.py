@@ -9,6 +9,7 @@ checks to the same lists instead of growing the listener.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,8 +118,13 @@ def parse_networks(networks: Sequence[str]) -> NetworkList:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
+@functools.lru_cache(maxsize=8192)
 def ip_in(client_ip: str, networks: NetworkList) -> bool:
-    """Is the address in one of the networks? IPv4-mapped IPv6 counts as its IPv4 address."""
+    """Is the address in one of the networks? IPv4-mapped IPv6 counts as its IPv4 address.
+
+    Cached: every transaction asks several times for the same few client addresses, and parsing an
+    address costs more than the rest of a RCPT check.
+    """
     try:
         addr = ipaddress.ip_address(client_ip.strip("[]"))
     except ValueError:

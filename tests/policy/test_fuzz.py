@@ -8,14 +8,17 @@ back to its catch-all ("message could not be inspected"), which would mean an in
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import zipfile
 from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtp_relay.policy.headers import HeaderInjectionError, prepend_headers
-from smtp_relay.policy.mime import AttachmentFinding, inspect_attachments
+from smtp_relay.policy.mime import AttachmentFinding, _parse_single_part, inspect_attachments, parse_message
 from smtp_relay.policy.spam_builtin import score_builtin
 from smtp_relay.spec import AttachmentsSpec
 from tests.policy.samples import zip_of
@@ -125,3 +128,66 @@ def test_fuzz_corpus_zip_of_zips_stays_inside_budget() -> None:
         f"{payload}\r\n--B--\r\n"
     ).encode()
     assert inspect_attachments(message, AttachmentsSpec()) is None
+
+
+@st.composite
+def single_part_messages(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed messages with one part (where parse_message skips the feed parser's body
+    loop), with odd headers, non-header lines, encodings and bodies mixed in."""
+    odd = st.sampled_from(["\x0b", "\x0c", "\x1c", "\x85", "\u2028", ":", "\r\n", "\r\n\t"])
+    value = st.lists(st.one_of(TRICKY_TEXT, odd), max_size=3).map("".join)
+    lines = [f"{name}: {draw(value)}" for name in draw(st.lists(HEADER_NAMES, max_size=4))]
+    if draw(st.booleans()):
+        lines.append(f"Content-Type: {draw(MIME_TYPES)}; name={draw(TRICKY_TEXT)}")
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(["not a header", " folded", "From x"])))
+    body = draw(st.one_of(st.binary(max_size=300), PAYLOADS.map(lambda p: base64.encodebytes(p))))
+    separator = draw(st.sampled_from([b"\r\n\r\n", b"\r\n\r\n", b"\n\n", b"\r\n"]))
+    return (
+        draw(st.sampled_from([b"", b"\r\n"])) + "\r\n".join(lines).encode("utf-8", "surrogateescape") + separator + body
+    )
+
+
+def assert_parses_like_the_stdlib(data: bytes) -> None:
+    fast = parse_message(data)
+    full = email.message_from_bytes(data, policy=email.policy.compat32)
+    assert fast.items() == full.items()
+    assert fast.is_multipart() == full.is_multipart()
+    if not full.is_multipart():
+        assert fast.get_payload() == full.get_payload()
+        assert fast.get_payload(decode=True) == full.get_payload(decode=True)
+    assert [type(d) for d in fast.defects] == [type(d) for d in full.defects]
+    spec = AttachmentsSpec()
+    assert inspect_attachments(data, spec, parsed=fast) == inspect_attachments(data, spec, parsed=full)
+    assert score_builtin(data, parsed=fast) == score_builtin(data, parsed=full)
+
+
+@FUZZ
+@given(data=single_part_messages())
+def test_parse_message_fast_path_equals_the_full_parse(data: bytes) -> None:
+    assert_parses_like_the_stdlib(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\r\n\r\nbody after an empty header section\r\n",
+        b"\r\nX-Late: header after a blank first line\r\n\r\nbody\r\n",
+        b"Subject: a\x0cX-Split: only str.splitlines() splits here\r\n\r\nbody\r\n",
+        b"Subject: a\x1cb\r\n\tfolded\r\n\r\n.body\r\n",
+        b"Subject: bare\rCR\r\n\r\nbody\r\n",
+        b"From sender Mon Jan 1\r\nSubject: mbox\r\n\r\nbody\r\n",
+        b":no-name\r\n\r\nbody\r\n",
+    ],
+)
+def test_parse_message_edge_cases_parse_like_the_stdlib(data: bytes) -> None:
+    assert_parses_like_the_stdlib(data)
+
+
+def test_parse_message_takes_the_fast_path_for_plain_mail() -> None:
+    """The equivalence above must be about the fast path: plain single-part mail does take it."""
+    plain = b"From: a@example.com\r\nSubject: hi\r\n\r\nline one\r\n.line two\r\n"
+    fast = _parse_single_part(plain)
+    assert fast is not None and fast.get_payload() == "line one\r\n.line two\r\n"
+    assert _parse_single_part(b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\r\nx\r\n--B--\r\n") is None
+    assert _parse_single_part(b"From: a@example.com\r\nnot a header\r\n\r\nbody\r\n") is None

@@ -69,6 +69,8 @@ _RAW_NAME_HEADER = re.compile(
     rb"^(?:content-type|content-disposition)[ \t]*:(?:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
 )
 _MULTIPART_HEADER = re.compile(rb"^content-type[ \t]*:[ \t]*(?:\r?\n[ \t]+)?multipart/", re.IGNORECASE | re.MULTILINE)
+_HEADER_FIELD = re.compile(r"[\041-\071\073-\176]+:")
+"""A header field's first line, as the stdlib feed parser's headerRE has it (with a non-empty name)."""
 _UUENCODE_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ([^\r\n]+)\r?$", re.MULTILINE)
 _STRICT_B64 = re.compile(r"[A-Za-z0-9+/\s]*(?:={1,2}\s*)?")
 _STRUCTURE_DEFECTS: Final = (
@@ -121,7 +123,49 @@ def parse_message(data: bytes) -> Message:
     if too_complex(data):
         head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
         return email.message_from_bytes(head + b"\r\n\r\n", policy=email_policy.compat32)
+    single = _parse_single_part(data)
+    if single is not None:
+        return single
     return email.message_from_bytes(data, policy=email_policy.compat32)
+
+
+def _parse_single_part(data: bytes) -> Message | None:
+    """The message as the full parse gives it, for one that is neither multipart nor message/*; else None.
+
+    For a single part the stdlib's feed parser only splits the body into lines and joins them again,
+    and reads the headers through the same line machinery: one Python call per line, most of the
+    cost of checking a plain-text message. Here the header fields are split as the feed parser
+    splits them (its `headerRE`, continuation lines, compat32's `header_source_parse`) and the body
+    is attached as the one string it would make. Whatever is not plain (a first line that is a
+    continuation or "From ", a line that is no header field, bare CR or LF, multipart or message/*)
+    takes the full parse, so the two always agree (tests/policy/test_fuzz.py checks it).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end <= 0:
+        return None
+    head = data[:end]
+    if b"\r" in head.replace(b"\r\n", b"") or b"\n" in head.replace(b"\r\n", b""):
+        return None
+    message = Message(policy=email_policy.compat32)
+    field: list[str] = []
+    for raw in head.split(b"\r\n"):  # not str.splitlines(), which also splits at \x0b, \x0c, \x1c...
+        line = raw.decode("ascii", "surrogateescape") + "\r\n"
+        if line[0] in " \t":
+            if not field:
+                return None
+            field.append(line)
+            continue
+        if field:
+            message.set_raw(*email_policy.compat32.header_source_parse(field))
+        if not _HEADER_FIELD.match(line) or line.startswith("From "):
+            return None
+        field = [line]
+    if field:
+        message.set_raw(*email_policy.compat32.header_source_parse(field))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(data[end + 4 :].decode("ascii", "surrogateescape"))
+    return message
 
 
 def inspect_attachments(

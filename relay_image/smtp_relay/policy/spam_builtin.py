@@ -120,6 +120,8 @@ def _decoded_header(message: Message, name: str) -> str | None:
     if raw is None:
         return None
     text = str(raw)
+    if "=?" not in text:  # no RFC 2047 encoded word: decoding would give the text back, slowly
+        return text
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:

@@ -14,6 +14,7 @@ import asyncio
 import asyncio.sslproto as sslproto
 import contextlib
 import email.utils
+import functools
 import logging
 import re
 import socket
@@ -85,6 +86,12 @@ class _NoHooks:
 _NO_HOOKS = _NoHooks()
 
 
+@functools.lru_cache(maxsize=4)
+def _received_date(second: int) -> str:
+    """RFC 5322 date of a Unix second, local time; cached because every message of a second shares it."""
+    return email.utils.formatdate(second, localtime=True)
+
+
 def received_header(
     *, helo: str, client_ip: str, hostname: str, esmtp: bool, tls: bool, auth: bool, utf8: bool, now: float
 ) -> bytes:
@@ -92,7 +99,7 @@ def received_header(
     proto = ("UTF8SMTP" if utf8 else "ESMTP" if esmtp else "SMTP") + ("S" if tls else "") + ("A" if auth else "")
     ip = client_ip if ":" not in client_ip else f"IPv6:{client_ip}"
     helo_clean = _UNSAFE_HELO.sub("?", helo)[:255] or "unknown"
-    date = email.utils.formatdate(now, localtime=True)
+    date = _received_date(int(now))
     text = f"Received: from {helo_clean} ([{ip}])\r\n\tby {hostname} (relayfleet) with {proto};\r\n\t{date}\r\n"
     return text.encode("utf-8", "surrogateescape")
 
