@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -159,6 +160,9 @@ class Relay:
             self._tasks.append(asyncio.create_task(self._stop_when_empty(), name="stop-when-empty"))
         await self.admin.start()
         self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        # Everything built so far (modules, models, config) lives as long as the process: keep it out
+        # of the collector's generations, so the collections that message handling triggers stay small.
+        gc.freeze()
         self._ready = True
         if self.options.port_file is not None:
             tmp = self.options.port_file.with_name(self.options.port_file.name + ".tmp")
