@@ -334,24 +334,34 @@ def wait_for_sink(sink: SmtpSink, target_count: int, timeout: float, poll: float
         time.sleep(poll)
 
 
-def load_run(target: Target, sink: SmtpSink, sessions: int, per_session: int, size: int, settle: float) -> Run:
-    """smtp-source with `sessions` parallel connections, each sending about `per_session` messages (-d)."""
-    total = sessions * per_session
+def load_run(
+    target: Target, sink: SmtpSink, sessions: int, per_session: int, size: int, settle: float, min_messages: int = 0
+) -> Run:
+    """smtp-source with `sessions` parallel connections, each sending about `per_session` messages (-d).
+
+    When sessions x per_session is below `min_messages`, smtp-source runs again (new sessions of the
+    same length) until that many were sent, timed as one run: a 200-message run lasts a fifth of a
+    second, too short to measure on a shared VM.
+    """
+    batch = sessions * per_session
+    batches = max(1, -(-min_messages // batch))
+    total = batch * batches
     base = sink.count()
     root = target.root_pid()
     memory = PeakMemory(root)
     cpu_before = tree_cpu_seconds(root)
     memory.start()
     command = [
-        SMTP_SOURCE, "-s", str(sessions), "-m", str(total), "-l", str(size), "-d",
+        SMTP_SOURCE, "-s", str(sessions), "-m", str(batch), "-l", str(size), "-d",
         "-f", SENDER, "-t", RECIPIENT, f"{target.host}:{target.port}",
     ]  # fmt: skip
     started = time.perf_counter()
-    source = subprocess.run(command, capture_output=True, timeout=600, check=False)
+    for _ in range(batches):
+        source = subprocess.run(command, capture_output=True, timeout=600, check=False)
+        if source.returncode != 0:
+            memory.finish()
+            raise BenchError(f"smtp-source against {target.name} failed: {source.stderr.decode(errors='replace')}")
     accepted = time.perf_counter() - started
-    if source.returncode != 0:
-        memory.finish()
-        raise BenchError(f"smtp-source against {target.name} failed: {source.stderr.decode(errors='replace')}")
     wait_for_sink(sink, base + total, timeout=300)
     delivered = time.perf_counter() - started
     time.sleep(settle)  # queue clean-up after delivery is part of the cost; it is not part of the time
@@ -460,6 +470,7 @@ class Settings:
     relay_executable: str
     latency_seconds: float
     settle: float
+    min_messages: int
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -474,6 +485,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--relay-arg", action="append", default=[], help="extra `smtp-relay run` argument (repeat)")
     parser.add_argument("--relay", default=None, help="smtp-relay executable (default: next to this Python)")
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of each latency probe (0: skip)")
+    parser.add_argument(
+        "--min-messages",
+        type=int,
+        default=None,
+        help="repeat smtp-source within a run until this many messages were sent (default 1000; --quick 0)",
+    )
     args = parser.parse_args(argv)
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
     if not targets or set(targets) - {"relay", "postfix"}:
@@ -485,6 +502,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         rounds=1 if args.quick else args.rounds, per_session=tuple(per_session), sessions=args.sessions,
         size=args.size, targets=targets, policy=args.policy, relay_args=tuple(args.relay_arg),
         relay_executable=relay, latency_seconds=latency, settle=0.2 if args.quick else 0.5,
+        min_messages=args.min_messages if args.min_messages is not None else (0 if args.quick else 1000),
     )  # fmt: skip
 
 
@@ -564,7 +582,10 @@ def run(settings: Settings) -> str:
             for per_session in settings.per_session:
                 order = targets if round_no % 2 == 0 else targets[::-1]
                 for target in order:
-                    result = load_run(target, sink, settings.sessions, per_session, settings.size, settings.settle)
+                    result = load_run(
+                        target, sink, settings.sessions, per_session, settings.size, settings.settle,
+                        min_messages=settings.min_messages,
+                    )  # fmt: skip
                     runs.append(result)
                     print(
                         f"round {round_no + 1} {per_session:>4}/session {target.name:<8} "
