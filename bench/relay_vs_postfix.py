@@ -242,8 +242,6 @@ def relay_manifest(
 class RelayTarget:
     """`smtp-relay run` as a subprocess with its own spool, relaying to the sink."""
 
-    name = "relay"
-
     def __init__(
         self,
         sink: SmtpSink,
@@ -251,7 +249,9 @@ class RelayTarget:
         extra_args: Sequence[str],
         executable: str,
         dns_port: int,
+        name: str = "relay",
     ) -> None:
+        self.name = name
         self.host, self.port = HOST, free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
         self.manifest = self.workdir / "relay.yaml"
@@ -465,7 +465,8 @@ class Settings:
     sessions: int
     size: int
     targets: tuple[str, ...]
-    policy: Literal["off", "default"]
+    """"relay" (policy off, or the one --policy given), "relay+pol" (--policy both: the shipped policy), "postfix"."""
+    policy: Literal["off", "default", "both"]
     relay_args: tuple[str, ...]
     relay_executable: str
     latency_seconds: float
@@ -480,7 +481,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--sessions", type=int, default=20, help="parallel smtp-source sessions (default 20)")
     parser.add_argument("--size", type=int, default=5120, help="message payload bytes (default 5120)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 10 and 50 per session, 2 s probes")
-    parser.add_argument("--policy", choices=["off", "default"], default="off", help="relay policy (default off: bare)")
+    parser.add_argument(
+        "--policy",
+        choices=["off", "default", "both"],
+        default="off",
+        help="relay policy (default off: bare; both: a bare and a default-policy relay in the same run)",
+    )
     parser.add_argument("--targets", default="relay,postfix", help="comma-separated subset of relay,postfix")
     parser.add_argument("--relay-arg", action="append", default=[], help="extra `smtp-relay run` argument (repeat)")
     parser.add_argument("--relay", default=None, help="smtp-relay executable (default: next to this Python)")
@@ -495,6 +501,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
     if not targets or set(targets) - {"relay", "postfix"}:
         parser.error("--targets takes relay, postfix or both")
+    if args.policy == "both" and "relay" in targets:
+        at = targets.index("relay") + 1
+        targets = (*targets[:at], "relay+pol", *targets[at:])
     per_session = args.messages or ([10, 50] if args.quick else [10, 100])
     latency = args.latency_seconds if args.latency_seconds is not None else (2.0 if args.quick else 5.0)
     relay = args.relay or str(Path(sys.executable).with_name("smtp-relay"))
@@ -515,7 +524,7 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
         f"relay vs Postfix: {settings.sessions} sessions, {settings.size} B messages, "
         f"{settings.rounds} round(s), medians; relay policy {settings.policy}; fsync before 250 on both",
         "",
-        f"{'msgs/sess':>9} {'target':<8} {'accepted/s':>10} {'e2e/s':>8} {'CPU s':>7} {'msg/CPU-s':>9} "
+        f"{'msgs/sess':>9} {'target':<9} {'accepted/s':>10} {'e2e/s':>8} {'CPU s':>7} {'msg/CPU-s':>9} "
         f"{'peak RSS MiB':>12} {'peak PSS MiB':>12}",
     ]
     columns: list[tuple[str, Callable[[Run], float]]] = [
@@ -535,22 +544,29 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
             medians[target] = [_median(chosen, value) for _, value in columns]
             acc, e2e, cpu, per_cpu, rss, pss = medians[target]
             lines.append(
-                f"{per_session:>9} {target:<8} {acc:>10.0f} {e2e:>8.0f} {cpu:>7.2f} {per_cpu:>9.0f} "
+                f"{per_session:>9} {target:<9} {acc:>10.0f} {e2e:>8.0f} {cpu:>7.2f} {per_cpu:>9.0f} "
                 f"{rss:>12.1f} {pss:>12.1f}"
             )
-        if "relay" in medians and "postfix" in medians:
-            ratio = [a / b if b else float("nan") for a, b in zip(medians["relay"], medians["postfix"], strict=True)]
-            acc, e2e, cpu, per_cpu, rss, pss = ratio
+        for relay in ("relay", "relay+pol"):
+            if relay in medians and "postfix" in medians:
+                ratio = [a / b if b else float("nan") for a, b in zip(medians[relay], medians["postfix"], strict=True)]
+                acc, e2e, cpu, per_cpu, rss, pss = ratio
+                lines.append(
+                    f"{per_session:>9} {'ratio':<9} {acc:>9.2f}x {e2e:>7.2f}x {cpu:>6.2f}x {per_cpu:>8.2f}x "
+                    f"{rss:>11.2f}x {pss:>11.2f}x   ({relay} / postfix)"
+                )
+        if "relay" in medians and "relay+pol" in medians:
+            bare, full = medians["relay"], medians["relay+pol"]
             lines.append(
-                f"{per_session:>9} {'ratio':<8} {acc:>9.2f}x {e2e:>7.2f}x {cpu:>6.2f}x {per_cpu:>8.2f}x "
-                f"{rss:>11.2f}x {pss:>11.2f}x   (relay / postfix)"
+                f"{per_session:>9} {'policy':<9} {1 - full[0] / bare[0]:>9.0%}  {1 - full[1] / bare[1]:>7.0%}  "
+                f"{'':>7} {1 - full[3] / bare[3]:>8.0%}    (what the default policy chain costs the relay)"
             )
     if latencies:
         lines += ["", "latency from end of DATA to 250, at half of each target's peak accepted rate (10 msgs/session):"]
-        lines.append(f"{'target':<8} {'rate/s':>7} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'late':>5}")
+        lines.append(f"{'target':<9} {'rate/s':>7} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'late':>5}")
         for lat in latencies:
             lines.append(
-                f"{lat.target:<8} {lat.rate:>7.0f} {len(lat.samples):>6} {lat.percentile(0.5) * 1e3:>7.2f} "
+                f"{lat.target:<9} {lat.rate:>7.0f} {len(lat.samples):>6} {lat.percentile(0.5) * 1e3:>7.2f} "
                 f"{lat.percentile(0.99) * 1e3:>7.2f} {max(lat.samples, default=float('nan')) * 1e3:>7.2f} {lat.late:>5}"
             )
     return "\n".join(lines)
@@ -559,7 +575,8 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
 def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int) -> Target:
     if name == "postfix":
         return PostfixTarget(sink)
-    return RelayTarget(sink, settings.policy, settings.relay_args, settings.relay_executable, dns_port)
+    policy: Literal["off", "default"] = "default" if name == "relay+pol" or settings.policy == "default" else "off"
+    return RelayTarget(sink, policy, settings.relay_args, settings.relay_executable, dns_port, name=name)
 
 
 def run(settings: Settings) -> str:
@@ -588,7 +605,7 @@ def run(settings: Settings) -> str:
                     )  # fmt: skip
                     runs.append(result)
                     print(
-                        f"round {round_no + 1} {per_session:>4}/session {target.name:<8} "
+                        f"round {round_no + 1} {per_session:>4}/session {target.name:<9} "
                         f"accepted {result.accepted_rate:6.0f}/s  e2e {result.e2e_rate:6.0f}/s  "
                         f"cpu {result.cpu_seconds:5.2f}s",
                         file=sys.stderr,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
 import zipfile
 from datetime import timedelta
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from smtp_relay.policy.headers import HeaderInjectionError, prepend_headers
 from smtp_relay.policy.mime import AttachmentFinding, _parse_single_part, inspect_attachments, parse_message
-from smtp_relay.policy.spam_builtin import score_builtin
+from smtp_relay.policy.spam_builtin import _SIMPLE_FROM, _from_address, score_builtin
 from smtp_relay.spec import AttachmentsSpec
 from tests.policy.samples import zip_of
 
@@ -191,3 +192,26 @@ def test_parse_message_takes_the_fast_path_for_plain_mail() -> None:
     assert fast is not None and fast.get_payload() == "line one\r\n.line two\r\n"
     assert _parse_single_part(b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\r\nx\r\n--B--\r\n") is None
     assert _parse_single_part(b"From: a@example.com\r\nnot a header\r\n\r\nbody\r\n") is None
+
+
+FROM_PIECES = st.lists(
+    st.sampled_from([*"aZ09.-_ +'\"<>()@,;:\\\t", "=?utf-8?q?x?=", "é", "\r\n ", "ex.com", "John"]), max_size=25
+).map("".join)
+
+
+@FUZZ
+@given(
+    sender=st.one_of(
+        st.from_regex(_SIMPLE_FROM, fullmatch=True),  # every form the fast path takes...
+        FROM_PIECES,  # ...and others, which must reach parseaddr
+        st.builds("{} <{}@{}>".format, FROM_PIECES, FROM_PIECES, FROM_PIECES),
+    )
+)
+def test_from_address_fast_path_agrees_with_parseaddr(sender: str) -> None:
+    assert _from_address(sender) == email.utils.parseaddr(sender)[1]
+
+
+def test_from_address_fast_path_covers_the_plain_forms() -> None:
+    for sender in ("Jane Doe <jane.doe@example.com>", "jane@example.com", "<jane@example.com>", " x-y <a+b@c.d> "):
+        assert _SIMPLE_FROM.fullmatch(sender) is not None, sender
+        assert _from_address(sender) == email.utils.parseaddr(sender)[1]

@@ -101,7 +101,10 @@ def fold(name: str, value: str) -> str:
         raise HeaderInjectionError(f"header {name} value contains CR, LF or NUL")
     if not value.isascii():
         raise HeaderInjectionError(f"header {name} value is not ASCII")
-    words = _split_words(f"{name}: {value.strip()}")
+    text = f"{name}: {value.strip()}"
+    if len(text) <= SOFT_LIMIT:  # most values: nothing to fold
+        return text.rstrip(" \t")
+    words = _split_words(text)
     lines: list[str] = []
     current = ""
     for word in words:

@@ -40,6 +40,7 @@ class PolicyMetrics:
             registry=r,
         )
         self._children: dict[tuple[str, ...], Counter] = {}
+        self._check_children: dict[str, Counter] = {}
 
     def _child(self, metric: MetricWrapperBase, *values: str) -> Counter:
         """metric.labels(*values), looked up once: labels() validates and takes a lock on every call."""
@@ -52,7 +53,10 @@ class PolicyMetrics:
 
     def count_check(self, check: str) -> None:
         """One more run of `check`; every message runs several, so this is on the hot path."""
-        self._child(self.checks, check).inc()
+        child = self._check_children.get(check)
+        if child is None:
+            child = self._check_children[check] = self._child(self.checks, check)
+        child.inc()
 
     def count_verdict(self, check: str, action: str) -> None:
         self._child(self.verdicts, check, action).inc()

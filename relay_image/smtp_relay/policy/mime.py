@@ -230,7 +230,8 @@ def _inspect_part(
         if finding is not None:
             return finding
         # uuencoded files inside a text body ("begin 644 name"), which Outlook still shows as attachments.
-        for match in _UUENCODE_BEGIN.finditer(payload[:MAX_UUENCODE_SCAN]):
+        scanned = payload[:MAX_UUENCODE_SCAN]
+        for match in _UUENCODE_BEGIN.finditer(scanned) if b"begin" in scanned else ():  # memchr first
             finding = _check_name(match.group(1).decode("latin-1").strip(), blocked)
             if finding is not None:
                 return finding
