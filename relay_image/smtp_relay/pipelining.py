@@ -75,6 +75,8 @@ class ReplyReader(asyncio.Protocol):
         self._replies: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 0
+        self._owed = 0
+        """Replies due for the commands sent: one more is not an answer to anything we said."""
         self._broken: str | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
@@ -107,6 +109,9 @@ class ReplyReader(asyncio.Protocol):
                 return
             self._lines.append(line[4:].strip().decode("utf-8", "surrogateescape"))
             if line[3:4] != b"-":
+                if len(self._replies) >= self._owed:  # e.g. a 421 on an idle connection
+                    self._break(f"unexpected reply {line[:80]!r}")
+                    return
                 self._replies.append(Reply(int(code), "\n".join(self._lines)))
                 self._lines = []
         del buffer[:start]
@@ -141,10 +146,11 @@ class ReplyReader(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def send(self, data: bytes) -> None:
-        """Queue bytes for the server (the transport writes what it can at once)."""
+    def send(self, data: bytes, replies: int) -> None:
+        """Write bytes to the server (the transport writes what it can at once) that earn `replies`."""
         if self._broken is not None or self.transport.is_closing():
             raise ConnectionBroken(self._broken or "the connection is closed")
+        self._owed += replies
         self.transport.write(data)
 
     async def drain(self) -> None:
@@ -168,6 +174,7 @@ class ReplyReader(asyncio.Protocol):
             got = list(self._replies)
             self._replies.clear()
             raise ConnectionBroken(self._broken or "no reply", got)
+        self._owed -= count
         return [self._replies.popleft() for _ in range(count)]
 
     def _time_out(self, waiter: asyncio.Future[None]) -> None:
@@ -176,7 +183,7 @@ class ReplyReader(asyncio.Protocol):
 
     async def command(self, line: bytes, timeout: float) -> Reply:  # noqa: ASYNC109
         """One command (CRLF included) and its reply."""
-        self.send(line)
+        self.send(line, 1)
         (reply,) = await self.replies(1, timeout)
         return reply
 
@@ -240,7 +247,7 @@ async def transact(
     got: list[Reply] = []
     try:
         if pipelining:
-            reader.send(mail + b"".join(rcpts) + b"DATA\r\n")
+            reader.send(mail + b"".join(rcpts) + b"DATA\r\n", len(rcpts) + 2)
             got = await reader.replies(len(rcpts) + 2, timeout)
             result = Transaction(got[0], got[1:-1], got[-1])
         else:
@@ -258,7 +265,7 @@ async def transact(
         if result.data is None or result.data.code != 354:
             return result
         wanted = result.mail.positive and any(r.positive for r in result.rcpts)
-        reader.send(message if wanted else b".\r\n")
+        reader.send(message if wanted else b".\r\n", 1)
         await reader.drain()
         (result.done,) = await reader.replies(1, data_timeout)
         return result
