@@ -20,6 +20,7 @@ from smtp_relay.pipelining import ConnectionBroken, Reply, ReplyReader, UnsafeAd
 from smtp_relay.resolver import make_resolver
 from smtp_relay.spec import DnsSpec
 from tests.delivery.conftest import body, message, relay_config
+from tests.peers.postfix import PostfixFactory
 from tests.peers.smtp_sink import SinkBehaviour, SmtpSink
 
 SinkFactory = Callable[..., SmtpSink]
@@ -215,3 +216,34 @@ def test_delivery_under_uvloop(smtp_sink_factory: SinkFactory, tmp_path: Path) -
 
     assert uvloop.run(deliver()) == {OutcomeKind.DELIVERED}
     assert sink.wait_for(2) == 2
+
+
+async def test_real_postfix_upstream_with_a_refused_recipient(
+    postfix_factory: PostfixFactory, smtp_sink_factory: SinkFactory, tmp_path: Path
+) -> None:
+    """A stock Postfix (which offers PIPELINING and checks its use) as the smarthost: one refused
+    recipient among accepted ones, messages back to back on one pooled connection, dot lines intact."""
+    sink = smtp_sink_factory()
+    postfix = postfix_factory(
+        relayhost=(sink.host, sink.port),
+        main_cf={
+            "smtpd_recipient_restrictions": "check_recipient_access "
+            "inline:{ {gone@example.test=REJECT no such user} }, permit_mynetworks, reject",
+        },
+    )
+    config = relay_config({"default": {"smarthosts": [{"host": postfix.host, "port": postfix.port, "tls": "none"}]}})
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=10.0)
+    rcpts = ["a@example.test", "gone@example.test", "b@example.test"]
+    try:
+        for index in range(3):
+            outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(f"pf{index}"), rcpts)
+            assert outcomes["gone@example.test"].kind is OutcomeKind.PERMANENT, outcomes
+            assert outcomes["gone@example.test"].code == 554 and "no such user" in outcomes["gone@example.test"].message
+            assert outcomes["a@example.test"].kind is outcomes["b@example.test"].kind is OutcomeKind.DELIVERED
+    finally:
+        await deliverer.close()
+    sink.wait_for(3, timeout=20)
+    arrived = sorted(sink.messages(), key=lambda m: m.email()["Subject"])
+    assert [m.recipients for m in arrived] == [("a@example.test", "b@example.test")] * 3
+    assert all(b"\r\n.leading dot line\r\n" in m.data for m in arrived)
+    assert "improper command pipelining" not in postfix.log.read_text()
