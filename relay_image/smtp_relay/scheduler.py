@@ -65,6 +65,23 @@ def _describe(outcome: Outcome) -> str:
     return f"{outcome.code} {outcome.message}{where}".strip() if outcome.code else f"{outcome.message}{where}"
 
 
+_LOGGED_RECIPIENTS = 5
+
+
+def _delivery_summary(delivered: list[str], outcomes: Mapping[str, Outcome]) -> str:
+    """`to=<a>,<b> via host:port: reply` (as Postfix logs to=, relay= and the reply), per remote."""
+    by_remote: dict[tuple[str, str], list[str]] = {}
+    for rcpt in delivered:
+        outcome = outcomes[rcpt]
+        by_remote.setdefault((outcome.remote or "-", outcome.message), []).append(rcpt)
+    parts = []
+    for (remote, reply), rcpts in by_remote.items():
+        shown = ",".join(f"<{r}>" for r in rcpts[:_LOGGED_RECIPIENTS])
+        more = f" (+{len(rcpts) - _LOGGED_RECIPIENTS} more)" if len(rcpts) > _LOGGED_RECIPIENTS else ""
+        parts.append(f"to={shown}{more} via {remote}: {reply[:200]}")
+    return "; ".join(parts)
+
+
 class Scheduler:
     """Delivers spooled messages with a bounded window, a retry schedule, maxAge and bounces."""
 
@@ -293,7 +310,7 @@ class Scheduler:
             else:
                 temporary[rcpt] = outcome
         if settled:
-            log.info("message %s delivered to %d recipient(s)", message.id, len(settled))
+            log.info("message %s delivered %s", message.id, _delivery_summary(settled, outcomes))
 
         reason = ""
         if temporary and expired(message.envelope.received_at, now, self._max_age):

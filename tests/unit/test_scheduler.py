@@ -15,7 +15,7 @@ import pytest
 
 from smtp_relay.envelope import Envelope, Outcome, QueueState, StoredMessage
 from smtp_relay.metrics import RelayMetrics
-from smtp_relay.scheduler import Scheduler
+from smtp_relay.scheduler import Scheduler, _delivery_summary
 from smtp_relay.spec import RetrySpec
 from smtp_relay.spool import Spool
 
@@ -305,3 +305,14 @@ async def test_drain_times_out_with_slow_deliveries_and_stop_keeps_them_spooled(
     async with relay(tmp_path, again, RetrySpec()) as (spool, sched, _):
         assert await sched.drain(10) == 0
         assert [c.recipients for c in again.calls] == [["slow@x.net"]]
+
+
+def test_delivered_log_line_names_recipients_remote_and_reply() -> None:
+    """What an SRE greps for, as in Postfix's to=, relay= and the reply: per remote, at most 5 names."""
+    outcomes = {f"r{i}@x.test": Outcome.delivered("mx1:25", "250 2.0.0 queued as A") for i in range(7)}
+    outcomes["other@y.test"] = Outcome.delivered("mx2:25", "250 ok")
+    summary = _delivery_summary(list(outcomes), outcomes)
+    assert summary == (
+        "to=<r0@x.test>,<r1@x.test>,<r2@x.test>,<r3@x.test>,<r4@x.test> (+2 more) via mx1:25: "
+        "250 2.0.0 queued as A; to=<other@y.test> via mx2:25: 250 ok"
+    )
