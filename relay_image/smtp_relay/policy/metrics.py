@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 
 
 class PolicyMetrics:
@@ -39,24 +36,22 @@ class PolicyMetrics:
             ["scanner"],
             registry=r,
         )
-        self._children: dict[tuple[str, ...], Counter] = {}
         self._check_children: dict[str, Counter] = {}
+        self._verdict_children: dict[tuple[str, str], Counter] = {}
 
-    def _child(self, metric: MetricWrapperBase, *values: str) -> Counter:
-        """metric.labels(*values), looked up once: labels() validates and takes a lock on every call."""
-        key = (metric._name, *values)
-        child = self._children.get(key)
-        if child is None:
-            child = cast(Counter, metric.labels(*values))
-            self._children[key] = child
-        return child
+    # labels() validates its values and takes a lock on every call; every message runs several checks,
+    # so the labelled children are looked up once and kept.
 
     def count_check(self, check: str) -> None:
-        """One more run of `check`; every message runs several, so this is on the hot path."""
+        """One more run of `check`."""
         child = self._check_children.get(check)
         if child is None:
-            child = self._check_children[check] = self._child(self.checks, check)
+            child = self._check_children[check] = self.checks.labels(check)
         child.inc()
 
     def count_verdict(self, check: str, action: str) -> None:
-        self._child(self.verdicts, check, action).inc()
+        """One more verdict other than accept."""
+        child = self._verdict_children.get((check, action))
+        if child is None:
+            child = self._verdict_children[check, action] = self.verdicts.labels(check, action)
+        child.inc()
