@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,53 @@ async def test_real_postfix_upstream_with_a_refused_recipient(
     assert [m.recipients for m in arrived] == [("a@example.test", "b@example.test")] * 3
     assert all(b"\r\n.leading dot line\r\n" in m.data for m in arrived)
     assert "improper command pipelining" not in postfix.log.read_text()
+
+
+def _failure_id(value: object) -> str:
+    """`hard_reject=['MAIL']` for a sink behaviour, the value itself for the rest of a test's parameters."""
+    if not isinstance(value, SinkBehaviour):
+        return str(value)
+    knobs = ("soft_reject", "hard_reject", "reply_421", "disconnect")
+    return ",".join(f"{knob}={getattr(value, knob)}" for knob in knobs if getattr(value, knob))
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize(
+    ("behaviour", "kind", "code"),
+    [
+        (SinkBehaviour(hard_reject=["MAIL"]), OutcomeKind.PERMANENT, 500),
+        (SinkBehaviour(soft_reject=["RCPT"]), OutcomeKind.TEMPORARY, 450),
+        (SinkBehaviour(hard_reject=["DATA"]), OutcomeKind.PERMANENT, 500),
+        (SinkBehaviour(soft_reject=["."]), OutcomeKind.TEMPORARY, 450),
+        (SinkBehaviour(hard_reject=["."]), OutcomeKind.PERMANENT, 500),
+        (SinkBehaviour(reply_421=["MAIL"]), OutcomeKind.TEMPORARY, None),
+        (SinkBehaviour(reply_421=["DATA"]), OutcomeKind.TEMPORARY, None),
+        (SinkBehaviour(disconnect=["RCPT"]), OutcomeKind.TEMPORARY, 0),
+        (SinkBehaviour(disconnect=["."]), OutcomeKind.TEMPORARY, 0),
+    ],
+    ids=lambda value: _failure_id(value),
+)
+async def test_each_upstream_failure_gives_the_right_outcome(
+    behaviour: SinkBehaviour,
+    kind: OutcomeKind,
+    code: int | None,
+    pipelining: bool,
+    smtp_sink_factory: SinkFactory,
+    tmp_path: Path,
+) -> None:
+    """smtp-sink refusing, answering 421 or hanging up at each stage: 5xx is permanent, everything
+    else (4xx, 421, a lost connection) keeps the message queued; the sink never counts a message."""
+    sink = smtp_sink_factory(behaviour=replace(behaviour, pipelining=pipelining))
+    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+    finally:
+        await deliverer.close()
+    assert {o.kind for o in outcomes.values()} == {kind}, outcomes
+    if code == 0:
+        assert {o.code for o in outcomes.values()} == {0}  # no reply: a connection-level failure
+    elif code is not None:
+        assert all(code <= o.code < code + 100 for o in outcomes.values()), outcomes
+    assert sink.count() == 0
