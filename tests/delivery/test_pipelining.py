@@ -272,7 +272,7 @@ def _failure_id(value: object) -> str:
         (SinkBehaviour(disconnect=["RCPT"]), OutcomeKind.TEMPORARY, 0),
         (SinkBehaviour(disconnect=["."]), OutcomeKind.TEMPORARY, 0),
     ],
-    ids=lambda value: _failure_id(value),
+    ids=_failure_id,
 )
 async def test_each_upstream_failure_gives_the_right_outcome(
     behaviour: SinkBehaviour,
