@@ -29,7 +29,7 @@ from smtp_relay.capture import write_capture
 from smtp_relay.config import Credentials, RelayConfig
 from smtp_relay.envelope import Envelope, Outcome, OutcomeKind, StoredMessage, domain_of
 from smtp_relay.metrics import RelayMetrics
-from smtp_relay.pipelining import ConnectionBroken, ReplyReader, UnsafeAddress, path_command, stuff, transact
+from smtp_relay.pipelining import ConnectionBroken, ReplyReader, UnsafeAddress, path_command, transact
 from smtp_relay.resolver import DnsError, NullMxError, PermanentDnsError, lookup_mx, resolve_host
 from smtp_relay.router import group_by_route, route_label
 from smtp_relay.spec import CaptureSpec, Destination, MxSpec, Smarthost
@@ -51,7 +51,8 @@ class _HostFailed(Exception):
 
 
 class _StaleConnection(Exception):
-    """The connection died before MAIL FROM was answered: nothing was sent, a retry is safe."""
+    """The connection died before MAIL FROM was answered (a pooled connection the server had closed):
+    the server took nothing it confirmed, so the transaction is tried once more on a new connection."""
 
 
 def _reply_outcome(code: int, message: str, remote: str) -> Outcome:
@@ -453,8 +454,8 @@ class Deliverer:
     ) -> dict[str, Outcome]:
         """MAIL, RCPT each, DATA (pipelined where offered): outcomes from the server's own replies.
 
-        Raises _StaleConnection if the connection is gone before MAIL is answered (nothing was taken,
-        a retry is safe), _HostFailed when the host cannot take this message at all (no SMTPUTF8).
+        Raises _StaleConnection if the connection is gone before MAIL is answered (nothing was
+        confirmed), _HostFailed when the host cannot take this message at all (no SMTPUTF8).
         """
         smtp, remote = conn.smtp, conn.remote
         options: list[str] = []
@@ -486,7 +487,13 @@ class Deliverer:
             return outcomes
         try:
             result = await transact(
-                conn.reader, mail, commands, stuff(data), pipelining=conn.pipelining, timeout=self._timeout
+                conn.reader,
+                mail,
+                commands,
+                data,
+                pipelining=conn.pipelining,
+                chunking=smtp.supports_extension("chunking"),
+                timeout=self._timeout,
             )
         except ConnectionBroken as exc:
             smtp.close()

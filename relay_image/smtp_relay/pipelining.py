@@ -188,15 +188,20 @@ class ReplyReader(asyncio.Protocol):
         return reply
 
 
-def stuff(data: bytes) -> bytes:
-    """The message as DATA sends it: CRLF line ends, leading dots doubled, then the final `.` line."""
+def crlf(data: bytes) -> bytes:
+    """The message with CRLF line ends throughout, the last line included (as BDAT sends it)."""
     if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
         data = _LINE_ENDS.sub(b"\r\n", data)
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
+    return data
+
+
+def stuff(data: bytes) -> bytes:
+    """The message as DATA sends it: CRLF line ends, leading dots doubled, then the final `.` line."""
+    data = crlf(data).replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     return data + b".\r\n"
 
 
@@ -219,9 +224,9 @@ class Transaction:
     mail: Reply
     rcpts: list[Reply] = field(default_factory=list)
     data: Reply | None = None
-    """The reply to DATA: 354, or the refusal."""
+    """The reply to DATA: 354, or the refusal (None with BDAT)."""
     done: Reply | None = None
-    """The reply to the final dot, when the message was sent."""
+    """The reply to the final dot or to BDAT LAST, when the message was sent."""
 
     @property
     def delivered(self) -> bool:
@@ -232,20 +237,32 @@ async def transact(
     reader: ReplyReader,
     mail: bytes,
     rcpts: Sequence[bytes],
-    message: bytes,
+    data: bytes,
     *,
     pipelining: bool,
+    chunking: bool = False,
     timeout: float,  # noqa: ASYNC109 (per-reply budget, as RFC 5321 4.5.3.2 sets one per command)
     data_timeout: float = DATA_DONE_TIMEOUT,
 ) -> Transaction:
-    """Run one mail transaction; `message` is already stuffed (see `stuff`).
+    """Run one mail transaction of `data`, the message as the spool holds it.
 
-    The message is sent only when MAIL and at least one RCPT were accepted and DATA got 354; a 354
-    after every RCPT was refused (a server breaking RFC 2920 3.1) gets an empty message, which it
-    must refuse. ConnectionBroken carries the replies that came, MAIL's first.
+    With PIPELINING and CHUNKING (RFC 3030) everything goes in one write: MAIL, every RCPT, then
+    `BDAT <size> LAST` and the message as it is (no dot-stuffing; a server that refuses the BDAT still
+    reads and drops its octets); the BDAT reply is the transaction's `done`. Otherwise DATA: the
+    message is sent only when MAIL and at least one RCPT were accepted and DATA got 354; a 354 after
+    every RCPT was refused (a server breaking RFC 2920 3.1) gets an empty message, which it must
+    refuse. ConnectionBroken carries the replies that came, MAIL's first.
     """
     got: list[Reply] = []
     try:
+        if pipelining and chunking:
+            body = crlf(data)
+            reader.send(mail + b"".join(rcpts) + b"BDAT %d LAST\r\n" % len(body) + body, len(rcpts) + 2)
+            await reader.drain()
+            got = await reader.replies(len(rcpts) + 1, timeout)
+            result = Transaction(got[0], got[1:])
+            (result.done,) = await reader.replies(1, data_timeout)
+            return result
         if pipelining:
             reader.send(mail + b"".join(rcpts) + b"DATA\r\n", len(rcpts) + 2)
             got = await reader.replies(len(rcpts) + 2, timeout)
@@ -265,7 +282,7 @@ async def transact(
         if result.data is None or result.data.code != 354:
             return result
         wanted = result.mail.positive and any(r.positive for r in result.rcpts)
-        reader.send(message if wanted else b".\r\n", 1)
+        reader.send(stuff(data) if wanted else b".\r\n", 1)
         await reader.drain()
         (result.done,) = await reader.replies(1, data_timeout)
         return result

@@ -179,6 +179,44 @@ async def test_commands_are_pipelined_up_to_data(hold_until_data: _HoldUntilData
     assert hold_until_data.transcript.endswith(b"QUIT\r\n")
 
 
+async def test_chunking_sends_the_whole_transaction_in_one_write(tmp_path: Path) -> None:
+    """With PIPELINING and CHUNKING, MAIL, RCPT and `BDAT n LAST` with the unstuffed message go out
+    together: the upstream reads the whole transaction before it answers anything."""
+    transcript = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 chunky ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-chunky\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 100000\r\n")
+        commands = await reader.readuntil(b" LAST\r\n")
+        size = int(commands.rsplit(b"BDAT ", 1)[1].split()[0])
+        transcript.extend(commands + await reader.readexactly(size))
+        writer.write(b"250 sender ok\r\n250 rcpt ok\r\n550 5.1.1 no such user\r\n250 2.0.0 chunks taken\r\n")
+        transcript.extend(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = relay_config({"default": {"smarthosts": [{"host": "127.0.0.1", "port": port, "tls": "none"}]}})
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=3.0)
+    rcpts = ["a@example.test", "gone@example.test"]
+    try:
+        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+    finally:
+        await deliverer.close()
+        server.close()
+    assert outcomes["a@example.test"].kind is OutcomeKind.DELIVERED, outcomes
+    assert outcomes["a@example.test"].message == "2.0.0 chunks taken"
+    assert outcomes["gone@example.test"].kind is OutcomeKind.PERMANENT and outcomes["gone@example.test"].code == 550
+    assert bytes(transcript) == (
+        b"MAIL FROM:<s@sender.test> SIZE=%d\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<gone@example.test>\r\n"
+        b"BDAT %d LAST\r\n%s"
+        b"QUIT\r\n" % (len(body()), len(body()), body())
+    )  # the message as it is: ".leading dot line" not doubled, no terminating dot
+
+
 @pytest.mark.parametrize("pipelining", [True, False])
 async def test_real_smtp_sink_with_and_without_pipelining(
     pipelining: bool, smtp_sink_factory: SinkFactory, tmp_path: Path
@@ -247,7 +285,20 @@ async def test_real_postfix_upstream_with_a_refused_recipient(
     arrived = sorted(sink.messages(), key=lambda m: m.email()["Subject"])
     assert [m.recipients for m in arrived] == [("a@example.test", "b@example.test")] * 3
     assert all(b"\r\n.leading dot line\r\n" in m.data for m in arrived)
-    assert "improper command pipelining" not in postfix.log.read_text()
+    log = postfix.log.read_text()
+    assert "improper command pipelining" not in log
+    assert " bdat=3 " in log  # Postfix offers CHUNKING: one BDAT per message, on one connection
+
+    # every recipient refused: Postfix refuses the BDAT too (and drops its octets); the connection goes on
+    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=10.0)
+    try:
+        refused = await deliverer.deliver(message("s@x.test", "gone@example.test"), body("x"), ["gone@example.test"])
+        after = await deliverer.deliver(message("s@x.test", "a@example.test"), body("after"), ["a@example.test"])
+    finally:
+        await deliverer.close()
+    assert refused["gone@example.test"].kind is OutcomeKind.PERMANENT
+    assert after["a@example.test"].kind is OutcomeKind.DELIVERED
+    sink.wait_for(4, timeout=20)
 
 
 def _failure_id(value: object) -> str:
