@@ -5,12 +5,13 @@ charge of closing it. It cannot pipeline: it writes one command, waits for its r
 bytes that arrive while a parsed reply waits to be picked up. So once a connection is set up its
 transport is handed to a `ReplyReader`, which queues every reply it parses, and `transact` writes
 MAIL, every RCPT and DATA in one write and the message with its final dot in a second one: two
-writes and two round trips per message instead of three plus one per recipient. Servers that do
-not offer PIPELINING get the same commands one at a time, stopping where RFC 5321 says to.
+writes and two round trips per message instead of three plus one per recipient. A server that also
+offers CHUNKING gets MAIL, the RCPTs and `BDAT <size> LAST` with the message in a single write.
+Servers that do not offer PIPELINING get the commands one at a time, stopping where RFC 5321 says to.
 
-The message must be what the spool holds: CRLF line ends (the listener refuses bare CR and LF) and
-dot-unstuffed. `stuff` adds the dots and the terminator with two byte-string passes; anything that is
-not clean CRLF (a DSN built elsewhere, a released quarantine entry) is normalized first.
+The message is what the spool holds: CRLF line ends (the listener refuses bare CR and LF) and
+dot-unstuffed. `stuff` adds the dots and the terminator for DATA; anything that is not clean CRLF
+(a DSN built elsewhere, a released quarantine entry) is normalized first (`crlf`).
 """
 
 from __future__ import annotations

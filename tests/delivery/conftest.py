@@ -25,9 +25,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from smtp_relay.config import Credentials, RelayConfig
+from smtp_relay.delivery import Deliverer
 from smtp_relay.envelope import Envelope as RelayEnvelope
 from smtp_relay.envelope import StoredMessage
 from smtp_relay.manifest import parse_spec
+from smtp_relay.metrics import RelayMetrics
+from smtp_relay.resolver import make_resolver
 from tests.peers.daemon import free_port
 from tests.peers.tls import ThrowawayCA
 
@@ -200,6 +203,19 @@ def relay_config(
     """A resolved config from a raw `spec.routing` document (camelCase, as in a manifest)."""
     spec = parse_spec({"routing": routing, "dns": {"nameservers": nameservers or []}})
     return RelayConfig(name="t", namespace="default", spec=spec, credentials=credentials or {}, cas=cas or {})
+
+
+def deliverer(routing: dict[str, Any], tmp_path: Path, *, timeout: float = 5.0, **kwargs: Any) -> Deliverer:
+    """A Deliverer for a raw `spec.routing` (kwargs: credentials, cas, nameservers), with its own metrics."""
+    config = relay_config(routing, **kwargs)
+    return Deliverer(
+        config, make_resolver(config.spec.dns), tmp_path, hostname="relay.test", metrics=RelayMetrics(), timeout=timeout
+    )
+
+
+def smarthost(port: int, **extra: Any) -> dict[str, Any]:
+    """A plain-text smarthost on 127.0.0.1 (`extra`: tls, verifyTLS, credentialsSecret, ...)."""
+    return {"host": "127.0.0.1", "port": port, "tls": "none", **extra}
 
 
 def message(

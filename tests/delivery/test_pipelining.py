@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from smtp_relay.delivery import Deliverer
 from smtp_relay.envelope import OutcomeKind
 from smtp_relay.pipelining import ConnectionBroken, Reply, ReplyReader, UnsafeAddress, path_command, stuff
-from smtp_relay.resolver import make_resolver
-from smtp_relay.spec import DnsSpec
-from tests.delivery.conftest import body, message, relay_config
+from tests.delivery.conftest import body, deliverer, message, smarthost
 from tests.peers.postfix import PostfixFactory
 from tests.peers.smtp_sink import SinkBehaviour, SmtpSink
 
@@ -161,14 +158,12 @@ async def hold_until_data() -> AsyncIterator[_HoldUntilData]:
 
 
 async def test_commands_are_pipelined_up_to_data(hold_until_data: _HoldUntilData, tmp_path: Path) -> None:
-    upstream = {"host": "127.0.0.1", "port": hold_until_data.port, "tls": "none"}
-    config = relay_config({"default": {"smarthosts": [upstream]}})
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=3.0)
+    d = deliverer({"default": {"smarthosts": [smarthost(hold_until_data.port)]}}, tmp_path, timeout=3.0)
     rcpts = ["a@example.test", "b@example.test"]
     try:
-        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
     finally:
-        await deliverer.close()
+        await d.close()
     assert {o.kind for o in outcomes.values()} == {OutcomeKind.DELIVERED}, outcomes
     assert outcomes["a@example.test"].message == "2.0.0 taken"
     assert hold_until_data.transcript.startswith(
@@ -199,13 +194,12 @@ async def test_chunking_sends_the_whole_transaction_in_one_write(tmp_path: Path)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    config = relay_config({"default": {"smarthosts": [{"host": "127.0.0.1", "port": port, "tls": "none"}]}})
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=3.0)
+    d = deliverer({"default": {"smarthosts": [smarthost(port)]}}, tmp_path, timeout=3.0)
     rcpts = ["a@example.test", "gone@example.test"]
     try:
-        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
     finally:
-        await deliverer.close()
+        await d.close()
         server.close()
     assert outcomes["a@example.test"].kind is OutcomeKind.DELIVERED, outcomes
     assert outcomes["a@example.test"].message == "2.0.0 chunks taken"
@@ -223,15 +217,14 @@ async def test_real_smtp_sink_with_and_without_pipelining(
 ) -> None:
     """smtp-sink checks the protocol strictly; without PIPELINING each command waits for its reply."""
     sink = smtp_sink_factory(behaviour=SinkBehaviour(pipelining=pipelining))
-    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+    d = deliverer({"default": {"smarthosts": [smarthost(sink.port)]}}, tmp_path)
     try:
         for index in range(3):
             rcpts = [f"r{index}@example.test", f"s{index}@example.test"]
-            outcomes = await deliverer.deliver(message("a@sender.test", *rcpts), body(f"m{index}"), rcpts)
+            outcomes = await d.deliver(message("a@sender.test", *rcpts), body(f"m{index}"), rcpts)
             assert [o.kind for o in outcomes.values()] == [OutcomeKind.DELIVERED] * 2, outcomes
     finally:
-        await deliverer.close()
+        await d.close()
     arrived = sorted(sink.messages(), key=lambda m: m.recipients)
     assert [m.recipients for m in arrived] == [(f"r{i}@example.test", f"s{i}@example.test") for i in range(3)]
     assert all(m.data == body(f"m{i}") for i, m in enumerate(arrived))
@@ -240,18 +233,18 @@ async def test_real_smtp_sink_with_and_without_pipelining(
 def test_delivery_under_uvloop(smtp_sink_factory: SinkFactory, tmp_path: Path) -> None:
     """The relay runs on uvloop, whose transports are no asyncio.Transport subclasses."""
     sink = smtp_sink_factory()
-    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
+    routing = {"default": {"smarthosts": [smarthost(sink.port)]}}
 
     async def deliver() -> set[OutcomeKind]:
-        deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+        d = deliverer(routing, tmp_path)
         try:
             kinds = set()
             for index in range(2):
-                outcomes = await deliverer.deliver(message("a@s.test", "b@e.test"), body(f"u{index}"), ["b@e.test"])
+                outcomes = await d.deliver(message("a@s.test", "b@e.test"), body(f"u{index}"), ["b@e.test"])
                 kinds |= {o.kind for o in outcomes.values()}
             return kinds
         finally:
-            await deliverer.close()
+            await d.close()
 
     assert uvloop.run(deliver()) == {OutcomeKind.DELIVERED}
     assert sink.wait_for(2) == 2
@@ -270,17 +263,17 @@ async def test_real_postfix_upstream_with_a_refused_recipient(
             "inline:{ {gone@example.test=REJECT no such user} }, permit_mynetworks, reject",
         },
     )
-    config = relay_config({"default": {"smarthosts": [{"host": postfix.host, "port": postfix.port, "tls": "none"}]}})
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=10.0)
+    routing = {"default": {"smarthosts": [smarthost(postfix.port)]}}
+    d = deliverer(routing, tmp_path, timeout=10.0)
     rcpts = ["a@example.test", "gone@example.test", "b@example.test"]
     try:
         for index in range(3):
-            outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(f"pf{index}"), rcpts)
+            outcomes = await d.deliver(message("s@sender.test", *rcpts), body(f"pf{index}"), rcpts)
             assert outcomes["gone@example.test"].kind is OutcomeKind.PERMANENT, outcomes
             assert outcomes["gone@example.test"].code == 554 and "no such user" in outcomes["gone@example.test"].message
             assert outcomes["a@example.test"].kind is outcomes["b@example.test"].kind is OutcomeKind.DELIVERED
     finally:
-        await deliverer.close()
+        await d.close()
     sink.wait_for(3, timeout=20)
     arrived = sorted(sink.messages(), key=lambda m: m.email()["Subject"])
     assert [m.recipients for m in arrived] == [("a@example.test", "b@example.test")] * 3
@@ -290,12 +283,12 @@ async def test_real_postfix_upstream_with_a_refused_recipient(
     assert " bdat=3 " in log  # Postfix offers CHUNKING: one BDAT per message, on one connection
 
     # every recipient refused: Postfix refuses the BDAT too (and drops its octets); the connection goes on
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=10.0)
+    d = deliverer(routing, tmp_path, timeout=10.0)
     try:
-        refused = await deliverer.deliver(message("s@x.test", "gone@example.test"), body("x"), ["gone@example.test"])
-        after = await deliverer.deliver(message("s@x.test", "a@example.test"), body("after"), ["a@example.test"])
+        refused = await d.deliver(message("s@x.test", "gone@example.test"), body("x"), ["gone@example.test"])
+        after = await d.deliver(message("s@x.test", "a@example.test"), body("after"), ["a@example.test"])
     finally:
-        await deliverer.close()
+        await d.close()
     assert refused["gone@example.test"].kind is OutcomeKind.PERMANENT
     assert after["a@example.test"].kind is OutcomeKind.DELIVERED
     sink.wait_for(4, timeout=20)
@@ -336,13 +329,12 @@ async def test_each_upstream_failure_gives_the_right_outcome(
     """smtp-sink refusing, answering 421 or hanging up at each stage: 5xx is permanent, everything
     else (4xx, 421, a lost connection) keeps the message queued; the sink never counts a message."""
     sink = smtp_sink_factory(behaviour=replace(behaviour, pipelining=pipelining))
-    config = relay_config({"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}})
-    deliverer = Deliverer(config, make_resolver(DnsSpec()), tmp_path, hostname="relay.test", timeout=5.0)
+    d = deliverer({"default": {"smarthosts": [smarthost(sink.port)]}}, tmp_path)
     rcpts = ["a@example.test", "b@example.test"]
     try:
-        outcomes = await deliverer.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
     finally:
-        await deliverer.close()
+        await d.close()
     assert {o.kind for o in outcomes.values()} == {kind}, outcomes
     if code == 0:
         assert {o.code for o in outcomes.values()} == {0}  # no reply: a connection-level failure

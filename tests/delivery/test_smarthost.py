@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from smtp_relay.config import Credentials
 from smtp_relay.delivery import Deliverer
 from smtp_relay.envelope import OutcomeKind
-from smtp_relay.metrics import RelayMetrics
 from smtp_relay.resolver import make_resolver
 from smtp_relay.spec import DnsSpec
 from tests.delivery.conftest import (
@@ -24,21 +22,12 @@ from tests.delivery.conftest import (
     UpstreamFactory,
     body,
     closed_port,
+    deliverer,
     message,
     relay_config,
+    smarthost,
 )
 from tests.peers.dns import DnsServer, ZoneSpec
-
-
-def deliverer(routing: dict[str, Any], tmp_path: Path, **kwargs: Any) -> Deliverer:
-    config = relay_config(routing, **kwargs)
-    return Deliverer(
-        config, make_resolver(config.spec.dns), tmp_path, hostname="relay.test", metrics=RelayMetrics(), timeout=5.0
-    )
-
-
-def smarthost(port: int, **extra: Any) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": port, "tls": "none", **extra}
 
 
 async def test_plain_smarthost_delivers_and_counts(upstream_factory: UpstreamFactory, tmp_path: Path) -> None:
