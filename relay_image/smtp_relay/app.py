@@ -24,21 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtp_relay.admin import AdminServer
-from smtp_relay.config import RelayConfig
-from smtp_relay.delivery import Deliverer
-from smtp_relay.envelope import Envelope
-from smtp_relay.manifest import ManifestError
-from smtp_relay.metrics import RelayMetrics
+from smtp_relay.admin.http import AdminServer
+from smtp_relay.admin.quarantine_api import add_quarantine_routes
+from smtp_relay.config.manifest import ManifestError
+from smtp_relay.config.resolved import RelayConfig
+from smtp_relay.config.source import ConfigSource
+from smtp_relay.delivery.deliverer import Deliverer
+from smtp_relay.delivery.resolver import make_resolver
+from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.engine import PolicyEngine, Scanners
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
-from smtp_relay.policy.quarantine_http import add_quarantine_routes
-from smtp_relay.resolver import make_resolver
-from smtp_relay.scheduler import QueueStats, Scheduler
+from smtp_relay.queue.scheduler import QueueStats, Scheduler
+from smtp_relay.queue.spool import Spool
 from smtp_relay.smtp.server import RelayServer
-from smtp_relay.source import ConfigSource
-from smtp_relay.spool import Spool
+from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 

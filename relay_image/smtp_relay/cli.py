@@ -21,10 +21,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from smtp_relay import logsetup
-from smtp_relay.manifest import ManifestError
-from smtp_relay.source import ConfigSource
-from smtp_relay.spec import SmtpRelaySpec
+from smtp_relay.config.manifest import ManifestError
+from smtp_relay.config.source import ConfigSource
+from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.telemetry import logsetup
 
 EXIT_BAD_MANIFEST = 2
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     # relay logs each connection's outcome itself.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.worker_index is None:
-        from smtp_relay.supervisor import needs_supervisor
+        from smtp_relay.admin.supervisor import needs_supervisor
 
         if needs_supervisor(args.spool, args.workers):
             return _supervise(args, source)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
     """`--workers N`: check the manifest here (exit 2 before any process or spool exists), then supervise."""
-    from smtp_relay.supervisor import Supervisor, SupervisorOptions
+    from smtp_relay.admin.supervisor import Supervisor, SupervisorOptions
 
     try:
         config = source.load()

@@ -16,7 +16,7 @@ import dns.resolver
 import pytest
 from bench.relay_vs_postfix import LoopbackDns, process_tree, relay_manifest, tree_cpu_seconds
 
-from smtp_relay.manifest import parse_spec
+from smtp_relay.config.manifest import parse_spec
 from tests.peers.postfix import PostfixFactory, postfix_available
 from tests.peers.smtp_sink import SinkBehaviour, SinkFactory, SmtpSink, parse_dump
 

@@ -19,7 +19,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from smtp_relay.admission import Action, Verdict, reject
+from smtp_relay.policy.admission import Action, Verdict, reject
 from smtp_relay.policy.util import reply_text
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,23 @@ from typing import TypeVar
 
 import dns.asyncresolver
 
-from smtp_relay.admission import ACCEPT, Action, Facts, NetworkList, Verdict, defer, ip_in, parse_networks, reject
-from smtp_relay.config import RelayConfig
-from smtp_relay.envelope import Envelope, domain_of
+from smtp_relay.cleanup.headers import HeaderInjectionError, authentication_results, spam_headers, spf_resinfo
+from smtp_relay.config.resolved import RelayConfig
+from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.delivery.router import choose_route
+from smtp_relay.model.envelope import Envelope, domain_of
+from smtp_relay.policy.admission import (
+    ACCEPT,
+    Action,
+    Facts,
+    NetworkList,
+    Verdict,
+    defer,
+    ip_in,
+    parse_networks,
+    reject,
+)
 from smtp_relay.policy.dnsbl import Listing, dnsbl_listings, dnsbl_verdict
-from smtp_relay.policy.headers import HeaderInjectionError, authentication_results, spam_headers, spf_resinfo
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.mime import inspect_attachments, parse_message
 from smtp_relay.policy.quarantine import QuarantineStore
@@ -42,8 +54,6 @@ from smtp_relay.policy.scanners import ClamdClient, RspamdClient, ScannerError, 
 from smtp_relay.policy.spam_builtin import SpamReport, score_builtin
 from smtp_relay.policy.spf import SpfResult, check_spf, spf_verdict
 from smtp_relay.policy.util import TtlCache, reply_text
-from smtp_relay.router import choose_route
-from smtp_relay.spec import SmtpRelaySpec
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from email import policy as email_policy
 from email.message import Message
 from typing import Final, Literal
 
-from smtp_relay.spec import AttachmentsSpec
+from smtp_relay.config.spec import AttachmentsSpec
 
 Reason = Literal["extension", "executable", "macro", "archive", "malformed"]
 

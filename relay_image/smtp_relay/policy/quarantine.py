@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtp_relay.envelope import Envelope
-from smtp_relay.fsutil import fsync_dir, write_durably
+from smtp_relay.model.envelope import Envelope
+from smtp_relay.util.fsutil import fsync_dir, write_durably
 
 _ID = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
 

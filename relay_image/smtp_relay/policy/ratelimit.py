@@ -11,10 +11,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from smtp_relay.admission import Verdict, defer, reject
-from smtp_relay.envelope import domain_of
-from smtp_relay.spec import RateLimit
-from smtp_relay.units import parse_duration
+from smtp_relay.config.spec import RateLimit
+from smtp_relay.config.units import parse_duration
+from smtp_relay.model.envelope import domain_of
+from smtp_relay.policy.admission import Verdict, defer, reject
 
 Clock = Callable[[], float]
 MAX_KEYS = 100_000

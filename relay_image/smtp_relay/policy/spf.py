@@ -23,7 +23,7 @@ import dns.exception
 import dns.resolver
 import spf
 
-from smtp_relay.admission import Action, Verdict, defer, reject
+from smtp_relay.policy.admission import Action, Verdict, defer, reject
 from smtp_relay.policy.util import reply_text
 
 log = logging.getLogger(__name__)

@@ -28,17 +28,17 @@ from typing import Any, Literal
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
-from smtp_relay.admission import Action, Admission, Facts, Verdict
-from smtp_relay.config import RelayConfig
-from smtp_relay.envelope import Envelope
-from smtp_relay.metrics import RelayMetrics
+from smtp_relay.cleanup.headers import prepend_headers
+from smtp_relay.config.resolved import RelayConfig
+from smtp_relay.config.spec import Listener
+from smtp_relay.model.envelope import Envelope
+from smtp_relay.policy.admission import Action, Admission, Facts, Verdict
 from smtp_relay.policy.engine import PolicyEngine
-from smtp_relay.policy.headers import prepend_headers
 from smtp_relay.smtp import auth
 from smtp_relay.smtp.address import AddressError, parse_path
 from smtp_relay.smtp.data_reader import CHUNK_SIZE, DataProblem, read_data, take_buffered
 from smtp_relay.smtp.tlsctx import server_context
-from smtp_relay.spec import Listener
+from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger("smtp_relay.smtp")
 

@@ -12,7 +12,7 @@ import os
 import ssl
 import tempfile
 
-from smtp_relay.config import TlsMaterial
+from smtp_relay.config.resolved import TlsMaterial
 
 _cache: dict[bytes, ssl.SSLContext] = {}
 

@@ -1,0 +1,1 @@
+"""The SmtpRelay controller: reconcile, validation, status and the pure renderers."""

@@ -1,0 +1,313 @@
+"""observe -> validate -> render -> apply -> status, for one SmtpRelay. Idempotent: safe to rerun.
+
+A spec that passes the schema can still be unable to run (a referenced Secret missing or without
+the key the relay reads). Then the SmtpRelay turns Degraded with a message naming the field and the
+fix, and the children are not touched: the fleet keeps serving with its last good config rather than
+rolling pods into a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from relay_operator.kube import ApiError, Kube, Outcome
+from relay_operator.relays.render import Manifest, Owner, build_all, service_options
+from relay_operator.relays.render.common import ADMIN_PORT, ADMIN_PORT_NAME, selector_string
+from relay_operator.relays.render.services import ServiceOptionError
+from relay_operator.relays.status import Problem, compute_status, status_changed
+from relay_operator.settings import Settings
+from smtp_relay.config.manifest import ManifestError, parse_spec
+from smtp_relay.config.spec import SmtpRelaySpec
+
+logger = logging.getLogger(__name__)
+
+
+class Recorder(Protocol):
+    """Where Kubernetes Events about the SmtpRelay go (kopf's posting in production, a list in tests)."""
+
+    def info(self, reason: str, message: str) -> None: ...
+
+    def warn(self, reason: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SecretNeed:
+    """A Secret the spec references and the keys the relay reads from it."""
+
+    field: str
+    name: str
+    keys: tuple[str, ...]
+    any_key: bool = False
+    """True when any one key will do (the users Secret: one key per user)."""
+
+
+def secret_needs(spec: SmtpRelaySpec) -> list[SecretNeed]:
+    """Every Secret reference in the spec, with the field path that makes it and the keys it must hold."""
+    needs: list[SecretNeed] = []
+    if spec.tls is not None:
+        needs.append(SecretNeed("spec.tls.secretName", spec.tls.secret_name, ("tls.crt", "tls.key")))
+    if spec.clients.users is not None:
+        needs.append(SecretNeed("spec.clients.users.secretName", spec.clients.users.secret_name, (), any_key=True))
+    destinations = [("spec.routing.default", spec.routing.default)] + [
+        (f"spec.routing.routes[{i}]", route) for i, route in enumerate(spec.routing.routes)
+    ]
+    for where, destination in destinations:
+        for j, host in enumerate(destination.smarthosts or []):
+            if host.credentials_secret:
+                field_path = f"{where}.smarthosts[{j}].credentialsSecret"
+                needs.append(SecretNeed(field_path, host.credentials_secret, ("username", "password")))
+            if host.ca_secret:
+                needs.append(SecretNeed(f"{where}.smarthosts[{j}].caSecret", host.ca_secret, ("ca.crt",)))
+    return needs
+
+
+def secret_problems(
+    needs: Sequence[SecretNeed], namespace: str, secrets: Mapping[str, Mapping[str, Any] | None]
+) -> list[Problem]:
+    """Pure: compare the needs with the observed Secrets (name -> Secret body, None when absent)."""
+    problems: list[Problem] = []
+    for need in needs:
+        secret = secrets.get(need.name)
+        if secret is None:
+            keys = ", ".join(need.keys) or "one key per user"
+            problems.append(
+                Problem(
+                    "SecretNotFound",
+                    f"{need.field}: Secret {need.name!r} not found in namespace {namespace}; "
+                    f"create it with {keys}, or point {need.field} at an existing Secret",
+                )
+            )
+            continue
+        present = set((secret.get("data") or {}) | (secret.get("stringData") or {}))
+        if need.any_key and not present:
+            problems.append(
+                Problem("SecretKeyMissing", f"{need.field}: Secret {need.name!r} is empty; add one key per user")
+            )
+        missing = [k for k in need.keys if k not in present]
+        if missing:
+            problems.append(
+                Problem(
+                    "SecretKeyMissing",
+                    f"{need.field}: Secret {need.name!r} has no key {', '.join(missing)}; add it to the Secret",
+                )
+            )
+    return problems
+
+
+def spec_problems(owner: Owner, spec: SmtpRelaySpec) -> list[Problem]:
+    """Pure checks the schema cannot do: clashes with the operator's own ports and annotations."""
+    problems: list[Problem] = []
+    for i, listener in enumerate(spec.listeners):
+        if listener.port == ADMIN_PORT:
+            problems.append(
+                Problem(
+                    "PortConflict",
+                    f"spec.listeners[{i}].port: {ADMIN_PORT} is the relay's admin HTTP port; choose another port",
+                )
+            )
+        if listener.name == ADMIN_PORT_NAME:
+            problems.append(
+                Problem(
+                    "PortConflict",
+                    f"spec.listeners[{i}].name: {ADMIN_PORT_NAME!r} names the relay's admin port; rename the listener",
+                )
+            )
+    try:
+        service_options(owner)
+    except ServiceOptionError as exc:
+        problems.append(Problem("InvalidAnnotation", f"metadata.annotations: {exc}"))
+    return problems
+
+
+@dataclass
+class Result:
+    """What one reconciliation did, for logs, events and tests."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    """`Kind/name` -> created, patched, unchanged or recreated."""
+    problems: list[Problem] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_changed: bool = False
+    """Whether `status` differs from the SmtpRelay's status as it was read."""
+
+    @property
+    def changed(self) -> list[str]:
+        return [key for key, outcome in self.outcomes.items() if outcome != "unchanged"]
+
+
+def _spec_or_problems(body: Mapping[str, Any]) -> tuple[SmtpRelaySpec | None, list[Problem]]:
+    try:
+        return parse_spec(body.get("spec")), []
+    except ManifestError as exc:
+        return None, [Problem("InvalidSpec", line) for line in exc.problems]
+
+
+async def _observe_secrets(kube: Kube, namespace: str, needs: Sequence[SecretNeed]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name in dict.fromkeys(n.name for n in needs):
+        found[name] = await kube.get("Secret", namespace, name)
+    return found
+
+
+async def write_status(
+    kube: Kube,
+    owner: Owner,
+    body: Mapping[str, Any],
+    spec: SmtpRelaySpec | None,
+    problems: Sequence[Problem],
+    statefulset: Mapping[str, Any] | None,
+    now: datetime | None = None,
+    write: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """Compute the status and patch it (when `write`), unless it would not change; (patch, changed)."""
+    current = dict(body.get("status") or {})
+    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems)
+    changed = status_changed(patch, current)
+    if changed and write:
+        await kube.patch("SmtpRelay", owner.namespace, owner.name, {"status": patch}, subresource="status")
+    return patch, changed
+
+
+async def _apply_children(
+    kube: Kube, children: Sequence[Manifest], events: Recorder, create_first: bool
+) -> list[tuple[str, Outcome, dict[str, Any]] | None]:
+    """Apply every child concurrently, except that the StatefulSet waits for its ConfigMap (config
+    before pods). Results in the order of `children`; None for a ServiceMonitor without its CRD.
+    Every child is finished (or failed) before the first error is raised."""
+
+    async def apply_one(child: Manifest, after: asyncio.Task[Any] | None) -> tuple[str, Outcome, dict[str, Any]] | None:
+        if after is not None:
+            await after  # the ConfigMap's failure fails the StatefulSet too, reported once (below)
+        key = f"{child['kind']}/{child['metadata']['name']}"
+        try:
+            outcome, applied = await kube.apply(child, create_first=create_first)
+        except ApiError as exc:
+            if child["kind"] == "ServiceMonitor" and exc.status == 404:
+                events.warn("ServiceMonitorUnavailable", "monitoring.coreos.com/v1 is not installed; skipped")
+                return None
+            events.warn("ApplyFailed", f"{key}: {exc.message}")
+            raise
+        return key, outcome, applied
+
+    config: asyncio.Task[Any] | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    for child in children:
+        task = asyncio.ensure_future(apply_one(child, config if child["kind"] == "StatefulSet" else None))
+        if child["kind"] == "ConfigMap":
+            config = task
+        tasks.append(task)
+    results: list[tuple[str, Outcome, dict[str, Any]] | None] = []
+    for item in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(item, BaseException):
+            raise item
+        results.append(item)
+    return results
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    kube: Kube,
+    settings: Settings,
+    events: Recorder,
+    *,
+    fresh: bool = False,
+    write_status_patch: bool = True,
+) -> Result:
+    """Make the children match the SmtpRelay `body` and report on them.
+
+    `fresh`: the SmtpRelay was just created, so its children most likely do not exist: create them
+    without reading first (an existing one costs a 409 and then the usual read and compare).
+    `write_status_patch=False`: leave the status patch in `result.status` (and whether it changes
+    anything in `result.status_changed`) for the caller to write, e.g. with kopf's own patch.
+    """
+    owner = Owner.from_body(body)
+    result = Result()
+    spec, problems = _spec_or_problems(body)
+    if spec is not None:
+        problems = spec_problems(owner, spec)
+        needs = secret_needs(spec)
+        if needs:
+            problems += secret_problems(needs, owner.namespace, await _observe_secrets(kube, owner.namespace, needs))
+    result.problems = problems
+    if problems:
+        message = "; ".join(p.message for p in problems)
+        if problems[0].reason not in _reported(body):
+            events.warn(problems[0].reason, f"{message} (children left as they are)")
+        observed = await kube.get("StatefulSet", owner.namespace, owner.name)
+        result.status, result.status_changed = await write_status(
+            kube, owner, body, spec, problems, observed, write=write_status_patch
+        )
+        return result
+
+    assert spec is not None
+    statefulset: dict[str, Any] | None = None
+    for item in await _apply_children(kube, build_all(owner, spec, settings), events, create_first=fresh):
+        if item is None:
+            continue
+        key, outcome, applied = item
+        result.outcomes[key] = outcome
+        if key.startswith("StatefulSet/"):
+            statefulset = applied
+        if outcome != "unchanged":
+            events.info(outcome.capitalize(), f"{key} {outcome}")
+    result.status, result.status_changed = await write_status(
+        kube, owner, body, spec, [], statefulset, write=write_status_patch
+    )
+    return result
+
+
+def _reported(body: Mapping[str, Any]) -> set[str]:
+    """Reasons already reported in the Degraded condition: no repeated Warning event per resync."""
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return {str(cond.get("reason"))}
+    return set()
+
+
+async def refresh_status(
+    kube: Kube, namespace: str, name: str, statefulset: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Status only, from a fresh read of the SmtpRelay and its StatefulSet (timers, child events);
+    `statefulset`, when given (a watch event's body), is used instead of reading it."""
+    body = await kube.get("SmtpRelay", namespace, name)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    owner = Owner.from_body(body)
+    spec, problems = _spec_or_problems(body)
+    if not problems:
+        problems = [
+            Problem(str(c.get("reason")), str(c.get("message")))
+            for c in (body.get("status") or {}).get("conditions") or []
+            if c.get("type") == "Degraded"
+            and c.get("status") == "True"
+            and c.get("observedGeneration") == owner.generation
+        ]  # keep a Degraded verdict from the last full reconcile until the spec changes
+    if statefulset is None:
+        statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
+    status, _ = await write_status(kube, owner, body, spec, problems, statefulset)
+    return status
+
+
+async def delete_claims(body: Mapping[str, Any], kube: Kube, events: Recorder) -> list[str]:
+    """On deletion: remove the spool PVCs when spec.queue.deleteClaimsOnDelete says so.
+
+    The PVCs come from volumeClaimTemplates, so they are owned by nobody and survive the StatefulSet;
+    by default they are kept because they may still hold undelivered mail.
+    """
+    owner = Owner.from_body(body)
+    spec, _ = _spec_or_problems(body)
+    if spec is None or not spec.queue.delete_claims_on_delete:
+        return []
+    deleted = []
+    for claim in await kube.list("PersistentVolumeClaim", owner.namespace, selector_string(owner)):
+        name = str(claim["metadata"]["name"])
+        if await kube.delete("PersistentVolumeClaim", owner.namespace, name):
+            deleted.append(name)
+    if deleted:
+        events.info("ClaimsDeleted", f"deleted spool PVCs {', '.join(deleted)} (queue.deleteClaimsOnDelete)")
+    return deleted

@@ -1,0 +1,171 @@
+"""SmtpRelay status from what was observed: pure, so every condition is unit-tested with plain data.
+
+The result is a JSON merge patch for `.status`: a None value removes a field that is no longer known
+(e.g. the queue depth when no relay answered), so a stale figure never lingers in `kubectl get`.
+Conditions follow the Kubernetes convention; `lastTransitionTime` moves only when `status` changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay_operator.relays.render.common import Owner, selector_string
+from relay_operator.relays.render.services import endpoint
+from smtp_relay.config.spec import SmtpRelaySpec
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+
+
+@dataclass(frozen=True)
+class RelayMetrics:
+    """Figures read from the relays' /metrics, summed over the pods that answered."""
+
+    queue_depth: int
+    pods_reporting: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a spec cannot work: the field, what is wrong and how to fix it."""
+
+    reason: str
+    """CamelCase condition reason, e.g. SecretNotFound, InvalidSpec."""
+    message: str
+    """Names the field and the fix, e.g. `spec.tls.secretName: Secret 'x' not found; create it or ...`."""
+
+
+def timestamp(now: datetime) -> str:
+    """RFC 3339 in UTC with second precision, as the apiserver formats metav1.Time."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """One condition; keeps the previous lastTransitionTime when the status did not change."""
+    text = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == kind), None)
+    changed_at = timestamp(now)
+    if old is not None and old.get("status") == text and old.get("lastTransitionTime"):
+        changed_at = str(old["lastTransitionTime"])
+    return {
+        "type": kind,
+        "status": text,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": changed_at,
+        "observedGeneration": generation,
+    }
+
+
+def ports_summary(spec: SmtpRelaySpec) -> str:
+    """`2525,587/starttls,465/implicit`: the Ports printer column."""
+    return ",".join(str(lst.port) if lst.tls == "none" else f"{lst.port}/{lst.tls}" for lst in spec.listeners)
+
+
+def _progress(statefulset: Mapping[str, Any] | None, desired: int) -> tuple[bool, str, str]:
+    if statefulset is None:
+        return True, "Creating", "the relay StatefulSet does not exist yet"
+    meta = statefulset.get("metadata") or {}
+    observed = statefulset.get("status") or {}
+    generation = int(meta.get("generation") or 0)
+    if int(observed.get("observedGeneration") or 0) < generation:
+        return True, "Updating", "the StatefulSet controller has not yet seen the latest pod template"
+    current = int(observed.get("replicas") or 0)
+    updated = int(observed.get("updatedReplicas") or 0)
+    if observed.get("currentRevision") != observed.get("updateRevision") or updated < min(current, desired):
+        return True, "RollingUpdate", f"{updated} of {desired} pods run the latest template"
+    if current != desired:
+        return True, "Scaling", f"scaling from {current} to {desired} pods"
+    ready = int(observed.get("readyReplicas") or 0)
+    if ready < desired:
+        return True, "WaitingForPods", f"{ready} of {desired} pods ready"
+    return False, "Stable", f"{desired} pods up to date"
+
+
+def compute_status(
+    owner: Owner,
+    spec: SmtpRelaySpec | None,
+    statefulset: Mapping[str, Any] | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+    problems: Sequence[Problem] = (),
+    metrics: RelayMetrics | None = None,
+) -> dict[str, Any]:
+    """The `.status` merge patch for one SmtpRelay.
+
+    `spec` is None when the spec does not validate: then only what can still be known is reported
+    (pods, conditions), and endpoint/ports keep their last value.
+    """
+    old = dict(previous or {})
+    old_conditions = list(old.get("conditions") or [])
+    sts_status = (statefulset or {}).get("status") or {}
+    sts_spec = (statefulset or {}).get("spec") or {}
+    desired = spec.replicas if spec is not None else int(sts_spec.get("replicas") or 0)
+    replicas = int(sts_status.get("replicas") or 0)
+    ready = int(sts_status.get("readyReplicas") or 0)
+    gen = owner.generation
+
+    if problems:
+        degraded = condition(
+            DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems), gen, old_conditions, now
+        )
+    else:
+        degraded = condition(DEGRADED, False, "AsExpected", "the spec can be served", gen, old_conditions, now)
+    moving, reason, message = _progress(statefulset, desired)
+    progressing = condition(PROGRESSING, moving, reason, message, gen, old_conditions, now)
+    if desired == 0:
+        ready_condition = condition(READY, False, "ScaledToZero", "replicas is 0", gen, old_conditions, now)
+    elif ready >= desired:
+        text = f"{ready} of {desired} pods ready"
+        ready_condition = condition(READY, True, "AllReplicasReady", text, gen, old_conditions, now)
+    elif ready > 0:
+        text = f"{ready} of {desired} pods ready"
+        ready_condition = condition(READY, False, "ReplicasNotReady", text, gen, old_conditions, now)
+    else:
+        ready_condition = condition(READY, False, "NoReplicasReady", f"0 of {desired} pods ready", gen,
+                                    old_conditions, now)  # fmt: skip
+
+    if problems:
+        phase = DEGRADED
+    elif ready_condition["status"] == "True" and not moving:
+        phase = READY
+    else:
+        phase = PROGRESSING
+
+    patch: dict[str, Any] = {
+        "observedGeneration": gen,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": selector_string(owner),
+        "phase": phase,
+        "conditions": [ready_condition, progressing, degraded],
+        "queueDepth": metrics.queue_depth if metrics is not None else None,
+    }
+    if spec is not None:
+        patch["endpoint"] = endpoint(owner, spec)
+        patch["ports"] = ports_summary(spec)
+    return patch
+
+
+def status_changed(patch: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Would applying `patch` change `current`? (Avoids a write, and an event storm, per resync.)"""
+    current = current or {}
+    for key, value in patch.items():
+        if value is None:
+            if key in current:
+                return True
+        elif current.get(key) != value:
+            return True
+    return False

@@ -1,0 +1,88 @@
+"""The relay's HTTP side: Prometheus metrics, health probes and the drain endpoint.
+
+Kept separate from SMTP so probes keep answering while the SMTP side is draining or overloaded:
+`/readyz` turns 503 as soon as a drain starts, so Kubernetes stops sending new connections while
+`/livez` stays 200 and the pod is not restarted in the middle of delivering its queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from smtp_relay.telemetry.metrics import RelayMetrics
+
+DrainFn = Callable[[], Awaitable[Mapping[str, Any]]]
+"""Starts a drain (idempotent) and returns what is left in the queue."""
+StatusFn = Callable[[], Mapping[str, Any]]
+"""Returns the queue figures and readiness, for /readyz and /queue."""
+
+
+class AdminServer:
+    """aiohttp server for /metrics, /livez, /readyz, /queue and POST /drain."""
+
+    def __init__(
+        self,
+        metrics: RelayMetrics,
+        status: StatusFn,
+        drain: DrainFn,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9025,
+        extra_routes: Callable[[web.Application], None] | None = None,
+    ) -> None:
+        self._extra_routes = extra_routes
+        self._metrics = metrics
+        self._status = status
+        self._drain = drain
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/livez", self._get_livez)
+        app.router.add_get("/readyz", self._get_readyz)
+        app.router.add_get("/queue", self._get_queue)
+        app.router.add_post("/drain", self._post_drain)
+        if self._extra_routes is not None:
+            self._extra_routes(app)  # the quarantine API
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _get_livez(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _get_readyz(self, request: web.Request) -> web.Response:
+        status = self._status()
+        if status.get("ready"):
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {status.get('reason', 'starting')}\n")
+
+    async def _get_queue(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(dict(self._status())) + "\n", content_type="application/json")
+
+    async def _post_drain(self, request: web.Request) -> web.Response:
+        left = await self._drain()
+        return web.Response(text=json.dumps(dict(left)) + "\n", content_type="application/json")

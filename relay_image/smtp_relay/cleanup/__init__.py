@@ -1,0 +1,1 @@
+"""Cleanup: trace headers and every header the relay adds to a message."""

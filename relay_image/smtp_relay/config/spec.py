@@ -1,0 +1,488 @@
+"""The `SmtpRelay` and `SendingDomain` specs: the single contract shared by the relay and the operator.
+
+The operator validates a custom resource with these models and renders it into the relay's config;
+the relay parses the very same document. The CRD OpenAPI schema is generated from (and tested
+against) these models, so the two cannot drift. Field names are camelCase on the wire (as in every
+Kubernetes API) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from smtp_relay.config.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
+
+API_GROUP = "relayfleet.io"
+API_VERSION = "v1alpha1"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DOMAIN = r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$"
+_SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_DOMAIN_RE = re.compile(_DOMAIN)
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise PydanticCustomError("port_range", "must be between 1 and 65535")
+    return value
+
+
+def _duration(value: str) -> str:
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise PydanticCustomError("duration", str(exc)) from None
+    return value
+
+
+def _quantity(value: str | int) -> str | int:
+    try:
+        parse_quantity(value)
+    except ValueError as exc:
+        raise PydanticCustomError("quantity", str(exc)) from None
+    return value
+
+
+def _domain(value: str) -> str:
+    if not _DOMAIN_RE.match(value):
+        raise PydanticCustomError("domain", "'{value}' is not a domain name", {"value": value})
+    return value.lower()
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise PydanticCustomError(
+            "network", "'{value}' is not an IP network (use CIDR such as 10.0.0.0/8)", {"value": value}
+        ) from None
+    return value
+
+
+def _hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PydanticCustomError("hostport", "'{value}' must be host:port", {"value": value})
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port), Field(json_schema_extra={"minimum": 1, "maximum": 65535})]
+Duration = Annotated[str, AfterValidator(_duration), Field(json_schema_extra={"pattern": DURATION_PATTERN})]
+Quantity = Annotated[str | int, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
+DomainName = Annotated[str, AfterValidator(_domain), Field(json_schema_extra={"pattern": _DOMAIN})]
+Network = Annotated[str, AfterValidator(_network)]
+HostPort = Annotated[str, AfterValidator(_hostport)]
+SecretName = Annotated[str, Field(pattern=_SECRET_NAME, max_length=253)]
+
+
+class SpecModel(BaseModel):
+    """Base for every spec object: camelCase on the wire, unknown fields refused, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+TlsMode = Literal["none", "starttls", "implicit"]
+AuthMode = Literal["none", "optional", "required"]
+
+
+class Listener(SpecModel):
+    """One SMTP port of the relay; also one port of the Service."""
+
+    name: Annotated[str, Field(pattern=_DNS_LABEL, max_length=15)]
+    """Port name (a DNS label of at most 15 characters), used for the Service and container port."""
+    port: Port
+    """TCP port the relay listens on: 25, 587, 465 or 2525 are usual."""
+    tls: TlsMode = "none"
+    """none: plain SMTP; starttls: offer STARTTLS; implicit: TLS from the first byte (SMTPS, port 465)."""
+    require_tls: bool = Field(default=False, alias="requireTLS")
+    """Refuse MAIL (and AUTH) until the session is encrypted. Needs tls starttls or implicit."""
+    auth: AuthMode = "none"
+    """none: no SMTP AUTH; optional: offered, allowedNetworks may still relay; required: every sender must log in."""
+    allow_insecure_auth: bool = False
+    """Offer AUTH before TLS. Only for trusted test networks: passwords travel in clear text."""
+
+    @model_validator(mode="after")
+    def _tls_consistency(self) -> Listener:
+        if self.require_tls and self.tls == "none":
+            raise PydanticCustomError("listener", "requireTLS needs tls: starttls or implicit")
+        return self
+
+
+class TlsSpec(SpecModel):
+    """Server certificate for STARTTLS and implicit TLS listeners."""
+
+    secret_name: SecretName
+    """A kubernetes.io/tls Secret (tls.crt, tls.key), e.g. issued by cert-manager; reloaded when it changes."""
+
+
+class UsersRef(SpecModel):
+    """SMTP AUTH users."""
+
+    secret_name: SecretName
+    """Secret whose data maps each username to a password or a bcrypt hash ($2b$...)."""
+
+
+class ClientsSpec(SpecModel):
+    """Who may relay through the fleet."""
+
+    allowed_networks: list[Network] = []
+    """Client networks (CIDR) that may relay without AUTH. Empty: only authenticated users may relay."""
+    users: UsersRef | None = None
+    """SMTP AUTH users; needed by any listener with auth optional or required."""
+    proxy_protocol: bool = False
+    """Expect a PROXY protocol v1/v2 header from a load balancer, so policy sees the real client address."""
+
+
+class SendersSpec(SpecModel):
+    """Which envelope senders are accepted."""
+
+    allowed_domains: list[DomainName] = []
+    """MAIL FROM domains allowed; empty allows any domain."""
+    require_verified_domain: bool = False
+    """Only accept senders whose domain has a verified SendingDomain."""
+
+
+Action = Literal["tag", "reject"]
+
+
+class DnsblSpec(SpecModel):
+    """DNS blocklists queried with the client IP."""
+
+    zones: list[DomainName] = []
+    """Blocklist zones, e.g. zen.spamhaus.org."""
+    action: Action = "reject"
+    """tag: mark as spam; reject: refuse the connection's mail with 554."""
+
+
+class IpAuthoritySpec(SpecModel):
+    """Is the client IP allowed to send for the sender's domain?"""
+
+    spf: Literal["off", "tag", "reject"] = "tag"
+    """SPF check of the MAIL FROM domain (or HELO for the null sender) against the client IP."""
+    dnsbl: DnsblSpec = DnsblSpec()
+    """DNS blocklists."""
+
+
+class SpamSpec(SpecModel):
+    """Spam scoring."""
+
+    engine: Literal["off", "builtin", "rspamd", "spamassassin"] = "builtin"
+    """off, builtin (fast local rules), rspamd (HTTP) or spamassassin (spamd)."""
+    address: str = ""
+    """host:port of rspamd or spamd; required for those engines."""
+    tag_above: float = 5.0
+    """Score above which the message is tagged (X-Spam-Flag) so the recipient files it as spam."""
+    reject_above: float = 15.0
+    """Score above which the message is refused at end of DATA with 550 5.7.1."""
+
+    @model_validator(mode="after")
+    def _engine_needs_address(self) -> SpamSpec:
+        if self.engine in ("rspamd", "spamassassin") and not self.address:
+            raise PydanticCustomError("spam", "address (host:port) is required for engine {e}", {"e": self.engine})
+        if self.reject_above < self.tag_above:
+            raise PydanticCustomError("spam", "rejectAbove must not be below tagAbove")
+        return self
+
+
+class VirusSpec(SpecModel):
+    """Virus scanning."""
+
+    engine: Literal["off", "clamd"] = "off"
+    """off or clamd."""
+    address: str = ""
+    """clamd host:port; required for engine clamd."""
+    action: Literal["reject", "quarantine"] = "reject"
+    """What happens to infected mail."""
+    on_scanner_error: Literal["defer", "accept"] = "defer"
+    """When the scanner is down or slow: defer (451, the client retries) or accept unscanned."""
+
+    @model_validator(mode="after")
+    def _engine_needs_address(self) -> VirusSpec:
+        if self.engine == "clamd" and not self.address:
+            raise PydanticCustomError("virus", "address (host:port) is required for engine clamd")
+        return self
+
+
+class AttachmentsSpec(SpecModel):
+    """Attachment (malware) checks."""
+
+    enabled: bool = True
+    """Inspect attachments at all; turn off only where another scanner upstream does this job."""
+    block_extensions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,10}$")]] = [
+        "exe", "scr", "js", "vbs", "bat", "cmd", "com", "jar", "msi", "ps1",
+    ]  # fmt: skip
+    """File name extensions refused, also inside archives and as the last of a double extension."""
+    block_macros: bool = True
+    """Refuse Office documents carrying macros."""
+    inspect_archives: bool = True
+    """Look inside zip archives."""
+    action: Literal["reject", "quarantine"] = "reject"
+    """What happens to a message with a blocked attachment."""
+
+
+class RateLimit(SpecModel):
+    """One sliding-window rate limit."""
+
+    key: Literal["client", "user", "sender", "senderDomain"]
+    """What is counted: client IP, AUTH user, envelope sender, or sender domain."""
+    limit: Annotated[int, Field(ge=1)]
+    """Messages allowed per window."""
+    per: Duration = "1m"
+    """Window length."""
+
+
+class PolicySpec(SpecModel):
+    """Filtering policy: the checks and what each verdict does."""
+
+    mode: Literal["enforce", "audit"] = "enforce"
+    """enforce: act on verdicts; audit: decide, log and count, but accept."""
+    max_message_size: Quantity = "25Mi"
+    """Largest message accepted (SIZE extension); larger ones get 552."""
+    max_recipients: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Recipients per message; more get 452."""
+    ip_authority: IpAuthoritySpec = IpAuthoritySpec()
+    """SPF and DNSBL checks of the client IP."""
+    spam: SpamSpec = SpamSpec()
+    """Spam scoring."""
+    virus: VirusSpec = VirusSpec()
+    """Virus scanning."""
+    attachments: AttachmentsSpec = AttachmentsSpec()
+    """Malware attachment checks."""
+    rate_limits: list[RateLimit] = []
+    """Sliding-window limits; over the limit gets 451 4.7.1."""
+
+    @property
+    def max_message_bytes(self) -> int:
+        return parse_quantity(self.max_message_size)
+
+
+class Smarthost(SpecModel):
+    """An upstream server that takes all mail of a route."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    """Host name or IP address."""
+    port: Port = 587
+    """TCP port."""
+    tls: TlsMode = "starttls"
+    """none, starttls or implicit."""
+    credentials_secret: SecretName | None = None
+    """Secret with keys username and password for SMTP AUTH at the smarthost."""
+    verify_tls: bool = Field(default=True, alias="verifyTLS")
+    """Verify the smarthost's certificate."""
+    ca_secret: SecretName | None = None
+    """Secret with key ca.crt: the CA that signs the smarthost's certificate (default: system CAs)."""
+
+
+class MxSpec(SpecModel):
+    """Deliver straight to the recipient domain's MX hosts."""
+
+    port: Port = 25
+    """Port on the MX hosts (25 in production; tests use another)."""
+    require_tls: bool = Field(default=False, alias="requireTLS")
+    """Refuse to deliver when the MX does not offer STARTTLS."""
+
+
+class CaptureSpec(SpecModel):
+    """Keep mail in a local Maildir instead of delivering it (non-production)."""
+
+    folder: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "capture"
+    """Maildir folder name under the spool."""
+
+
+class Destination(SpecModel):
+    """Where a route sends mail: exactly one of smarthosts, mx or capture."""
+
+    smarthosts: list[Smarthost] | None = None
+    """Upstream servers, tried in order (failover)."""
+    mx: MxSpec | None = None
+    """Direct delivery to the recipient domain's MX."""
+    capture: CaptureSpec | None = None
+    """Local Maildir capture."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Destination:
+        chosen = [n for n in ("smarthosts", "mx", "capture") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise PydanticCustomError(
+                "destination",
+                "exactly one of smarthosts, mx or capture must be set (got {got})",
+                {"got": ", ".join(chosen) or "none"},
+            )
+        if self.smarthosts is not None and not self.smarthosts:
+            raise PydanticCustomError("destination", "smarthosts must list at least one host")
+        return self
+
+    @property
+    def kind(self) -> Literal["smarthosts", "mx", "capture"]:
+        if self.smarthosts is not None:
+            return "smarthosts"
+        return "mx" if self.mx is not None else "capture"
+
+
+class RouteMatch(SpecModel):
+    """Which mail a route takes; all given lists must match (an empty match takes everything)."""
+
+    recipient_domains: list[DomainName] = []
+    """Recipient domains (a leading '.' is not needed: subdomains must be listed)."""
+    sender_domains: list[DomainName] = []
+    """Envelope sender domains."""
+
+
+class Route(Destination):
+    """A per-domain route; the first matching route wins, else routing.default."""
+
+    match: RouteMatch
+    """Which mail this route takes."""
+
+
+class RoutingSpec(SpecModel):
+    """Upstream routing."""
+
+    default: Destination = Destination(capture=CaptureSpec())
+    """Where mail goes when no route matches."""
+    routes: list[Route] = []
+    """Per-domain routes; first match wins."""
+
+
+class DnsSpec(SpecModel):
+    """The resolver used by every DNS lookup of the relay (MX, SPF, DNSBL, DKIM)."""
+
+    nameservers: list[HostPort | str] = []
+    """Nameservers as host or host:port; empty uses the system resolver."""
+
+    @field_validator("nameservers")
+    @classmethod
+    def _parse(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host = item.rsplit(":", 1)[0] if item.count(":") == 1 else item
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                raise PydanticCustomError(
+                    "nameserver", "'{v}' must be an IP address, optionally with :port", {"v": item}
+                ) from None
+        return value
+
+
+class RetrySpec(SpecModel):
+    """Retry schedule for temporary failures."""
+
+    schedule: Annotated[list[Duration], Field(min_length=1)] = ["1m", "5m", "15m", "1h", "4h"]
+    """Waits between attempts; after the last, the last interval repeats."""
+    max_age: Duration = "5d"
+    """After this, the message bounces to the sender."""
+
+
+class QueueSpec(SpecModel):
+    """Spool storage and retries."""
+
+    storage: Quantity | None = None
+    """Size of the spool PersistentVolumeClaim per pod; omit for emptyDir (mail is lost with the pod!)."""
+    storage_class_name: str = ""
+    """StorageClass of the spool PVC; empty uses the cluster default."""
+    retry: RetrySpec = RetrySpec()
+    """Retry schedule."""
+    delete_claims_on_delete: bool = False
+    """Delete the spool PVCs when the SmtpRelay is deleted (default: keep them, they may hold mail)."""
+
+
+class SmtpRelaySpec(SpecModel):
+    """Desired state of an SMTP relay fleet."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 2
+    """Number of relay pods."""
+    image: str = ""
+    """Relay container image; empty uses the operator's default."""
+    listeners: Annotated[list[Listener], Field(min_length=1, max_length=32)] = [Listener(name="smtp", port=2525)]
+    """SMTP listeners; names and ports must be unique."""
+    tls: TlsSpec | None = None
+    """Server certificate; required by any TLS listener."""
+    clients: ClientsSpec = ClientsSpec()
+    """Who may relay."""
+    senders: SendersSpec = SendersSpec()
+    """Allowed senders."""
+    policy: PolicySpec = PolicySpec()
+    """Filtering policy."""
+    routing: RoutingSpec = RoutingSpec()
+    """Upstream routing."""
+    dns: DnsSpec = DnsSpec()
+    """Resolver for every DNS lookup."""
+    queue: QueueSpec = QueueSpec()
+    """Spool and retries."""
+    resources: dict[str, Any] = {}
+    """Container resources (requests/limits) of the relay pods."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> SmtpRelaySpec:
+        names = [lst.name for lst in self.listeners]
+        ports = [lst.port for lst in self.listeners]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("listeners", "listener names must be unique")
+        if len(set(ports)) != len(ports):
+            raise PydanticCustomError("listeners", "listener ports must be unique")
+        if any(lst.tls != "none" for lst in self.listeners) and self.tls is None:
+            raise PydanticCustomError("tls", "a listener uses TLS, so tls.secretName must name a certificate")
+        if any(lst.auth != "none" for lst in self.listeners) and self.clients.users is None:
+            raise PydanticCustomError("clients", "a listener uses AUTH, so clients.users must name a Secret")
+        return self
+
+
+class DkimSpec(SpecModel):
+    """DKIM key generation and rotation."""
+
+    selector: Annotated[str, Field(pattern=_DNS_LABEL, max_length=63)] | None = None
+    """DKIM selector; generated when empty."""
+    key_bits: Literal[1024, 2048, 3072, 4096] = 2048
+    """RSA key size."""
+    rotate_every: Duration = "180d"
+    """Rotation period."""
+
+
+class SpfSpec(SpecModel):
+    """What the domain's SPF record must authorize."""
+
+    include: str = ""
+    """An include: domain that the SPF record must contain."""
+    egress_ips: list[Network] = []
+    """The relays' egress IPs the SPF record must allow."""
+
+
+class DmarcSpec(SpecModel):
+    """DMARC expectations."""
+
+    required: bool = False
+    """Advisory unless true."""
+
+
+class SendingDomainSpec(SpecModel):
+    """A domain the fleet sends for."""
+
+    domain: DomainName
+    """The domain name."""
+    relays: list[Annotated[str, Field(pattern=_DNS_LABEL)]] = []
+    """SmtpRelays (same namespace) that send for this domain."""
+    dkim: DkimSpec = DkimSpec()
+    """DKIM keys."""
+    spf: SpfSpec = SpfSpec()
+    """SPF expectations."""
+    dmarc: DmarcSpec = DmarcSpec()
+    """DMARC expectations."""

@@ -1,0 +1,1 @@
+"""Delivery: routing, smarthosts, MX, the SMTP client wire protocol, capture."""

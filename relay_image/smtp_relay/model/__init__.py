@@ -1,0 +1,1 @@
+"""The message data model every stage shares: envelopes, stored messages, delivery outcomes."""

@@ -1,0 +1,1 @@
+"""The queue: durable spool, scheduler, backoff and bounces."""

@@ -1,0 +1,411 @@
+"""The delivery scheduler: runs spooled messages through delivery, retries, and bounces.
+
+One loop keeps at most `max_active` deliveries in flight; messages that failed temporarily wait
+in a heap keyed by their next attempt, so a queue of 100k deferred messages costs no timers.
+Progress is journaled through the spool after each attempt, so a restart never re-sends to a
+recipient that was settled (except for the lazily synced tail: at-least-once). Bounces are ordinary
+messages committed through the spool and submitted back here, so they are routed, retried and
+durable like the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from smtp_relay.config.spec import RetrySpec
+from smtp_relay.config.units import parse_duration
+from smtp_relay.model.envelope import Envelope, Outcome, OutcomeKind, QueueState, StoredMessage
+from smtp_relay.queue.backoff import expired, next_delay
+from smtp_relay.queue.bounce import build_dsn
+from smtp_relay.queue.spool import Spool
+from smtp_relay.telemetry.metrics import RelayMetrics
+
+log = logging.getLogger(__name__)
+
+DeliverFn = Callable[[StoredMessage, bytes, list[str]], Awaitable[Mapping[str, Outcome]]]
+
+
+_STATS_INTERVAL = 15.0
+_MAX_SLEEP = 60.0
+"""Re-check the clock at least this often, so a wall-clock step cannot stall the deferred queue."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Messages per queue state and the age of the oldest one in each (0 when none)."""
+
+    active: int = 0
+    """Messages due now or being delivered."""
+    deferred: int = 0
+    """Messages waiting for their next attempt."""
+    oldest_active_age: float = 0.0
+    oldest_deferred_age: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.active + self.deferred
+
+
+def _header_block(data: bytes) -> bytes:
+    """The header section of a message (for the DSN): everything before the first empty line."""
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    return data[: min(ends)] if ends else data[:65536]
+
+
+def _describe(outcome: Outcome) -> str:
+    where = f" ({outcome.remote})" if outcome.remote else ""
+    return f"{outcome.code} {outcome.message}{where}".strip() if outcome.code else f"{outcome.message}{where}"
+
+
+_LOGGED_RECIPIENTS = 5
+
+
+def _delivery_summary(delivered: list[str], outcomes: Mapping[str, Outcome]) -> str:
+    """`to=<a>,<b> via host:port: reply` (as Postfix logs to=, relay= and the reply), per remote."""
+    by_remote: dict[tuple[str, str], list[str]] = {}
+    for rcpt in delivered:
+        outcome = outcomes[rcpt]
+        by_remote.setdefault((outcome.remote or "-", outcome.message), []).append(rcpt)
+    parts = []
+    for (remote, reply), rcpts in by_remote.items():
+        shown = ",".join(f"<{r}>" for r in rcpts[:_LOGGED_RECIPIENTS])
+        more = f" (+{len(rcpts) - _LOGGED_RECIPIENTS} more)" if len(rcpts) > _LOGGED_RECIPIENTS else ""
+        parts.append(f"to={shown}{more} via {remote}: {reply[:200]}")
+    return "; ".join(parts)
+
+
+class Scheduler:
+    """Delivers spooled messages with a bounded window, a retry schedule, maxAge and bounces."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        deliver: DeliverFn,
+        retry: RetrySpec,
+        *,
+        hostname: str,
+        metrics: RelayMetrics | None = None,
+        max_active: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_active < 1:
+            raise ValueError("max_active must be at least 1")
+        self._spool = spool
+        self._deliver = deliver
+        self._hostname = hostname
+        self._metrics = metrics
+        self._max_active = max_active
+        self._clock = clock
+        self._schedule: list[float] = []
+        self._max_age = 0.0
+        self.update_retry(retry)
+
+        self._messages: dict[str, StoredMessage] = {}
+        self._ready: deque[str] = deque()
+        self._deferred: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------- public API
+
+    def submit(self, message: StoredMessage) -> None:
+        """Take a freshly committed or recovered message; it goes out at once unless it is deferred."""
+        if message.id in self._messages:
+            return
+        if not message.pending:
+            self._spool.finish(message)
+            return
+        self._messages[message.id] = message
+        if message.next_attempt <= self._clock():
+            message.state = QueueState.ACTIVE
+            self._ready.append(message.id)
+        else:
+            self._defer(message)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Start due deliveries and sleep until the next is due; cancelling it cancels the deliveries."""
+        if self._run_task is not None and not self._run_task.done():
+            raise RuntimeError("the scheduler is already running")
+        self._run_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        next_stats = loop.time()
+        try:
+            while True:
+                self._promote_due()
+                self._start_ready()
+                if loop.time() >= next_stats:
+                    self.stats()
+                    next_stats = loop.time() + _STATS_INTERVAL
+                timeout = min(_MAX_SLEEP, max(0.0, next_stats - loop.time()))
+                if self._deferred and len(self._active) < self._max_active:
+                    timeout = min(timeout, max(0.0, self._deferred[0][0] - self._clock()))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+        finally:
+            await self._cancel_active()
+
+    def update_retry(self, retry: RetrySpec) -> None:
+        """Apply a new retry schedule and maxAge from the next failure on."""
+        self._schedule = [parse_duration(step) for step in retry.schedule]
+        self._max_age = parse_duration(retry.max_age)
+
+    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109 - the contract: a shutdown budget
+        """Retry deferred messages now and keep delivering until the queue is empty or `timeout`
+        passes (or nothing can progress before it); return how many messages are left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        now = self._clock()
+        for message in self._messages.values():
+            if message.state is QueueState.DEFERRED:
+                message.next_attempt = now
+                message.state = QueueState.ACTIVE
+                self._ready.append(message.id)
+        self._wake.set()
+        own_runner = None
+        if self._run_task is None or self._run_task.done():
+            own_runner = asyncio.create_task(self.run(), name="scheduler-drain")
+        try:
+            while self._messages:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                if not self._active and not self._ready:
+                    soonest = min(
+                        (m.next_attempt for m in self._messages.values() if m.state is QueueState.DEFERRED),
+                        default=now,
+                    )
+                    if soonest - self._clock() >= left:
+                        break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._changed.wait()
+        finally:
+            if own_runner is not None:
+                own_runner.cancel()
+                await asyncio.wait({own_runner})
+        left_over = len(self._messages)
+        self.stats()
+        log.info("drain finished: %d message(s) left", left_over)
+        return left_over
+
+    async def stop(self) -> None:
+        """Stop the loop and cancel in-flight deliveries (they stay spooled). Idempotent."""
+        task = self._run_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait({task})
+        await self._cancel_active()
+
+    def stats(self) -> QueueStats:
+        """Counts and oldest ages per state; also pushed into the queue gauges."""
+        now = self._clock()
+        counts = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 0}
+        oldest = {QueueState.ACTIVE: 0.0, QueueState.DEFERRED: 0.0}
+        for message in self._messages.values():
+            state = QueueState.DEFERRED if message.state is QueueState.DEFERRED else QueueState.ACTIVE
+            counts[state] += 1
+            oldest[state] = max(oldest[state], now - message.envelope.received_at)
+        if self._metrics is not None:
+            for state in counts:
+                self._metrics.queue_depth.labels(state=state.value).set(counts[state])
+                self._metrics.queue_oldest.labels(state=state.value).set(oldest[state])
+        return QueueStats(
+            active=counts[QueueState.ACTIVE],
+            deferred=counts[QueueState.DEFERRED],
+            oldest_active_age=oldest[QueueState.ACTIVE],
+            oldest_deferred_age=oldest[QueueState.DEFERRED],
+        )
+
+    # ----------------------------------------------------------------- internals
+
+    def _defer(self, message: StoredMessage) -> None:
+        message.state = QueueState.DEFERRED
+        heapq.heappush(self._deferred, (message.next_attempt, next(self._seq), message.id))
+
+    def _promote_due(self) -> None:
+        now = self._clock()
+        while self._deferred and self._deferred[0][0] <= now:
+            when, _, message_id = heapq.heappop(self._deferred)
+            message = self._messages.get(message_id)
+            # Stale heap entries (message finished, drained, or rescheduled) are skipped here.
+            if message is None or message.state is not QueueState.DEFERRED or message.next_attempt != when:
+                continue
+            message.state = QueueState.ACTIVE
+            self._ready.append(message_id)
+
+    def _start_ready(self) -> None:
+        while self._ready and len(self._active) < self._max_active:
+            message_id = self._ready.popleft()
+            message = self._messages.get(message_id)
+            if message is None or message_id in self._active or message.state is not QueueState.ACTIVE:
+                continue
+            self._active[message_id] = asyncio.create_task(self._attempt(message), name=f"deliver-{message_id}")
+
+    async def _cancel_active(self) -> None:
+        tasks = list(self._active.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _attempt(self, message: StoredMessage) -> None:
+        try:
+            await self._attempt_inner(message)
+        except asyncio.CancelledError:
+            if message.id in self._messages:
+                message.state = QueueState.ACTIVE
+                self._ready.appendleft(message.id)
+            raise
+        except Exception:
+            # A bug here must not kill the loop or lose the message: retry it on the schedule.
+            log.exception("internal error while handling message %s; will retry", message.id)
+            if message.id in self._messages:
+                message.next_attempt = self._clock() + next_delay(self._schedule, max(1, message.attempts))
+                self._defer(message)
+        finally:
+            self._active.pop(message.id, None)
+            self._wake.set()
+            self._changed.set()
+
+    async def _attempt_inner(self, message: StoredMessage) -> None:
+        recipients = list(dict.fromkeys(r for r in message.envelope.rcpt_tos if r in message.pending))
+        recipients += sorted(message.pending.difference(recipients))
+        data = b""
+        try:
+            data = await self._spool.read(message)
+        except OSError as exc:
+            log.error("message %s: cannot read it from the spool: %s", message.id, exc)
+            outcomes: Mapping[str, Outcome] = {
+                r: Outcome.temporary(0, f"spool read failed: {exc.strerror or exc}") for r in recipients
+            }
+        else:
+            outcomes = await self._call_deliver(message, data, recipients)
+        now = self._clock()
+        message.attempts += 1
+
+        settled: list[str] = []
+        failures: dict[str, Outcome] = {}
+        temporary: dict[str, Outcome] = {}
+        for rcpt in recipients:
+            outcome = outcomes.get(rcpt) or Outcome.temporary(0, "delivery reported no outcome for this recipient")
+            if outcome.kind is OutcomeKind.DELIVERED:
+                settled.append(rcpt)  # counted by delivery, which knows the route
+            elif outcome.kind is OutcomeKind.PERMANENT:
+                failures[rcpt] = outcome
+            else:
+                temporary[rcpt] = outcome
+        if settled:
+            log.info("message %s delivered %s", message.id, _delivery_summary(settled, outcomes))
+
+        reason = ""
+        if temporary and expired(message.envelope.received_at, now, self._max_age):
+            reason = f"The message stayed in the queue for longer than {self._max_age:.0f} seconds (maxAge)."
+            log.warning("message %s expired with %d recipient(s) pending", message.id, len(temporary))
+            failures.update(temporary)
+            temporary = {}
+        if failures:
+            if await self._bounce(message, data, failures, reason, now):
+                settled.extend(failures)
+            else:
+                temporary.update(
+                    (r, Outcome.temporary(o.code, f"bounce not queued yet: {o.message}", o.remote))
+                    for r, o in failures.items()
+                )
+
+        message.pending.difference_update(settled)
+        if not message.pending:
+            self._finish(message, bounced=bool(failures), now=now)
+            return
+        delay = next_delay(self._schedule, message.attempts)
+        message.next_attempt = min(now + delay, message.envelope.received_at + self._max_age)
+        message.next_attempt = max(message.next_attempt, now)
+        first = next(iter(temporary.values()), None)
+        message.last_error = _describe(first) if first is not None else message.last_error
+        if self._metrics is not None:
+            self._metrics.deferred.inc(len(temporary))
+        log.info(
+            "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
+            message.id,
+            len(temporary),
+            message.attempts,
+            message.next_attempt - now,
+            message.last_error,
+        )
+        self._spool.record_attempt(message, settled)
+        self._defer(message)
+
+    async def _call_deliver(self, message: StoredMessage, data: bytes, recipients: list[str]) -> Mapping[str, Outcome]:
+        try:
+            return await self._deliver(message, data, list(recipients))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("message %s: delivery raised %s: %s; will retry", message.id, type(exc).__name__, exc)
+            return {r: Outcome.temporary(0, f"delivery error: {type(exc).__name__}: {exc}") for r in recipients}
+
+    def _finish(self, message: StoredMessage, *, bounced: bool, now: float) -> None:
+        self._messages.pop(message.id, None)
+        self._spool.finish(message)
+        if self._metrics is not None and not bounced:
+            self._metrics.delivery_latency.observe(max(0.0, now - message.envelope.received_at))
+
+    async def _bounce(
+        self, message: StoredMessage, data: bytes, failures: Mapping[str, Outcome], reason: str, now: float
+    ) -> bool:
+        """Queue one DSN for this attempt's failures; False if it could not be made durable."""
+        original = message.envelope
+        labels = ["expired" if o.kind is OutcomeKind.TEMPORARY else "permanent" for o in failures.values()]
+        if original.mail_from == "" or original.is_bounce:
+            log.warning(
+                "message %s from the null sender failed for %d recipient(s): dropped, never bounced",
+                message.id,
+                len(failures),
+            )
+            self._count_bounced(labels)
+            return True
+        dsn = build_dsn(
+            original,
+            _header_block(data),
+            failures,
+            reporting_mta=self._hostname,
+            queue_id=message.id,
+            now=now,
+            reason=reason,
+        )
+        envelope = Envelope(
+            mail_from="",
+            rcpt_tos=(original.mail_from,),
+            helo=self._hostname,
+            received_at=now,
+            is_bounce=True,
+            smtputf8=not original.mail_from.isascii(),
+        )
+        try:
+            stored = await self._spool.commit(envelope, dsn)
+        except OSError as exc:
+            log.error("message %s: could not queue the bounce (will retry): %s", message.id, exc)
+            return False
+        self._count_bounced(labels)
+        log.info("message %s bounced for %d recipient(s): DSN %s queued", message.id, len(failures), stored.id)
+        self.submit(stored)
+        return True
+
+    def _count_bounced(self, labels: list[str]) -> None:
+        if self._metrics is not None:
+            for label in labels:
+                self._metrics.bounced.labels(reason=label).inc()

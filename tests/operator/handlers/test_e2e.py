@@ -1,0 +1,398 @@
+"""End to end: the real operator (relay_operator.handlers, in its own thread and loop) against an API.
+
+The same scenario runs against the API emulator (always) and against a real cluster (marker
+`cluster`, only with KUBECONFIG set). No controllers run in the emulator, so there the test acts as
+the StatefulSet controller by writing the StatefulSet's status; a real cluster does that itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import kopf
+import pytest
+import yaml
+
+from crdgen.crd import sendingdomain_crd, smtprelay_crd
+from relay_operator import handlers
+from relay_operator.settings import Settings
+from smtp_relay.config.manifest import load_documents
+from tests.peers.kube import KubeApi, kubectl
+
+Json = dict[str, Any]
+MERGE = "application/merge-patch+json"
+GROUP = "/apis/relayfleet.io/v1alpha1"
+
+
+class Api(Protocol):
+    """What the scenario needs from an API server: JSON calls and kubectl."""
+
+    emulated: bool
+
+    def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Json]: ...
+
+    def kubectl(self, *args: str, input: str | None = None) -> str: ...
+
+    def login(self) -> kopf.ConnectionInfo | None: ...
+
+
+class EmulatorApi:
+    """The emulator over plain HTTP (kubectl cannot send it built-in kinds: they go as protobuf)."""
+
+    emulated = True
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+
+    def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Json]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": ctype, "Accept": "application/json", "Authorization": f"Bearer {self.api.token}"}
+        request = urllib.request.Request(self.api.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return kubectl(self.api, *args, input=input).stdout
+
+    def login(self) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=self.api.url, insecure=True, token=self.api.token)
+
+
+class ClusterApi:
+    """A real cluster through the kubernetes client and kubectl, both from KUBECONFIG."""
+
+    emulated = False
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        config.load_kube_config()
+        self.client = client.ApiClient()
+
+    def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Json]:
+        params = self.client.param_serialize(
+            method,
+            path,
+            header_params={"Content-Type": ctype, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*params)
+        response.read()
+        return int(response.status), json.loads(response.data or b"{}")
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        import subprocess
+
+        return subprocess.run(
+            ["kubectl", *args], input=input, capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+
+    def login(self) -> None:
+        return None  # kopf's usual login from KUBECONFIG
+
+
+def ok(api: Api, method: str, path: str, body: Any = None, ctype: str = "application/json") -> Json:
+    code, result = api.call(method, path, body, ctype)
+    assert code in (200, 201), (method, path, code, result)
+    return result
+
+
+def get(api: Api, path: str) -> Json | None:
+    code, result = api.call("GET", path)
+    return result if code == 200 else None
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {timeout}s: {check.__doc__ or check}")
+        time.sleep(0.02)
+
+
+class Operator:
+    """relay_operator's handlers on a private registry, run by kopf in a thread with its own loop."""
+
+    def __init__(self, api: Api, namespace: str) -> None:
+        self.registry = kopf.OperatorRegistry()
+        handlers.register(self.registry, Settings(termination_grace_seconds=30))
+        handlers.set_login(lambda **_: api.login()) if api.emulated else handlers.set_login(None)
+
+        @kopf.on.startup(registry=self.registry)
+        def fast(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.peering.standalone = True
+            settings.scanning.disabled = api.emulated  # CRDs are registered before the start
+            settings.watching.reconnect_backoff = 0.05
+            settings.queueing.idle_timeout = 0.5
+            settings.queueing.exit_timeout = 0.5
+            settings.posting.level = logging.INFO
+
+        self.namespace = namespace
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="relayfleet-operator", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=self.registry,
+                    namespaces=[self.namespace],
+                    standalone=True,
+                    stop_flag=self.stop_flag,
+                    ready_flag=self.ready_flag,
+                )
+            )
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+
+    def __enter__(self) -> Operator:
+        self.thread.start()
+        assert self.ready_flag.wait(timeout=15), "kopf did not get ready"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=20)
+        handlers.set_login(None)
+        assert not self.thread.is_alive(), "kopf did not stop"
+        assert self.error is None, self.error
+
+
+def paths(ns: str, name: str) -> dict[str, str]:
+    return {
+        "relay": f"{GROUP}/namespaces/{ns}/smtprelays/{name}",
+        "ConfigMap": f"/api/v1/namespaces/{ns}/configmaps/{name}-config",
+        "Service": f"/api/v1/namespaces/{ns}/services/{name}",
+        "Headless": f"/api/v1/namespaces/{ns}/services/{name}-pods",
+        "StatefulSet": f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+        "PodDisruptionBudget": f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+    }
+
+
+def condition(relay: Json | None, kind: str) -> Json:
+    for cond in ((relay or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return dict(cond)
+    return {}
+
+
+def act_as_statefulset_controller(api: Api, path: str, ready: int) -> None:
+    """What kube-controller-manager would write (the emulator runs no controllers)."""
+    sts = ok(api, "GET", path)
+    replicas = sts["spec"]["replicas"]
+    status = {
+        "observedGeneration": sts["metadata"].get("generation", 1),
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": replicas,
+        "currentReplicas": replicas,
+        "currentRevision": "r1",
+        "updateRevision": "r1",
+    }
+    ok(api, "PATCH", path + "/status", {"status": status}, MERGE)
+
+
+def scenario(api: Api, ns: str) -> None:
+    """Apply, follow a spec change, scale, print, degrade on a missing Secret, delete."""
+    name = "outbound"
+    p = paths(ns, name)
+    ok(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "outbound-users"},
+            "stringData": {"app": "pw"},
+        },
+    )
+    if api.emulated:  # the emulator keeps stringData as given; a real apiserver turns it into data
+        ok(api, "PATCH", f"/api/v1/namespaces/{ns}/secrets/outbound-users", {"data": {"app": "cHc="}}, MERGE)
+    relay = {
+        "apiVersion": "relayfleet.io/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 2,
+            "listeners": [{"name": "relay", "port": 2525}, {"name": "sub", "port": 587, "auth": "required"}],
+            "clients": {"users": {"secretName": "outbound-users"}},
+            "queue": {"storage": "1Gi", "deleteClaimsOnDelete": True},
+        },
+    }
+    api.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(relay))
+
+    # 1. every child exists, owned, with the right content
+    children = wait_for(lambda: all(get(api, p[k]) for k in p) and {k: get(api, v) for k, v in p.items()})
+    uid = children["relay"]["metadata"]["uid"]
+    for kind in ("ConfigMap", "Service", "Headless", "StatefulSet", "PodDisruptionBudget"):
+        (ref,) = children[kind]["metadata"]["ownerReferences"]
+        assert (ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == (uid, True, True), kind
+        assert children[kind]["metadata"]["labels"]["app.kubernetes.io/instance"] == name
+    config = load_documents([yaml.safe_load(children["ConfigMap"]["data"]["relay.yaml"])])
+    assert [lst.port for lst in config.spec.listeners] == [2525, 587]
+    sts = children["StatefulSet"]
+    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    pod = sts["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/etc/relay/secrets/outbound-users" in mounts
+    assert [x["port"] for x in children["Service"]["spec"]["ports"]] == [2525, 587]
+    status = wait_for(lambda: (get(api, p["relay"]) or {}).get("status", {}).get("selector") and get(api, p["relay"]))
+    assert status["status"]["endpoint"] == f"{name}.{ns}.svc:2525"
+    checksum = pod_checksum(sts)
+
+    # 2. a spec change reaches the children; a policy change does not restart pods
+    ok(api, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 7}}}, MERGE)
+    wait_for(lambda: "maxRecipients: 7" in ok(api, "GET", p["ConfigMap"])["data"]["relay.yaml"])
+    assert pod_checksum(ok(api, "GET", p["StatefulSet"])) == checksum
+    listeners = [
+        {"name": "relay", "port": 2525},
+        {"name": "sub", "port": 587, "auth": "required"},
+        {"name": "alt", "port": 2526},
+    ]
+    ok(api, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
+    wait_for(lambda: [x["port"] for x in ok(api, "GET", p["Service"])["spec"]["ports"]] == [2525, 587, 2526])
+    assert pod_checksum(ok(api, "GET", p["StatefulSet"])) != checksum
+
+    # 3. kubectl scale -> the StatefulSet follows -> status reports it
+    api.kubectl("scale", "-n", ns, "smr", name, "--replicas=5")
+    wait_for(lambda: ok(api, "GET", p["StatefulSet"])["spec"]["replicas"] == 5)
+    if api.emulated:
+        act_as_statefulset_controller(api, p["StatefulSet"], ready=5)
+    relay_now = wait_for(
+        lambda: (r := get(api, p["relay"])) and r["status"].get("readyReplicas") == 5 and r,
+        timeout=300 if not api.emulated else 15,
+    )
+    assert relay_now["status"]["replicas"] == 5
+    assert condition(relay_now, "Ready")["status"] == "True"
+    assert relay_now["status"]["phase"] == "Ready"
+
+    # 4. kubectl get shows the printer columns
+    table = api.kubectl("get", "-n", ns, "smr")
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "REPLICAS", "READY", "QUEUE", "AGE"]
+    assert row.split()[:3] == [name, "5", "5"]
+    wide = api.kubectl("get", "-n", ns, "smr", "-o", "wide")
+    assert wide.splitlines()[0].split() == ["NAME", "REPLICAS", "READY", "QUEUE", "AGE", "PORTS", "STATUS"]
+    assert "2525,587,2526" in wide and "Ready" in wide.splitlines()[1]
+
+    # 5. a missing Secret degrades the relay and leaves the children alone
+    before = ok(api, "GET", p["StatefulSet"])
+    smtps = {"name": "smtps", "port": 465, "tls": "implicit"}
+    ok(
+        api,
+        "PATCH",
+        p["relay"],
+        {"spec": {"tls": {"secretName": "missing-tls"}, "listeners": [*listeners, smtps]}},
+        MERGE,
+    )
+    degraded = wait_for(
+        lambda: (
+            condition(get(api, p["relay"]), "Degraded").get("status") == "True"
+            and condition(get(api, p["relay"]), "Degraded")
+        )
+    )
+    assert degraded["reason"] == "SecretNotFound"
+    assert "spec.tls.secretName" in degraded["message"] and "missing-tls" in degraded["message"]
+    after = ok(api, "GET", p["StatefulSet"])
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    events = ok(api, "GET", f"/api/v1/namespaces/{ns}/events")["items"]
+    assert any(e["reason"] == "SecretNotFound" and e["type"] == "Warning" for e in events)
+
+    # 6. delete: children collected through ownerReferences, spool claims deleted as asked
+    if api.emulated:  # the StatefulSet controller would have made these
+        for i in range(2):
+            ok(
+                api,
+                "POST",
+                f"/api/v1/namespaces/{ns}/persistentvolumeclaims",
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {
+                        "name": f"spool-{name}-{i}",
+                        "labels": sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"],
+                    },
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                },
+            )
+    ok(api, "DELETE", p["relay"])
+    wait_for(lambda: not any(get(api, path) for path in p.values()), timeout=15 if api.emulated else 120)
+    claims = ok(api, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]
+    assert not [c for c in claims if c["metadata"]["name"].startswith(f"spool-{name}-")]
+
+
+def pod_checksum(sts: Json) -> str:
+    return str(sts["spec"]["template"]["metadata"]["annotations"]["relayfleet.io/restart-checksum"])
+
+
+@pytest.fixture
+def emulator(kube_api: KubeApi) -> Iterator[EmulatorApi]:
+    kube_api.register_crd(smtprelay_crd())
+    kube_api.register_crd(sendingdomain_crd())
+    yield EmulatorApi(kube_api)
+
+
+def test_operator_end_to_end_on_the_emulator(emulator: EmulatorApi) -> None:
+    with Operator(emulator, "default"):
+        scenario(emulator, "default")
+
+
+def test_invalid_spec_is_degraded_on_the_emulator(emulator: EmulatorApi) -> None:
+    """A spec the CRD would refuse (the emulator does not validate) still never reaches the children."""
+    with Operator(emulator, "default"):
+        body = {
+            "apiVersion": "relayfleet.io/v1alpha1",
+            "kind": "SmtpRelay",
+            "metadata": {"name": "bad"},
+            "spec": {"listeners": [{"name": "a", "port": 25}, {"name": "a", "port": 26}]},
+        }
+        ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
+        path = f"{GROUP}/namespaces/default/smtprelays/bad"
+        cond = wait_for(
+            lambda: (
+                condition(get(emulator, path), "Degraded").get("status") == "True"
+                and condition(get(emulator, path), "Degraded")
+            )
+        )
+        assert cond["reason"] == "InvalidSpec" and "listener names must be unique" in cond["message"]
+        assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/bad") is None
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="needs a real cluster: set KUBECONFIG")
+def test_operator_end_to_end_on_a_cluster() -> None:
+    """The same scenario on a real cluster, in a throwaway namespace (CRDs applied from crds/ first)."""
+    api = ClusterApi()
+    root = Path(__file__).resolve().parents[3]
+    api.kubectl("apply", "-f", str(root / "crds"))
+    api.kubectl("wait", "--for=condition=Established", "crd/smtprelays.relayfleet.io", "--timeout=60s")
+    ns = f"relayfleet-e2e-{uuid.uuid4().hex[:6]}"
+    api.kubectl("create", "namespace", ns)
+    try:
+        with Operator(api, ns), tempfile.TemporaryDirectory():
+            scenario(api, ns)
+    finally:
+        api.kubectl("delete", "namespace", ns, "--wait=false")

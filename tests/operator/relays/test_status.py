@@ -1,0 +1,125 @@
+"""Status from observed children: conditions, printer fields, transition times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from relay_operator.relays.render import Owner
+from relay_operator.relays.status import Problem, RelayMetrics, compute_status, ports_summary, status_changed
+from smtp_relay.config.manifest import parse_spec
+
+OWNER = Owner(name="outbound", namespace="mail", uid="u", generation=4)
+SPEC = parse_spec(
+    {
+        "replicas": 3,
+        "listeners": [{"name": "a", "port": 2525}, {"name": "b", "port": 465, "tls": "implicit"}],
+        "tls": {"secretName": "t"},
+    }
+)
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def sts(
+    replicas: int, ready: int, generation: int = 2, observed: int = 2, updated: int | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 3},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas if updated is None else updated,
+            "currentRevision": "r1",
+            "updateRevision": "r1",
+        },
+    }
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_all_ready() -> None:
+    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, metrics=RelayMetrics(queue_depth=12, pods_reporting=3))
+    assert status["replicas"] == 3 and status["readyReplicas"] == 3
+    assert status["observedGeneration"] == 4
+    assert status["selector"] == "app.kubernetes.io/name=relayfleet-relay,app.kubernetes.io/instance=outbound"
+    assert status["endpoint"] == "outbound.mail.svc:2525"
+    assert status["ports"] == "2525,465/implicit"
+    assert status["queueDepth"] == 12
+    assert status["phase"] == "Ready"
+    cond = conditions(status)
+    assert (cond["Ready"]["status"], cond["Ready"]["reason"]) == ("True", "AllReplicasReady")
+    assert (cond["Progressing"]["status"], cond["Degraded"]["status"]) == ("False", "False")
+    for c in cond.values():
+        assert c["lastTransitionTime"] == "2026-01-02T03:04:05Z"
+        assert c["observedGeneration"] == 4
+        assert c["message"]
+
+
+def test_missing_statefulset_is_progressing() -> None:
+    status = compute_status(OWNER, SPEC, None, None, T0)
+    cond = conditions(status)
+    assert (cond["Progressing"]["status"], cond["Progressing"]["reason"]) == ("True", "Creating")
+    assert cond["Ready"]["status"] == "False"
+    assert status["phase"] == "Progressing"
+    assert status["replicas"] == 0
+    assert status["queueDepth"] is None  # unknown: the merge patch removes a stale figure
+
+
+def test_scaling_and_rolling_are_progressing() -> None:
+    scaling = conditions(compute_status(OWNER, SPEC, sts(2, 2), None, T0))
+    assert (scaling["Progressing"]["reason"], scaling["Ready"]["reason"]) == ("Scaling", "ReplicasNotReady")
+    assert scaling["Ready"]["message"] == "2 of 3 pods ready"
+    unseen = conditions(compute_status(OWNER, SPEC, sts(3, 3, generation=3, observed=2), None, T0))
+    assert unseen["Progressing"]["reason"] == "Updating"
+    rolling = conditions(compute_status(OWNER, SPEC, sts(3, 3, updated=1), None, T0))
+    assert rolling["Progressing"]["reason"] == "RollingUpdate"
+
+
+def test_degraded_names_the_problem_and_keeps_pod_figures() -> None:
+    problem = Problem("SecretNotFound", "spec.tls.secretName: Secret 't' not found in namespace mail; create it")
+    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, problems=[problem])
+    cond = conditions(status)
+    assert (cond["Degraded"]["status"], cond["Degraded"]["reason"]) == ("True", "SecretNotFound")
+    assert "spec.tls.secretName" in cond["Degraded"]["message"]
+    assert status["phase"] == "Degraded"
+    assert status["readyReplicas"] == 3 and cond["Ready"]["status"] == "True"
+
+
+def test_invalid_spec_reports_what_it_can() -> None:
+    status = compute_status(OWNER, None, sts(3, 1), None, T0, problems=[Problem("InvalidSpec", "spec.x: bad")])
+    assert "endpoint" not in status and "ports" not in status
+    assert status["readyReplicas"] == 1
+
+
+def test_scaled_to_zero() -> None:
+    spec = parse_spec({"replicas": 0})
+    cond = conditions(compute_status(OWNER, spec, sts(0, 0), None, T0))
+    assert (cond["Ready"]["status"], cond["Ready"]["reason"]) == ("False", "ScaledToZero")
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = compute_status(OWNER, SPEC, sts(3, 3), None, T0)
+    later = T0 + timedelta(minutes=5)
+    second = compute_status(OWNER, SPEC, sts(3, 3), first, later)
+    assert conditions(second)["Ready"]["lastTransitionTime"] == "2026-01-02T03:04:05Z"
+    third = compute_status(OWNER, SPEC, sts(3, 1), second, later)
+    assert conditions(third)["Ready"]["lastTransitionTime"] == "2026-01-02T03:09:05Z"
+    assert conditions(third)["Degraded"]["lastTransitionTime"] == "2026-01-02T03:04:05Z"
+
+
+def test_status_changed_detects_only_real_changes() -> None:
+    first = compute_status(OWNER, SPEC, sts(3, 3), None, T0)
+    stored = {k: v for k, v in first.items() if v is not None}
+    again = compute_status(OWNER, SPEC, sts(3, 3), stored, T0 + timedelta(hours=1))
+    assert not status_changed(again, stored)
+    assert status_changed(compute_status(OWNER, SPEC, sts(3, 2), stored, T0), stored)
+    assert status_changed({"queueDepth": None}, {"queueDepth": 3})
+    assert not status_changed({"queueDepth": None}, {})
+
+
+def test_ports_summary() -> None:
+    assert ports_summary(parse_spec({})) == "2525"

@@ -1,1 +1,0 @@
-"""Tests of the SMTP listener side of the relay."""
