@@ -2,7 +2,7 @@
 
     python -m bench.operator_scale [--count 1000] [--concurrency 16] [--rate R] [--idle 60] [--quick]
 
-Three processes: the API emulator (tests/kube/emulator.py behind a request-counting wrapper), the real
+Three processes: the API emulator (`python -m tests.kube.server` with its request counter), the real
 `relayfleet-operator --standalone --all-namespaces` with KUBECONFIG pointing at it, and this benchmark,
 which creates the SmtpRelays over HTTP and watches the children appear. Reported: time from create to
 all five children present (p50/p95), operator API requests per SmtpRelay, operator CPU while idle
@@ -77,54 +77,6 @@ def relay_body(name: str) -> dict[str, Any]:
             "routing": {"default": {"smarthosts": [{"host": "smtp.upstream.example", "port": 587}]}},
         },
     }
-
-
-# --- the emulator process: `python -m bench.operator_scale --serve-emulator KUBECONFIG` ---------------------
-
-
-class RequestCounter:
-    """Counts the operator's requests by verb and resource; this benchmark's own are not counted."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.by_kind: collections.Counter[str] = collections.Counter()
-        self.last = 0.0
-
-    def count(self, request: aiohttp.web.BaseRequest) -> None:
-        from tests.kube.emulator import parse_route
-
-        route = parse_route(request.path.rstrip("/"))
-        watch = request.query.get("watch") in ("true", "1")
-        if route is None or route.resource.plural is None:
-            what = "discovery"
-        else:
-            what = f"{request.method} {route.resource.plural}{'/' + route.sub if route.sub else ''}"
-            what += " (watch)" if watch else ""
-        self.total += 1
-        self.by_kind[what] += 1
-        self.last = time.monotonic()
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"total": self.total, "by_kind": dict(self.by_kind), "last": self.last, "now": time.monotonic()}
-
-
-async def serve_emulator(kubeconfig: Path) -> None:
-    """tests.kube.server's standalone mode, plus the request counter and its stats URL."""
-    from tests.kube.emulator import KubeEmulator
-    from tests.kube.server import register_crds, serve_until_signalled
-
-    emulator = KubeEmulator()
-    register_crds(emulator, CRDS)
-    counter = RequestCounter()
-
-    async def handler(request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if request.path == STATS_PATH:
-            return aiohttp.web.json_response(counter.snapshot())
-        if request.headers.get("User-Agent") != BENCH_AGENT:
-            counter.count(request)
-        return await emulator(request)
-
-    await serve_until_signalled(emulator, 0, kubeconfig, handler)
 
 
 # --- /proc accounting ---------------------------------------------------------------------------------------
@@ -428,7 +380,12 @@ def read_token(kubeconfig: Path) -> str:
 
 
 def emulator_command(kubeconfig: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.operator_scale", "--serve-emulator", str(kubeconfig)]
+    """The emulator as a program of its own (run, not imported: the benchmarks never import the tests)."""
+    crds = [arg for path in CRDS for arg in ("--crd", str(path))]
+    return [
+        sys.executable, "-m", "tests.kube.server", "--kubeconfig", str(kubeconfig), *crds,
+        "--stats-path", STATS_PATH, "--uncounted-agent", BENCH_AGENT,
+    ]  # fmt: skip
 
 
 def operator_command() -> list[str]:
@@ -496,7 +453,7 @@ def run(settings: Settings) -> str:
             workdir.rmdir()
 
 
-def parse_args(argv: Sequence[str] | None) -> Settings | Path:
+def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.operator_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=None, help="SmtpRelays to create (default 1000; 50 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight at once (default 16)")
@@ -507,10 +464,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings | Path:
     parser.add_argument("--timeout", type=float, default=None, help="give up on missing children after this long")
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 relays, 5 s idle window (about 15 s)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (kubeconfig, operator log)")
-    parser.add_argument("--serve-emulator", type=Path, metavar="KUBECONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_emulator:
-        return Path(args.serve_emulator)
     count = args.count if args.count is not None else (50 if args.quick else 1000)
     if count < 1 or args.concurrency < 1:
         parser.error("--count and --concurrency must be at least 1")
@@ -527,9 +481,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings | Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    if isinstance(settings, Path):
-        asyncio.run(serve_emulator(settings))
-        return 0
     return print_report(lambda: run(settings))
 
 

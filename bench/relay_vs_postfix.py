@@ -37,11 +37,11 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import yaml
-from tests.peers.daemon import HOST, free_port
-from tests.peers.postfix import PostfixInstance, make_workdir, postfix_available
-from tests.peers.smtp_sink import SmtpSink, wait_for_banner
 
 from bench.common import BenchError, print_report
+from bench.peers.ports import HOST, free_port
+from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
+from bench.peers.smtp_sink import SmtpSink, wait_for_banner
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "from@example.com"

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.peers.daemon import free_port
+from bench.peers.ports import free_port
 
 RELAY_BIN = Path(sys.executable).with_name("smtp-relay")
 
@@ -153,13 +152,3 @@ def relay_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for relay in made:
         relay.stop()
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
-    """Poll a condition; fail with a clear message when it never holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,7 +1,7 @@
 """A Kubernetes API emulator for tests, built on kmock's stateful emulator.
 
 Stock ``kmock.KubernetesEmulator`` keeps objects as plain merged dicts, which is not enough for kopf
-or kubectl (see /work/shared/peers.md). This subclass owns every object URL itself and adds what a real
+or kubectl. This subclass owns every object URL itself and adds what a real
 API server guarantees: metadata bookkeeping, optimistic concurrency, real patch semantics, watch resumption,
 subresources, finalizers, garbage collection, CRD registration, discovery and Table output.
 No controllers run: a test acts as e.g. the StatefulSet controller by patching ``/status`` itself.

@@ -4,17 +4,23 @@ The server gets its own thread and event loop so that sync tests, async tests an
 can all talk to it. kmock.Server is not used: it patches aiohttp's resolver process-wide and must be
 exited in LIFO order, which does not hold for servers that live in other threads.
 
-    python -m tests.kube.server --port 0 --kubeconfig /tmp/kubeconfig
+    python -m tests.kube.server --port 0 --kubeconfig /tmp/kubeconfig [--crd FILE ...] [--stats-path /_stats]
+
+With `--stats-path`, every request is counted by verb and resource (except those whose User-Agent is
+`--uncounted-agent`) and the counts are served as JSON at that path: how bench/operator_scale measures the
+operator's API traffic while running the emulator as a program of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +28,7 @@ from typing import Any, TypeVar
 import aiohttp.web
 import yaml
 
-from tests.kube.emulator import KubeEmulator
+from tests.kube.emulator import KubeEmulator, parse_route
 
 T = TypeVar("T")
 TOKEN = "relayfleet-test-token"
@@ -159,17 +165,61 @@ class ThreadedServer:
             await stop(self.emulator, runner)
 
 
+class RequestCounter:
+    """Counts requests by verb and resource, except those sent with the `uncounted` User-Agent."""
+
+    def __init__(self, uncounted: str = "") -> None:
+        self.uncounted = uncounted
+        self.total = 0
+        self.by_kind: collections.Counter[str] = collections.Counter()
+        self.last = 0.0
+
+    def count(self, request: aiohttp.web.BaseRequest) -> None:
+        if self.uncounted and request.headers.get("User-Agent") == self.uncounted:
+            return
+        route = parse_route(request.path.rstrip("/"))
+        watch = request.query.get("watch") in ("true", "1")
+        if route is None or route.resource.plural is None:
+            what = "discovery"
+        else:
+            what = f"{request.method} {route.resource.plural}{'/' + route.sub if route.sub else ''}"
+            what += " (watch)" if watch else ""
+        self.total += 1
+        self.by_kind[what] += 1
+        self.last = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"total": self.total, "by_kind": dict(self.by_kind), "last": self.last, "now": time.monotonic()}
+
+
+def counting(emulator: KubeEmulator, counter: RequestCounter, stats_path: str) -> Handler:
+    """The emulator behind a counter whose figures are served at `stats_path`."""
+
+    async def handler(request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if request.path == stats_path:
+            return aiohttp.web.json_response(counter.snapshot())
+        counter.count(request)
+        return await emulator(request)
+
+    return handler
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.kube.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig pointing at the server here")
     parser.add_argument("--crd", type=Path, action="append", default=[], help="CRD manifest(s) to register")
+    parser.add_argument("--stats-path", default="", help="count requests and serve the counts as JSON here")
+    parser.add_argument("--uncounted-agent", default="", help="User-Agent whose requests are not counted")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         emulator = KubeEmulator()
         register_crds(emulator, args.crd)
-        await serve_until_signalled(emulator, args.port, args.kubeconfig)
+        handler = None
+        if args.stats_path:
+            handler = counting(emulator, RequestCounter(args.uncounted_agent), args.stats_path)
+        await serve_until_signalled(emulator, args.port, args.kubeconfig, handler)
 
     asyncio.run(serve())
     sys.exit(0)

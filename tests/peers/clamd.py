@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench.peers.ports import HOST, free_port
 
-from tests.peers.daemon import HOST, Daemon, free_port, running, skip_unless_installed, start_retrying, wait_until_ready
+from tests.peers.daemon import Daemon, running, skip_unless_installed, start_retrying, wait_until_ready
 
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
 START_TIMEOUT = 30.0

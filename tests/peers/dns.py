@@ -25,8 +25,9 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from bench.peers.ports import free_port
 
-from tests.peers.daemon import Daemon, free_port, start_retrying, wait_until_ready
+from tests.peers.daemon import Daemon, start_retrying, wait_until_ready
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 START_TIMEOUT = 10.0

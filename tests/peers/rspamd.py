@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench.peers.ports import HOST, free_port
 
-from tests.peers.daemon import HOST, Daemon, free_port, running, start_retrying, wait_until_ready
+from tests.peers.daemon import Daemon, running, start_retrying, wait_until_ready
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 HS_CACHE = Path(os.environ.get("RELAYFLEET_RSPAMD_CACHE", "/tmp/relayfleet-rspamd-hs"))

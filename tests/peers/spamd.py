@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench.peers.ports import HOST, free_port
 
-from tests.peers.daemon import HOST, Daemon, free_port, running, start_retrying, wait_until_ready
+from tests.peers.daemon import Daemon, running, start_retrying, wait_until_ready
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 SITE_CONFIG = Path("/etc/spamassassin")

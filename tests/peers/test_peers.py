@@ -14,11 +14,13 @@ from typing import Literal
 import aiosmtplib
 import dns.resolver
 import pytest
+from bench.peers.postfix import postfix_available
+from bench.peers.smtp_sink import SinkBehaviour, SmtpSink, parse_dump
 from bench.relay_vs_postfix import LoopbackDns, process_tree, relay_manifest, tree_cpu_seconds
 
 from smtp_relay.config.manifest import parse_spec
-from tests.peers.postfix import PostfixFactory, postfix_available
-from tests.peers.smtp_sink import SinkBehaviour, SinkFactory, SmtpSink, parse_dump
+from tests.peers.postfix import PostfixFactory
+from tests.peers.smtp_sink import SinkFactory
 
 pytestmark = pytest.mark.peers
 

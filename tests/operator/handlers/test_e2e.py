@@ -7,17 +7,14 @@ the StatefulSet controller by writing the StatefulSet's status; a real cluster d
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +26,8 @@ from crdgen.crd import sendingdomain_crd, smtprelay_crd
 from relay_operator import handlers
 from relay_operator.settings import Settings
 from smtp_relay.config.manifest import load_documents
+from tests.harness.kopf_thread import KopfThread, fast_settings
+from tests.harness.waiting import wait_for
 from tests.peers.kube import KubeApi, kubectl
 
 Json = dict[str, Any]
@@ -118,65 +117,30 @@ def get(api: Api, path: str) -> Json | None:
     return result if code == 200 else None
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s: {check.__doc__ or check}")
-        time.sleep(0.02)
-
-
-class Operator:
+class Operator(KopfThread):
     """relay_operator's handlers on a private registry, run by kopf in a thread with its own loop."""
 
     def __init__(self, api: Api, namespace: str) -> None:
-        self.registry = kopf.OperatorRegistry()
+        super().__init__(kopf.OperatorRegistry(), namespaces=[namespace])
         handlers.register(self.registry, Settings(termination_grace_seconds=30))
         handlers.set_login(lambda **_: api.login()) if api.emulated else handlers.set_login(None)
 
         @kopf.on.startup(registry=self.registry)
         def fast(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.peering.standalone = True
-            settings.scanning.disabled = api.emulated  # CRDs are registered before the start
-            settings.watching.reconnect_backoff = 0.05
-            settings.queueing.idle_timeout = 0.5
-            settings.queueing.exit_timeout = 0.5
+            fast_settings(settings, scanning=not api.emulated)  # emulated: CRDs are registered before the start
             settings.posting.level = logging.INFO
 
         self.namespace = namespace
-        self.stop_flag = threading.Event()
-        self.ready_flag = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="relayfleet-operator", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(
-                kopf.operator(
-                    registry=self.registry,
-                    namespaces=[self.namespace],
-                    standalone=True,
-                    stop_flag=self.stop_flag,
-                    ready_flag=self.ready_flag,
-                )
-            )
-        except BaseException as exc:  # reported by __exit__
-            self.error = exc
 
     def __enter__(self) -> Operator:
-        self.thread.start()
-        assert self.ready_flag.wait(timeout=15), "kopf did not get ready"
+        self.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stop_flag.set()
-        self.thread.join(timeout=20)
-        handlers.set_login(None)
-        assert not self.thread.is_alive(), "kopf did not stop"
-        assert self.error is None, self.error
+        try:
+            self.stop()
+        finally:
+            handlers.set_login(None)
 
 
 def paths(ns: str, name: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from bench.peers.ports import free_port
 
 from smtp_relay.config.manifest import parse_spec
 from smtp_relay.config.resolved import Credentials, RelayConfig
@@ -31,7 +32,6 @@ from smtp_relay.delivery.resolver import make_resolver
 from smtp_relay.model.envelope import Envelope as RelayEnvelope
 from smtp_relay.model.envelope import StoredMessage
 from smtp_relay.telemetry.metrics import RelayMetrics
-from tests.peers.daemon import free_port
 from tests.peers.tls import ThrowawayCA
 
 SERVER_NAME = "smarthost.test"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from bench.peers.smtp_sink import SinkBehaviour, SmtpSink
 
 from smtp_relay.delivery.pipelining import ConnectionBroken, Reply, ReplyReader, UnsafeAddress, path_command, stuff
 from smtp_relay.model.envelope import OutcomeKind
 from tests.peers.postfix import PostfixFactory
-from tests.peers.smtp_sink import SinkBehaviour, SmtpSink
 from tests.relay.delivery.conftest import body, deliverer, message, smarthost
 
 SinkFactory = Callable[..., SmtpSink]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.peers.ports import free_port
 from prometheus_client import CollectorRegistry
 
 from smtp_relay.config.spec import Listener, SmtpRelaySpec
@@ -20,8 +21,8 @@ from smtp_relay.policy.admission import Action, Facts
 from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
+from tests.harness.metrics import sample
 from tests.peers.clamd import Clamd, eicar
-from tests.peers.daemon import free_port
 from tests.peers.dns import DnsServer
 from tests.relay.policy.zones import CLIENT, DNSBL_ZONE, MAIL_ZONE, SPF_ZONE
 
@@ -85,10 +86,6 @@ def message(body: str = "Hello Bob,\nthe report attached.\n", *, attachment: tup
     if attachment is not None:
         msg.add_attachment(attachment[1], maintype="application", subtype="octet-stream", filename=attachment[0])
     return msg.as_bytes(policy=email.policy.SMTP)
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 def closed_port() -> int:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from bench.peers.ports import free_port
 
 from smtp_relay.policy.scanners import (
     ClamdClient,
@@ -20,7 +21,6 @@ from smtp_relay.policy.scanners import (
 )
 from smtp_relay.policy.spam_builtin import GTUBE
 from tests.peers.clamd import Clamd, eicar
-from tests.peers.daemon import free_port
 from tests.peers.rspamd import Rspamd
 from tests.peers.spamd import Spamd
 from tests.relay.policy.samples import PDF, message, zip_of

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.peers.ports import free_port
 
-from tests.harness.relay_proc import wait_until
+from tests.harness.waiting import wait_for
 from tests.peers.clamd import eicar
-from tests.peers.daemon import free_port
 
 pytestmark = pytest.mark.peers
 
@@ -195,7 +195,7 @@ def test_audit_mode_accepts_and_counts_what_it_would_have_refused(world: Any) ->
             for line in metrics.splitlines()
         )
 
-    wait_until(counted, timeout=5)
+    wait_for(counted, timeout=5)
 
 
 @pytest.mark.parametrize("engine", ["rspamd", "spamassassin"])

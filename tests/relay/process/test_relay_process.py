@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from bench.peers.ports import free_port
 
-from tests.harness.relay_proc import RELAY_BIN, relay_manifest, wait_until
-from tests.peers.daemon import free_port
+from tests.harness.relay_proc import RELAY_BIN, relay_manifest
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.peers
 
@@ -98,7 +99,7 @@ def test_quickstart_captures_mail_into_maildir(relay_factory: Any) -> None:
     reply = _send(port, "quickstart", rcpts=["someone@example.com"])
     assert "queued as" in reply
     new = relay.spool / "capture" / "new"
-    wait_until(lambda: new.is_dir() and any(new.iterdir()))
+    wait_for(lambda: new.is_dir() and any(new.iterdir()), timeout=10)
     captured = next(new.iterdir()).read_bytes()
     assert b"Subject: quickstart" in captured
     assert b"someone@example.com" in captured
@@ -156,7 +157,7 @@ def test_kill_9_during_load_loses_no_accepted_message(relay_factory: Any, smtp_s
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(accepted) >= 150, timeout=30)
+    wait_for(lambda: len(accepted) >= 150, timeout=30)
     relay.kill()
     stop.set()
     for thread in threads:
@@ -168,7 +169,7 @@ def test_kill_9_during_load_loses_no_accepted_message(relay_factory: Any, smtp_s
         got = {_subject(m.data) for m in sink.messages()}
         return expected <= got
 
-    wait_until(all_arrived, timeout=60, interval=0.3)
+    wait_for(all_arrived, timeout=60, interval=0.3)
     subjects = [_subject(m.data) for m in sink.messages()]
     duplicates = len(subjects) - len(set(subjects))
     print(f"kill -9: {len(expected)} accepted, {len(subjects)} delivered, {duplicates} duplicate(s)")
@@ -189,7 +190,7 @@ def test_upstream_outage_then_recovery_delivers_everything(relay_factory: Any, s
     relay = relay_factory(_smarthost_spec(port, sink.port))
     for i in range(20):
         _send(port, f"outage-{i}")
-    wait_until(lambda: relay.queue()["queue"].get("deferred", 0) >= 1, timeout=10)
+    wait_for(lambda: relay.queue()["queue"].get("deferred", 0) >= 1, timeout=10)
     sink.start()
     sink.wait_for(20, timeout=30)
     assert {f"outage-{i}" for i in range(20)} <= {_subject(m.data) for m in sink.messages()}
@@ -249,7 +250,7 @@ def test_reload_on_manifest_change_keeps_queue(relay_factory: Any, smtp_sink_fac
             code, _ = client.mail("app@example.com")
             return code == 553
 
-    wait_until(refused, timeout=10)
+    wait_for(refused, timeout=10)
     _send(port, "after-reload", sender="ok@allowed.example")
     sink.start()
     sink.wait_for(2, timeout=30)
@@ -303,5 +304,5 @@ def test_reload_when_the_mounted_manifest_changes_without_a_signal(relay_factory
             code, _ = client.rcpt("b@example.net")
             return code == 452
 
-    wait_until(limited, timeout=15, interval=0.5)
+    wait_for(limited, timeout=15, interval=0.5)
     assert "config reloaded" in relay.log.read_text()

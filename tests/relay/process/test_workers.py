@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from bench.peers.ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.relay_proc import RelayProcess, wait_until
-from tests.peers.daemon import free_port
+from tests.harness.relay_proc import RelayProcess
+from tests.harness.waiting import wait_for
 from tests.relay.process.test_relay_process import _send, _smarthost_spec, _subject
 
 pytestmark = pytest.mark.peers
@@ -68,7 +69,9 @@ def test_two_workers_deliver_everything_and_merge_metrics(relay_factory: Any, sm
     assert text.count("# TYPE smtp_relay_received_messages_total ") == 1
     samples = _metrics(relay)
     assert samples[("smtp_relay_received_messages_total", ())] == 60
-    wait_until(lambda: _metrics(relay)[("smtp_relay_delivered_recipients_total", (("route", "smarthosts"),))] == 60)
+    wait_for(
+        lambda: _metrics(relay)[("smtp_relay_delivered_recipients_total", (("route", "smarthosts"),))] == 60, timeout=10
+    )
     assert samples[("smtp_relay_spool_commit_seconds_count", ())] == 60
     assert samples[("smtp_relay_spool_commit_seconds_bucket", (("le", "+Inf"),))] == 60
     assert samples[("smtp_relay_draining", ())] == 0
@@ -130,7 +133,7 @@ def test_a_killed_worker_is_restarted_and_its_mail_delivered(relay_factory: Any,
         now = next(w for w in _workers(relay) if w["name"] == victim["name"])
         return bool(now["ready"] and now["pid"] != victim["pid"])
 
-    wait_until(restarted, timeout=20)
+    wait_for(restarted, timeout=20)
     assert relay.http("/readyz")[0] == 200
     assert relay.queue()["queue"]["total"] == 30, "the restarted worker recovered its spool"
     assert _metrics(relay)[("smtp_relay_worker_restarts_total", (("worker", victim["name"]),))] == 1
@@ -159,7 +162,7 @@ def test_spool_of_a_removed_worker_is_drained(relay_factory: Any, smtp_sink_fact
     assert [w["name"] for w in _workers(relay)] == ["0", "1", "drain-worker-2"]
     sink.wait_for(len(subjects), timeout=30)
     assert set(subjects) <= _delivered(sink)
-    wait_until(lambda: "drain-worker-2 delivered everything" in relay.log.read_text(), timeout=10)
+    wait_for(lambda: "drain-worker-2 delivered everything" in relay.log.read_text(), timeout=10)
     assert relay.http("/readyz")[0] == 200
     assert relay.terminate(timeout=30) == 0
 
@@ -188,5 +191,5 @@ def test_switching_between_one_and_two_workers_strands_nothing(relay_factory: An
     assert [w["name"] for w in _workers(relay)] == ["0", "drain-worker-0", "drain-worker-1"]
     sink.wait_for(15, timeout=30)
     assert set(single + double) <= _delivered(sink)
-    wait_until(lambda: all(w["finished"] for w in _workers(relay) if not w["listen"]), timeout=10)
+    wait_for(lambda: all(w["finished"] for w in _workers(relay) if not w["listen"]), timeout=10)
     assert relay.terminate(timeout=30) == 0

@@ -18,6 +18,7 @@ from smtp_relay.model.envelope import Envelope, Outcome, QueueState, StoredMessa
 from smtp_relay.queue.scheduler import Scheduler, _delivery_summary
 from smtp_relay.queue.spool import Spool
 from smtp_relay.telemetry.metrics import RelayMetrics
+from tests.harness.metrics import sample as registry_sample
 
 START = 1_000_000.0
 ORIGINAL = b"From: alice@example.org\r\nSubject: report\r\nMessage-ID: <m1@example.org>\r\n\r\nsecret body\r\n"
@@ -110,7 +111,7 @@ async def until(predicate: Callable[[], bool], delivery: FakeDelivery, limit: fl
 
 
 def sample(metrics: RelayMetrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return registry_sample(metrics.registry, name, **labels)
 
 
 def parse(data: bytes) -> Message:

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from bench.peers.ports import free_port
 
 from smtp_relay.config.manifest import parse_spec
 from smtp_relay.config.resolved import RelayConfig, TlsMaterial
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.smtp.server import RelayServer
 from smtp_relay.telemetry.metrics import RelayMetrics
-from tests.peers.daemon import free_port
+from tests.harness.metrics import sample as registry_sample
 from tests.peers.tls import IssuedCert
 
 
@@ -67,8 +68,7 @@ class Relay:
         return self.server.bound_ports()[name]
 
     def sample(self, metric: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(metric, labels)
-        return 0.0 if value is None else value
+        return registry_sample(self.metrics.registry, metric, **labels)
 
 
 StartRelay = Callable[..., Awaitable[Relay]]

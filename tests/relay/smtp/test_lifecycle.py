@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.peers.daemon import free_port
+from bench.peers.ports import free_port
+
 from tests.relay.smtp.conftest import RawClient, StartRelay, listeners, make_config
 
 LOCAL = {"clients": {"allowedNetworks": ["127.0.0.0/8"]}}
