@@ -22,7 +22,7 @@ import kopf
 import pytest
 import yaml
 
-from crdgen.crd import sendingdomain_crd, smtprelay_crd
+from crdgen.documents import sendingdomain_crd, smtprelay_crd
 from relay_operator import handlers
 from relay_operator.handlers import wiring
 from relay_operator.settings import Settings
