@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CRD_DIRS := crds charts/relayfleet/crds
 
-.PHONY: run test lint peers venv bench clean
+.PHONY: run test lint peers venv crds bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check relay_image operator tests bench
 	$(BIN)/ruff format --check relay_image operator tests bench
 	$(BIN)/mypy
+
+## make crds: regenerate the CRDs in $(CRD_DIRS) from the spec models (a test fails when they are stale)
+crds: $(STAMP)
+	PYTHONPATH=operator $(BIN)/python -m crdgen $(foreach dir,$(CRD_DIRS),--out $(dir))
 
 ## make bench: relay vs Postfix throughput (see bench/relay_vs_postfix)
 bench: $(STAMP) peers

@@ -1,5 +1,7 @@
 """observe -> validate -> render -> apply -> status, for one SmtpRelay. Idempotent: safe to rerun.
 
+The I/O of the controller, all through `kube`; what to check (`validation`), what to write
+(`render`) and what to report (`status`) is decided by pure code with the observed data in hand.
 A spec that passes the schema can still be unable to run (a referenced Secret missing or without
 the key the relay reads). Then the SmtpRelay turns Degraded with a message naming the field and the
 fix, and the children are not touched: the fleet keeps serving with its last good config rather than
@@ -16,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay_operator.kube import ApiError, Kube, Outcome
-from relay_operator.relays.render import Manifest, Owner, build_all, service_options
-from relay_operator.relays.render.common import ADMIN_PORT, ADMIN_PORT_NAME, selector_string
-from relay_operator.relays.render.services import ServiceOptionError
-from relay_operator.relays.status import Problem, compute_status, status_changed
+from relay_operator.relays.render.children import build_children
+from relay_operator.relays.render.common import Manifest, Owner, selector_string
+from relay_operator.relays.status import compute_status, status_changed
+from relay_operator.relays.validation import Problem, parse_or_problems, secret_problems, spec_problems
 from relay_operator.settings import Settings
-from smtp_relay.config.manifest import ManifestError, parse_spec
+from smtp_relay.config.secret_refs import SecretRef, secret_refs
 from smtp_relay.config.spec import SmtpRelaySpec
 
 logger = logging.getLogger(__name__)
@@ -33,95 +35,6 @@ class Recorder(Protocol):
     def info(self, reason: str, message: str) -> None: ...
 
     def warn(self, reason: str, message: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class SecretNeed:
-    """A Secret the spec references and the keys the relay reads from it."""
-
-    field: str
-    name: str
-    keys: tuple[str, ...]
-    any_key: bool = False
-    """True when any one key will do (the users Secret: one key per user)."""
-
-
-def secret_needs(spec: SmtpRelaySpec) -> list[SecretNeed]:
-    """Every Secret reference in the spec, with the field path that makes it and the keys it must hold."""
-    needs: list[SecretNeed] = []
-    if spec.tls is not None:
-        needs.append(SecretNeed("spec.tls.secretName", spec.tls.secret_name, ("tls.crt", "tls.key")))
-    if spec.clients.users is not None:
-        needs.append(SecretNeed("spec.clients.users.secretName", spec.clients.users.secret_name, (), any_key=True))
-    destinations = [("spec.routing.default", spec.routing.default)] + [
-        (f"spec.routing.routes[{i}]", route) for i, route in enumerate(spec.routing.routes)
-    ]
-    for where, destination in destinations:
-        for j, host in enumerate(destination.smarthosts or []):
-            if host.credentials_secret:
-                field_path = f"{where}.smarthosts[{j}].credentialsSecret"
-                needs.append(SecretNeed(field_path, host.credentials_secret, ("username", "password")))
-            if host.ca_secret:
-                needs.append(SecretNeed(f"{where}.smarthosts[{j}].caSecret", host.ca_secret, ("ca.crt",)))
-    return needs
-
-
-def secret_problems(
-    needs: Sequence[SecretNeed], namespace: str, secrets: Mapping[str, Mapping[str, Any] | None]
-) -> list[Problem]:
-    """Pure: compare the needs with the observed Secrets (name -> Secret body, None when absent)."""
-    problems: list[Problem] = []
-    for need in needs:
-        secret = secrets.get(need.name)
-        if secret is None:
-            keys = ", ".join(need.keys) or "one key per user"
-            problems.append(
-                Problem(
-                    "SecretNotFound",
-                    f"{need.field}: Secret {need.name!r} not found in namespace {namespace}; "
-                    f"create it with {keys}, or point {need.field} at an existing Secret",
-                )
-            )
-            continue
-        present = set((secret.get("data") or {}) | (secret.get("stringData") or {}))
-        if need.any_key and not present:
-            problems.append(
-                Problem("SecretKeyMissing", f"{need.field}: Secret {need.name!r} is empty; add one key per user")
-            )
-        missing = [k for k in need.keys if k not in present]
-        if missing:
-            problems.append(
-                Problem(
-                    "SecretKeyMissing",
-                    f"{need.field}: Secret {need.name!r} has no key {', '.join(missing)}; add it to the Secret",
-                )
-            )
-    return problems
-
-
-def spec_problems(owner: Owner, spec: SmtpRelaySpec) -> list[Problem]:
-    """Pure checks the schema cannot do: clashes with the operator's own ports and annotations."""
-    problems: list[Problem] = []
-    for i, listener in enumerate(spec.listeners):
-        if listener.port == ADMIN_PORT:
-            problems.append(
-                Problem(
-                    "PortConflict",
-                    f"spec.listeners[{i}].port: {ADMIN_PORT} is the relay's admin HTTP port; choose another port",
-                )
-            )
-        if listener.name == ADMIN_PORT_NAME:
-            problems.append(
-                Problem(
-                    "PortConflict",
-                    f"spec.listeners[{i}].name: {ADMIN_PORT_NAME!r} names the relay's admin port; rename the listener",
-                )
-            )
-    try:
-        service_options(owner)
-    except ServiceOptionError as exc:
-        problems.append(Problem("InvalidAnnotation", f"metadata.annotations: {exc}"))
-    return problems
 
 
 @dataclass
@@ -140,16 +53,9 @@ class Result:
         return [key for key, outcome in self.outcomes.items() if outcome != "unchanged"]
 
 
-def _spec_or_problems(body: Mapping[str, Any]) -> tuple[SmtpRelaySpec | None, list[Problem]]:
-    try:
-        return parse_spec(body.get("spec")), []
-    except ManifestError as exc:
-        return None, [Problem("InvalidSpec", line) for line in exc.problems]
-
-
-async def _observe_secrets(kube: Kube, namespace: str, needs: Sequence[SecretNeed]) -> dict[str, Any]:
+async def _observe_secrets(kube: Kube, namespace: str, refs: Sequence[SecretRef]) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for name in dict.fromkeys(n.name for n in needs):
+    for name in dict.fromkeys(ref.name for ref in refs):
         found[name] = await kube.get("Secret", namespace, name)
     return found
 
@@ -227,12 +133,12 @@ async def reconcile(
     """
     owner = Owner.from_body(body)
     result = Result()
-    spec, problems = _spec_or_problems(body)
+    spec, problems = parse_or_problems(body)
     if spec is not None:
         problems = spec_problems(owner, spec)
-        needs = secret_needs(spec)
-        if needs:
-            problems += secret_problems(needs, owner.namespace, await _observe_secrets(kube, owner.namespace, needs))
+        refs = secret_refs(spec)
+        if refs:
+            problems += secret_problems(refs, owner.namespace, await _observe_secrets(kube, owner.namespace, refs))
     result.problems = problems
     if problems:
         message = "; ".join(p.message for p in problems)
@@ -246,7 +152,7 @@ async def reconcile(
 
     assert spec is not None
     statefulset: dict[str, Any] | None = None
-    for item in await _apply_children(kube, build_all(owner, spec, settings), events, create_first=fresh):
+    for item in await _apply_children(kube, build_children(owner, spec, settings), events, create_first=fresh):
         if item is None:
             continue
         key, outcome, applied = item
@@ -278,7 +184,7 @@ async def refresh_status(
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     owner = Owner.from_body(body)
-    spec, problems = _spec_or_problems(body)
+    spec, problems = parse_or_problems(body)
     if not problems:
         problems = [
             Problem(str(c.get("reason")), str(c.get("message")))
@@ -300,7 +206,7 @@ async def delete_claims(body: Mapping[str, Any], kube: Kube, events: Recorder) -
     by default they are kept because they may still hold undelivered mail.
     """
     owner = Owner.from_body(body)
-    spec, _ = _spec_or_problems(body)
+    spec, _ = parse_or_problems(body)
     if spec is None or not spec.queue.delete_claims_on_delete:
         return []
     deleted = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from relay_operator.relays.render.common import Owner, selector_string
 from relay_operator.relays.render.services import endpoint
+from relay_operator.relays.validation import Problem
 from smtp_relay.config.spec import SmtpRelaySpec
 
 READY = "Ready"
@@ -27,16 +28,6 @@ class RelayMetrics:
 
     queue_depth: int
     pods_reporting: int
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why a spec cannot work: the field, what is wrong and how to fix it."""
-
-    reason: str
-    """CamelCase condition reason, e.g. SecretNotFound, InvalidSpec."""
-    message: str
-    """Names the field and the fix, e.g. `spec.tls.secretName: Secret 'x' not found; create it or ...`."""
 
 
 def timestamp(now: datetime) -> str:

@@ -22,8 +22,9 @@ import kopf
 import pytest
 import yaml
 
-from crdgen.crd import sendingdomain_crd, smtprelay_crd
+from crdgen.documents import sendingdomain_crd, smtprelay_crd
 from relay_operator import handlers
+from relay_operator.handlers import wiring
 from relay_operator.settings import Settings
 from smtp_relay.config.manifest import load_documents
 from tests.harness.kopf_thread import KopfThread, fast_settings
@@ -123,7 +124,7 @@ class Operator(KopfThread):
     def __init__(self, api: Api, namespace: str) -> None:
         super().__init__(kopf.OperatorRegistry(), namespaces=[namespace])
         handlers.register(self.registry, Settings(termination_grace_seconds=30))
-        handlers.set_login(lambda **_: api.login()) if api.emulated else handlers.set_login(None)
+        wiring.set_login(lambda **_: api.login()) if api.emulated else wiring.set_login(None)
 
         @kopf.on.startup(registry=self.registry)
         def fast(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -140,7 +141,7 @@ class Operator(KopfThread):
         try:
             self.stop()
         finally:
-            handlers.set_login(None)
+            wiring.set_login(None)
 
 
 def paths(ns: str, name: str) -> dict[str, str]:

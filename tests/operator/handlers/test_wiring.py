@@ -1,77 +1,69 @@
-"""Settings from the environment, the console script's kopf command line, and the chart's RBAC."""
+"""kopf's side: the login a test can replace, one API client per event loop, kopf's settings, and
+which API errors kopf retries soon. (Async only: looptime leaks a loop when sync and async tests
+share a module.)"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import logging
+from collections.abc import Iterator
 
+import kopf
 import pytest
 
-from relay_operator.cli import kopf_argv
-from relay_operator.kube import KINDS
-from relay_operator.settings import Settings
+from relay_operator.handlers import wiring
+from relay_operator.kube import ApiError
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def test_settings_defaults_and_env() -> None:
-    assert Settings.from_env({}) == Settings()
-    assert Settings().relay_image == "ghcr.io/relayfleet/relay:0.1.0"
-    settings = Settings.from_env(
-        {
-            "RELAYFLEET_RELAY_IMAGE": "r.example/relay:9",
-            "RELAYFLEET_RESYNC_SECONDS": "15",
-            "RELAYFLEET_TERMINATION_GRACE_SECONDS": "900",
-            "RELAYFLEET_SERVICE_MONITOR": "true",
-            "RELAYFLEET_NETWORK_POLICY": "0",
-        }
-    )
-    assert settings == Settings(
-        relay_image="r.example/relay:9",
-        resync_seconds=15.0,
-        termination_grace_seconds=900,
-        service_monitor=True,
-        network_policy=False,
-    )
+INFO = kopf.ConnectionInfo(server="http://127.0.0.1:1/", token="t0ken")
 
 
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"RELAYFLEET_SERVICE_MONITOR": "maybe"}, "RELAYFLEET_SERVICE_MONITOR: not a boolean"),
-        ({"RELAYFLEET_RESYNC_SECONDS": "soon"}, "RELAYFLEET_RESYNC_SECONDS"),
-        ({"RELAYFLEET_RESYNC_SECONDS": "0"}, "must be > 0"),
-    ],
-)
-def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
-        Settings.from_env(env)
+@pytest.fixture
+def emulator_login() -> Iterator[list[str]]:
+    """`set_login` with a recorder of the logins it answered."""
+    logins: list[str] = []
+
+    async def login(**_: object) -> kopf.ConnectionInfo:
+        logins.append("login")
+        return INFO
+
+    wiring.set_login(login)
+    yield logins
+    wiring.set_login(None)
 
 
-def test_every_setting_is_documented_in_the_chart() -> None:
-    deployment = (ROOT / "charts/relayfleet/templates/deployment.yaml").read_text()
-    for name in Settings.__dataclass_fields__:
-        assert f"RELAYFLEET_{name.upper()}" in deployment
+async def test_login_override_may_be_sync_or_async(emulator_login: list[str]) -> None:
+    assert await wiring.login(logger=logging.getLogger("test")) is INFO
+    wiring.set_login(lambda **_: INFO)
+    assert await wiring.login(logger=logging.getLogger("test")) is INFO
 
 
-def test_kopf_command_line() -> None:
-    assert kopf_argv([]) == ["run", "-m", "relay_operator.handlers", "--all-namespaces"]
-    assert kopf_argv(["-n", "mail", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]) == [
-        "run",
-        "-m",
-        "relay_operator.handlers",
-        "-n",
-        "mail",
-        "--standalone",
-        "--liveness=http://0.0.0.0:8080/healthz",
-    ]
-    assert kopf_argv(["--namespace=mail", "-v"])[-2:] == ["--namespace=mail", "-v"]
+async def test_one_client_per_loop_closed_at_cleanup(emulator_login: list[str]) -> None:
+    kube = await wiring.client()
+    assert kube.connection.server == "http://127.0.0.1:1"
+    assert kube.connection.headers() == {"Authorization": "Bearer t0ken"}
+    assert await wiring.client() is kube
+    assert emulator_login == ["login"], "logged in once for the loop"
+    await wiring.close_clients()
+    fresh = await wiring.client()
+    assert fresh is not kube
+    await wiring.close_clients()
 
 
-def test_rbac_grants_what_the_operator_uses() -> None:
-    rbac = (ROOT / "charts/relayfleet/templates/rbac.yaml").read_text()
-    for kind, info in KINDS.items():
-        assert re.search(rf"\b{info.plural}\b", rbac), f"{kind} ({info.plural}) missing from the ClusterRole"
-    for needed in ("smtprelays/status", "smtprelays/finalizers", "customresourcedefinitions", "namespaces", "events"):
-        assert needed in rbac
-    assert "'*'" not in rbac and '"*"' not in rbac and "[*]" not in rbac
+@pytest.mark.parametrize(("status", "retried"), [(409, True), (429, True), (500, True), (503, True), (403, False)])
+async def test_transient_api_errors_become_temporary_errors(status: int, retried: bool) -> None:
+    error = ApiError(status, "message", "PATCH", "/api/v1/namespaces/mail/services/outbound")
+    with pytest.raises(kopf.TemporaryError if retried else ApiError) as raised, wiring.retried_when_transient():
+        raise error
+    if retried:
+        assert isinstance(raised.value, kopf.TemporaryError)
+        assert raised.value.delay == 2 and raised.value.__cause__ is error
+    else:
+        assert raised.value is error
+
+
+async def test_progress_and_diff_base_live_in_our_annotations() -> None:
+    settings = kopf.OperatorSettings()
+    await wiring.configure(settings)
+    assert settings.persistence.finalizer == "operator.relayfleet.io/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.posting.level == logging.WARNING

@@ -113,7 +113,8 @@ def secret(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": data}
 
 
-# (The pure checks live in test_merge.py: looptime leaks a loop when sync and async tests share a module.)
+# (The pure checks live in test_validation.py and ../test_merge.py: looptime leaks a loop when sync and async
+# tests share a module.)
 TLS_SPEC = {
     "listeners": [{"name": "smtps", "port": 465, "tls": "implicit"}],
     "tls": {"secretName": "outbound-tls"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay_operator.relays.render import Owner
-from relay_operator.relays.status import Problem, RelayMetrics, compute_status, ports_summary, status_changed
+from relay_operator.relays.render.common import Owner
+from relay_operator.relays.status import RelayMetrics, compute_status, ports_summary, status_changed
+from relay_operator.relays.validation import Problem
 from smtp_relay.config.manifest import parse_spec
 
 OWNER = Owner(name="outbound", namespace="mail", uid="u", generation=4)

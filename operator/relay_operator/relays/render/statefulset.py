@@ -25,6 +25,7 @@ from relay_operator.relays.render.common import (
     volume_name,
 )
 from relay_operator.settings import Settings
+from smtp_relay.config.secret_refs import secret_refs
 from smtp_relay.config.spec import SmtpRelaySpec
 
 CONFIG_DIR = "/etc/relay"
@@ -40,16 +41,8 @@ RESTART_CHECKSUM = f"{ANNOTATION_PREFIX}/restart-checksum"
 
 
 def referenced_secrets(spec: SmtpRelaySpec) -> list[str]:
-    """Every Secret the spec names, in a stable order, each once."""
-    names: list[str] = []
-    if spec.tls is not None:
-        names.append(spec.tls.secret_name)
-    if spec.clients.users is not None:
-        names.append(spec.clients.users.secret_name)
-    for destination in [spec.routing.default, *spec.routing.routes]:
-        for host in destination.smarthosts or []:
-            names.extend(n for n in (host.credentials_secret, host.ca_secret) if n)
-    return list(dict.fromkeys(names))
+    """Every Secret the spec names, in a stable order, each once: one volume and mount each."""
+    return list(dict.fromkeys(ref.name for ref in secret_refs(spec)))
 
 
 def restart_checksum(spec: SmtpRelaySpec) -> str:

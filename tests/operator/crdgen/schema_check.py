@@ -2,7 +2,7 @@
 
 OpenAPI v3 value validation runs through `jsonschema` (after translating the Kubernetes extensions),
 unknown fields are refused as by `kubectl`'s default strict field validation, and each CEL rule is
-evaluated through its Python mirror from `relay_operator.crd.RULE_MIRRORS` (a rule without a mirror
+evaluated through its Python mirror from `crdgen.rules.RULE_MIRRORS` (a rule without a mirror
 is an error, so a new CEL rule cannot go untested).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from crdgen.crd import RULE_MIRRORS
+from crdgen.rules import RULE_MIRRORS
 
 Schema = dict[str, Any]
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from crdgen.crd import sendingdomain_crd, smtprelay_crd
+from crdgen.documents import sendingdomain_crd, smtprelay_crd
 from smtp_relay.config.manifest import ManifestError, format_validation_error, parse_spec
 from smtp_relay.config.spec import SendingDomainSpec
-from tests.operator.crds.schema_check import crd_errors
+from tests.operator.crdgen.schema_check import crd_errors
 
 CORPUS = Path(__file__).parent / "corpus"
 VALID = sorted((CORPUS / "valid").glob("*.yaml"))

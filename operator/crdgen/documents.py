@@ -1,0 +1,212 @@
+"""The CRD documents: names, versions, subresources, printer columns and the status schemas.
+
+The spec schemas come from the models (`crdgen.structural`); the status is written by the operator
+alone, so its schema is spelled out here, next to the printer columns that read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from crdgen.structural import structural
+from smtp_relay.config.spec import API_GROUP, API_VERSION, SendingDomainSpec, SmtpRelaySpec
+
+Schema = dict[str, Any]
+
+
+def _condition_schema() -> Schema:
+    def text(description: str) -> Schema:
+        return {"type": "string", "description": description}
+
+    return {
+        "type": "array",
+        "description": "Current state, following the Kubernetes condition convention.",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "One aspect of the resource's state.",
+            "required": ["type", "status"],
+            "properties": {
+                "type": text("Condition type, e.g. Ready, Progressing, Degraded."),
+                "status": {**text("True, False or Unknown."), "enum": ["True", "False", "Unknown"]},
+                "reason": text("Machine-readable CamelCase reason of the last transition."),
+                "message": text("Human-readable explanation, naming the field and the fix when degraded."),
+                "lastTransitionTime": {
+                    **text("When status last changed."),
+                    "format": "date-time",
+                },
+                "observedGeneration": {
+                    "type": "integer",
+                    "description": "metadata.generation this condition was computed for.",
+                },
+            },
+        },
+    }
+
+
+def _integer(description: str) -> Schema:
+    return {"type": "integer", "description": description}
+
+
+def _string(description: str) -> Schema:
+    return {"type": "string", "description": description}
+
+
+SMTPRELAY_STATUS: Schema = {
+    "type": "object",
+    "description": "Observed state of the relay fleet, written by the operator.",
+    "properties": {
+        "replicas": _integer("Relay pods that exist (the scale subresource's status replicas)."),
+        "readyReplicas": _integer("Relay pods that pass their readiness probe."),
+        "selector": _string("Label selector of the relay pods, for the scale subresource and HPA."),
+        "observedGeneration": _integer("metadata.generation last reconciled."),
+        "conditions": _condition_schema(),
+        "phase": _string("Summary for humans: Ready, Progressing or Degraded."),
+        "endpoint": _string("In-cluster address of the relay Service (first listener), host:port."),
+        "ports": _string("Listener ports, e.g. 2525,587/starttls."),
+        "queueDepth": _integer("Messages waiting in the spools of all pods, when the relays report it."),
+        "relay": {
+            "type": "object",
+            "description": "Further figures reported by the relays (metrics), free form.",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+    },
+}
+
+SENDINGDOMAIN_STATUS: Schema = {
+    "type": "object",
+    "description": "Observed state of the domain's DNS records and keys, written by the operator.",
+    "properties": {
+        "observedGeneration": _integer("metadata.generation last reconciled."),
+        "verifiedForSending": {"type": "boolean", "description": "All required records are in place."},
+        "conditions": _condition_schema(),
+        "records": {
+            "type": "array",
+            "description": "Each DNS record the domain needs: expected and observed value, status.",
+            "items": {
+                "type": "object",
+                "description": "One DNS record check.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+        "dkim": {
+            "type": "object",
+            "description": "DKIM keys: active, pending and revoked selectors, rotation state.",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+    },
+}
+
+
+def _column(name: str, path: str, kind: str, description: str, priority: int = 0) -> Schema:
+    column: Schema = {"name": name, "type": kind, "jsonPath": path, "description": description}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+def _condition_column(name: str, condition: str) -> Schema:
+    path = f'.status.conditions[?(@.type=="{condition}")].status'
+    return _column(name, path, "string", f"Status of the {condition} condition.")
+
+
+def _crd(
+    kind: str, plural: str, short: str, spec: Schema, status: Schema, columns: list[Schema], scale: bool
+) -> Schema:
+    root: Schema = {
+        "type": "object",
+        "description": spec["description"],
+        "properties": {
+            "apiVersion": _string("API version of this object."),
+            "kind": _string("Kind of this object."),
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if "default" not in spec:
+        root["required"] = ["spec"]
+    subresources: Schema = {"status": {}}
+    if scale:
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{API_GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "relayfleet"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["relayfleet"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def smtprelay_crd() -> Schema:
+    """The SmtpRelay CRD, with the scale subresource for `kubectl scale` and HPAs."""
+    spec = structural(SmtpRelaySpec)
+    spec["default"] = {}  # so an SmtpRelay with `spec: {}` still gets every nested default
+    columns = [
+        _column("Replicas", ".spec.replicas", "integer", "Desired relay pods."),
+        _column("Ready", ".status.readyReplicas", "integer", "Relay pods ready to take mail."),
+        _column("Queue", ".status.queueDepth", "integer", "Messages waiting in the spools."),
+        _column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
+        _column("Ports", ".status.ports", "string", "Listener ports and TLS modes.", priority=1),
+        _column("Status", ".status.phase", "string", "Ready, Progressing or Degraded.", priority=1),
+    ]
+    return _crd("SmtpRelay", "smtprelays", "smr", spec, SMTPRELAY_STATUS, columns, scale=True)
+
+
+def sendingdomain_crd() -> Schema:
+    """The SendingDomain CRD; its status is written by the domain controller."""
+    spec = structural(SendingDomainSpec)
+    columns = [
+        _column("Verified", ".status.verifiedForSending", "boolean", "Ready to send: every record checks out."),
+        _condition_column("DKIM", "DkimVerified"),
+        _condition_column("SPF", "SpfAligned"),
+        _condition_column("DMARC", "DmarcPresent"),
+        _column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
+    ]
+    return _crd("SendingDomain", "sendingdomains", "sd", spec, SENDINGDOMAIN_STATUS, columns, scale=False)
+
+
+def all_crds() -> dict[str, Schema]:
+    """File name -> CRD document."""
+    return {
+        f"smtprelays.{API_GROUP}.yaml": smtprelay_crd(),
+        f"sendingdomains.{API_GROUP}.yaml": sendingdomain_crd(),
+    }
+
+
+HEADER = "# Generated by `make crds` (python -m crdgen) from smtp_relay/config/spec.py. Do not edit.\n"
+
+
+def render_yaml(crd: Schema) -> str:
+    """Stable YAML text of one CRD (key order kept, so diffs stay readable)."""
+    return HEADER + yaml.safe_dump(crd, sort_keys=False, width=120, allow_unicode=True)

@@ -1,0 +1,95 @@
+"""kopf's side of the operator: startup settings, login, and one API client per event loop.
+
+The API client is created per event loop from the credentials kopf logged in with, so tests that
+run kopf in a thread against an emulator need only provide the login (see `set_login`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kopf
+
+from relay_operator.kube import ApiError, Connection, Kube
+
+ANNOTATIONS_PREFIX = "operator.relayfleet.io"
+
+LoginFn = Callable[..., Any]
+_login_override: LoginFn | None = None
+_clients: dict[int, tuple[asyncio.AbstractEventLoop, Kube]] = {}
+
+
+def set_login(fn: LoginFn | None) -> None:
+    """Replace kopf's usual login (kubeconfig / service account), e.g. with a test emulator's."""
+    global _login_override
+    _login_override = fn
+
+
+async def _login_info(**kwargs: Any) -> Any:
+    if _login_override is not None:
+        info = _login_override(**kwargs)
+        return await info if isinstance(info, Awaitable) else info
+    return kopf.login_via_client(**{"settings": kopf.OperatorSettings(), **kwargs})  # kubeconfig or in-cluster
+
+
+async def client() -> Kube:
+    """One Kube client per event loop (kopf's), logged in like kopf."""
+    loop = asyncio.get_running_loop()
+    entry = _clients.get(id(loop))
+    if entry is None or entry[0] is not loop:
+
+        async def relogin() -> Connection:
+            return Connection.from_kopf(await _login_info(logger=logging.getLogger(__name__)))
+
+        kube = Kube(await relogin(), relogin=relogin)
+        _clients[id(loop)] = (loop, kube)
+        return kube
+    return entry[1]
+
+
+@contextmanager
+def retried_when_transient() -> Iterator[None]:
+    """An API conflict, throttling or server error becomes kopf's TemporaryError: retried in 2 s
+    (without the traceback and the backoff of a handler failure)."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status in (409, 429) or exc.status >= 500:
+            raise kopf.TemporaryError(str(exc), delay=2) from exc
+        raise
+
+
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Progress in annotations (the status belongs to us), quick watches, events only for our own."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATIONS_PREFIX}/finalizer"
+    settings.posting.level = logging.WARNING  # log lines are not events; we post events explicitly
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.queueing.error_delays = [1, 2, 5, 10, 30]
+
+
+async def login(**kwargs: Any) -> Any:
+    return await _login_info(**kwargs)
+
+
+async def close_clients(**_: Any) -> None:
+    loop = asyncio.get_running_loop()
+    entry = _clients.pop(id(loop), None)
+    if entry is not None:
+        await entry[1].close()
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Startup settings, login and the clients' cleanup on `registry`."""
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.login(registry=registry)(login)
+    kopf.on.cleanup(registry=registry)(close_clients)

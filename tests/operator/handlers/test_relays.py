@@ -1,0 +1,48 @@
+"""The SmtpRelay handlers as kopf sees them: their ids, their triggers and the resync interval.
+
+kopf keeps a handler's id in the progress annotations of each SmtpRelay, so the ids are part of the
+operator's contract with the objects it already handled: moving the code must not change them.
+"""
+
+from __future__ import annotations
+
+import kopf
+
+from relay_operator import handlers
+from relay_operator.settings import Settings
+
+
+def test_handler_ids_and_triggers() -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, Settings(resync_seconds=42))
+    activities = {h.id: h.activity for h in registry._activities.get_all_handlers()}
+    assert activities == {
+        "configure": "startup",
+        "login": "authentication",
+        "close_clients": "cleanup",
+    }
+    changing = {(h.id, h.reason, h.initial) for h in registry._changing.get_all_handlers()}
+    assert changing == {
+        ("register.<locals>.relay_changed", None, True),  # kopf.on.resume: any object seen at startup
+        ("register.<locals>.relay_changed", kopf.Reason.CREATE, None),
+        ("register.<locals>.relay_changed", kopf.Reason.UPDATE, None),
+        ("register.<locals>.relay_deleted", kopf.Reason.DELETE, None),
+    }
+    (timer,) = registry._spawning.get_all_handlers()
+    assert timer.id == "register.<locals>.resync"
+    assert timer.interval == 42 and timer.initial_delay == 42
+    (watch,) = registry._watching.get_all_handlers()
+    assert watch.id == "register.<locals>.statefulset_event"
+    assert watch.selector is not None
+    assert (watch.selector.group, watch.selector.version, watch.selector.any_name) == ("apps", "v1", "statefulsets")
+    assert watch.labels == {"app.kubernetes.io/managed-by": "relayfleet-operator"}
+
+
+def test_only_relays_that_delete_their_claims_get_a_finalizer() -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, Settings())
+    (deleted,) = [h for h in registry._changing.get_all_handlers() if h.reason == kopf.Reason.DELETE]
+    assert deleted.when is not None
+    assert deleted.when(spec={"queue": {"deleteClaimsOnDelete": True}}) is True
+    assert deleted.when(spec={"queue": {}}) is False
+    assert deleted.when(spec={}) is False

@@ -1,0 +1,120 @@
+"""The relay pods: hardened container, mounted Secrets, spool, and what rolls them."""
+
+from __future__ import annotations
+
+from relay_operator.relays.render.statefulset import build_statefulset, referenced_secrets, restart_checksum
+from relay_operator.settings import Settings
+from smtp_relay.config.manifest import parse_spec
+from tests.operator.relays.render.specs import FULL, MINIMAL, OWNER, SETTINGS, pod
+
+
+def test_statefulset_runs_the_relay_hardened() -> None:
+    sts = build_statefulset(OWNER, FULL, SETTINGS)
+    spec = sts["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "outbound-pods"
+    assert spec["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "relayfleet-relay",
+        "app.kubernetes.io/instance": "outbound",
+    }
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = pod(sts)["containers"]
+    assert container["command"] == [
+        "smtp-relay",
+        "run",
+        "-f",
+        "/etc/relay/relay.yaml",
+        "--secrets-dir",
+        "/etc/relay/secrets",
+        "--spool",
+        "/var/spool/relay",
+        "--host",
+        "0.0.0.0",
+        "--http-port",
+        "9025",
+    ]
+    assert container["image"] == SETTINGS.relay_image
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("relay", 2525),
+        ("submission", 587),
+        ("admin", 9025),
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"] == {"requests": {"cpu": "100m"}, "limits": {"memory": "512Mi"}}
+    assert pod(sts)["terminationGracePeriodSeconds"] == 600
+
+
+def test_secrets_are_mounted_read_only_once_each() -> None:
+    assert referenced_secrets(FULL) == ["outbound-tls", "outbound-users", "creds", "up-ca"]
+    sts = build_statefulset(OWNER, FULL, SETTINGS)
+    (container,) = pod(sts)["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod(sts)["volumes"]}
+    for name in referenced_secrets(FULL):
+        mount = mounts[f"/etc/relay/secrets/{name}"]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"]["secretName"] == name
+    assert mounts["/etc/relay"]["readOnly"] is True
+    assert volumes["config"]["configMap"]["name"] == "outbound-config"
+    assert "emptyDir" in volumes["tmp"] and mounts["/tmp"]["name"] == "tmp"
+    assert len({m["name"] for m in container["volumeMounts"]}) == len(container["volumeMounts"])
+
+
+def test_spool_is_a_claim_template_with_storage_else_an_empty_dir() -> None:
+    with_claim = build_statefulset(OWNER, FULL, SETTINGS)
+    (claim,) = with_claim["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert "spool" not in {v["name"] for v in pod(with_claim)["volumes"]}
+    without = build_statefulset(OWNER, MINIMAL, SETTINGS)
+    assert "volumeClaimTemplates" not in without["spec"]
+    assert {"name": "spool", "emptyDir": {}} in pod(without)["volumes"]
+
+
+def test_restart_checksum_ignores_what_hot_reload_applies() -> None:
+    base = restart_checksum(FULL)
+    reloadable = FULL.model_copy(
+        update={
+            "policy": parse_spec({"policy": {"maxRecipients": 5}}).policy,
+            "routing": MINIMAL.routing,
+            "replicas": 7,
+        }
+    )
+    assert restart_checksum(reloadable) == base
+    sts = build_statefulset(OWNER, reloadable, SETTINGS)
+    assert sts["spec"]["template"]["metadata"]["annotations"]["relayfleet.io/restart-checksum"] == base
+    moved = parse_spec(
+        {**FULL.model_dump(by_alias=True, exclude_none=True), "listeners": [{"name": "relay", "port": 2526}]}
+    )
+    assert restart_checksum(moved) != base
+    retls = parse_spec(
+        {
+            **FULL.model_dump(by_alias=True, exclude_none=True),
+            "listeners": [{"name": "relay", "port": 2525, "tls": "implicit"}],
+        }
+    )
+    assert restart_checksum(retls) != base
+
+
+def test_image_and_grace_period_follow_spec_and_settings() -> None:
+    spec = parse_spec({"image": "registry.example/relay:2"})
+    sts = build_statefulset(OWNER, spec, Settings(termination_grace_seconds=42))
+    assert pod(sts)["containers"][0]["image"] == "registry.example/relay:2"
+    assert pod(sts)["terminationGracePeriodSeconds"] == 42
+
+
+def test_long_secret_names_get_valid_volume_names() -> None:
+    name = "a" * 60 + ".example"
+    spec = parse_spec({"tls": {"secretName": name}, "listeners": [{"name": "s", "port": 465, "tls": "implicit"}]})
+    volumes = pod(build_statefulset(OWNER, spec, SETTINGS))["volumes"]
+    (secret,) = [v for v in volumes if "secret" in v]
+    assert len(secret["name"]) <= 63 and "." not in secret["name"]
+    assert secret["secret"]["secretName"] == name
