@@ -54,7 +54,7 @@ TARGET_RSS_MB = 300.0
 
 
 def children_of(name: str) -> list[tuple[str, str]]:
-    """(plural, name) of the five children the operator renders (operator/relay_operator/render/)."""
+    """(plural, name) of the five children the operator renders (operator/relay_operator/relays/render/)."""
     return [
         ("configmaps", f"{name}-config"),
         ("services", f"{name}-pods"),
