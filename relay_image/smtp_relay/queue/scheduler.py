@@ -25,7 +25,7 @@ from smtp_relay.config.units import parse_duration
 from smtp_relay.model.envelope import Envelope, Outcome, OutcomeKind, QueueState, StoredMessage
 from smtp_relay.queue.backoff import expired, next_delay
 from smtp_relay.queue.bounce import build_dsn
-from smtp_relay.queue.spool import Spool
+from smtp_relay.queue.spool.store import Spool
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)

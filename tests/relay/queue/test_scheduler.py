@@ -16,7 +16,7 @@ import pytest
 from smtp_relay.config.spec import RetrySpec
 from smtp_relay.model.envelope import Envelope, Outcome, QueueState, StoredMessage
 from smtp_relay.queue.scheduler import Scheduler, _delivery_summary
-from smtp_relay.queue.spool import Spool
+from smtp_relay.queue.spool.store import Spool
 from smtp_relay.telemetry.metrics import RelayMetrics
 from tests.harness.metrics import sample as registry_sample
 

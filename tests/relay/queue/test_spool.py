@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
-from smtp_relay.queue.spool import JOURNAL_NAME, Spool, SpoolError, iter_segment_records
+from smtp_relay.queue.spool.records import JOURNAL_NAME, SpoolError
+from smtp_relay.queue.spool.recovery import iter_segment_records
+from smtp_relay.queue.spool.store import Spool
 
 
 def _env(*rcpts: str, sender: str = "alice@example.org") -> Envelope:
@@ -315,7 +317,7 @@ _CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from smtp_relay.model.envelope import Envelope
-    from smtp_relay.queue.spool import Spool
+    from smtp_relay.queue.spool.store import Spool
 
     async def main() -> None:
         spool = Spool(Path(sys.argv[1]), segment_max_bytes=256 * 1024)
