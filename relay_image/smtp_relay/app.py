@@ -35,8 +35,9 @@ from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.engine import PolicyEngine, Scanners
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
-from smtp_relay.queue.scheduler import QueueStats, Scheduler
+from smtp_relay.queue.scheduler import Scheduler
 from smtp_relay.queue.spool.store import Spool
+from smtp_relay.queue.stats import QueueStats
 from smtp_relay.smtp.server import RelayServer
 from smtp_relay.telemetry.metrics import RelayMetrics
 
