@@ -35,8 +35,9 @@ from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.engine import PolicyEngine, Scanners
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
-from smtp_relay.queue.scheduler import QueueStats, Scheduler
-from smtp_relay.queue.spool import Spool
+from smtp_relay.queue.scheduler import Scheduler
+from smtp_relay.queue.spool.store import Spool
+from smtp_relay.queue.stats import QueueStats
 from smtp_relay.smtp.server import RelayServer
 from smtp_relay.telemetry.metrics import RelayMetrics
 
@@ -81,7 +82,7 @@ class Relay:
         self.metrics = RelayMetrics()
         self.config: RelayConfig = source.load()
         self._fingerprint = source.fingerprint()
-        self.spool = Spool(options.spool_dir / "queue", metrics=self.metrics)
+        self.spool = Spool(options.spool_dir / "queue")
         resolver = make_resolver(self.config.spec.dns)  # the one resolver of every lookup (MX, SPF, DNSBL)
         shared_dir = options.shared_dir or options.spool_dir
         self.deliverer = Deliverer(self.config, resolver, shared_dir, hostname=self.hostname, metrics=self.metrics)

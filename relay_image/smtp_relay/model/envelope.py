@@ -37,7 +37,6 @@ class Envelope:
 class QueueState(enum.Enum):
     """Postfix-like queue states of a stored message."""
 
-    INCOMING = "incoming"
     ACTIVE = "active"
     DEFERRED = "deferred"
     DONE = "done"

@@ -1,8 +1,9 @@
 """Delivery status notifications (bounces) as RFC 3464 / RFC 3462 `multipart/report` messages.
 
-Pure: the scheduler hands in what it knows and commits the bytes through the spool, so a DSN is
-routed, retried and made durable like any other message. The output uses CRLF line endings
-because it goes straight onto the wire, and everything but the returned headers is 7-bit ASCII.
+Pure: the bouncer (`queue.bouncer`) hands in what it knows and commits the bytes through the
+spool, so a DSN is routed, retried and made durable like any other message. The output uses CRLF
+line endings because it goes straight onto the wire, and everything but the returned headers is
+7-bit ASCII.
 """
 
 from __future__ import annotations

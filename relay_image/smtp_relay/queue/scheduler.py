@@ -18,14 +18,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from smtp_relay.config.spec import RetrySpec
 from smtp_relay.config.units import parse_duration
-from smtp_relay.model.envelope import Envelope, Outcome, OutcomeKind, QueueState, StoredMessage
+from smtp_relay.model.envelope import Outcome, OutcomeKind, QueueState, StoredMessage
 from smtp_relay.queue.backoff import expired, next_delay
-from smtp_relay.queue.bounce import build_dsn
-from smtp_relay.queue.spool import Spool
+from smtp_relay.queue.bouncer import Bouncer
+from smtp_relay.queue.spool.store import Spool
+from smtp_relay.queue.stats import QueueStats, queue_stats, set_queue_gauges
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
@@ -36,28 +36,6 @@ DeliverFn = Callable[[StoredMessage, bytes, list[str]], Awaitable[Mapping[str, O
 _STATS_INTERVAL = 15.0
 _MAX_SLEEP = 60.0
 """Re-check the clock at least this often, so a wall-clock step cannot stall the deferred queue."""
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """Messages per queue state and the age of the oldest one in each (0 when none)."""
-
-    active: int = 0
-    """Messages due now or being delivered."""
-    deferred: int = 0
-    """Messages waiting for their next attempt."""
-    oldest_active_age: float = 0.0
-    oldest_deferred_age: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return self.active + self.deferred
-
-
-def _header_block(data: bytes) -> bytes:
-    """The header section of a message (for the DSN): everything before the first empty line."""
-    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
-    return data[: min(ends)] if ends else data[:65536]
 
 
 def _describe(outcome: Outcome) -> str:
@@ -100,8 +78,8 @@ class Scheduler:
             raise ValueError("max_active must be at least 1")
         self._spool = spool
         self._deliver = deliver
-        self._hostname = hostname
         self._metrics = metrics
+        self._bouncer = Bouncer(spool, self.submit, hostname=hostname, metrics=metrics)
         self._max_active = max_active
         self._clock = clock
         self._schedule: list[float] = []
@@ -213,23 +191,10 @@ class Scheduler:
 
     def stats(self) -> QueueStats:
         """Counts and oldest ages per state; also pushed into the queue gauges."""
-        now = self._clock()
-        counts = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 0}
-        oldest = {QueueState.ACTIVE: 0.0, QueueState.DEFERRED: 0.0}
-        for message in self._messages.values():
-            state = QueueState.DEFERRED if message.state is QueueState.DEFERRED else QueueState.ACTIVE
-            counts[state] += 1
-            oldest[state] = max(oldest[state], now - message.envelope.received_at)
+        stats = queue_stats(self._messages.values(), self._clock())
         if self._metrics is not None:
-            for state in counts:
-                self._metrics.queue_depth.labels(state=state.value).set(counts[state])
-                self._metrics.queue_oldest.labels(state=state.value).set(oldest[state])
-        return QueueStats(
-            active=counts[QueueState.ACTIVE],
-            deferred=counts[QueueState.DEFERRED],
-            oldest_active_age=oldest[QueueState.ACTIVE],
-            oldest_deferred_age=oldest[QueueState.DEFERRED],
-        )
+            set_queue_gauges(self._metrics, stats)
+        return stats
 
     # ----------------------------------------------------------------- internals
 
@@ -319,7 +284,7 @@ class Scheduler:
             failures.update(temporary)
             temporary = {}
         if failures:
-            if await self._bounce(message, data, failures, reason, now):
+            if await self._bouncer.bounce(message, data, failures, reason, now):
                 settled.extend(failures)
             else:
                 temporary.update(
@@ -363,49 +328,3 @@ class Scheduler:
         self._spool.finish(message)
         if self._metrics is not None and not bounced:
             self._metrics.delivery_latency.observe(max(0.0, now - message.envelope.received_at))
-
-    async def _bounce(
-        self, message: StoredMessage, data: bytes, failures: Mapping[str, Outcome], reason: str, now: float
-    ) -> bool:
-        """Queue one DSN for this attempt's failures; False if it could not be made durable."""
-        original = message.envelope
-        labels = ["expired" if o.kind is OutcomeKind.TEMPORARY else "permanent" for o in failures.values()]
-        if original.mail_from == "" or original.is_bounce:
-            log.warning(
-                "message %s from the null sender failed for %d recipient(s): dropped, never bounced",
-                message.id,
-                len(failures),
-            )
-            self._count_bounced(labels)
-            return True
-        dsn = build_dsn(
-            original,
-            _header_block(data),
-            failures,
-            reporting_mta=self._hostname,
-            queue_id=message.id,
-            now=now,
-            reason=reason,
-        )
-        envelope = Envelope(
-            mail_from="",
-            rcpt_tos=(original.mail_from,),
-            helo=self._hostname,
-            received_at=now,
-            is_bounce=True,
-            smtputf8=not original.mail_from.isascii(),
-        )
-        try:
-            stored = await self._spool.commit(envelope, dsn)
-        except OSError as exc:
-            log.error("message %s: could not queue the bounce (will retry): %s", message.id, exc)
-            return False
-        self._count_bounced(labels)
-        log.info("message %s bounced for %d recipient(s): DSN %s queued", message.id, len(failures), stored.id)
-        self.submit(stored)
-        return True
-
-    def _count_bounced(self, labels: list[str]) -> None:
-        if self._metrics is not None:
-            for label in labels:
-                self._metrics.bounced.labels(reason=label).inc()

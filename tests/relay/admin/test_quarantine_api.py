@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from smtp_relay.admin.quarantine_api import add_quarantine_routes
 from smtp_relay.model.envelope import Envelope, StoredMessage
 from smtp_relay.policy.quarantine import QuarantineStore
-from smtp_relay.queue.spool import Spool
+from smtp_relay.queue.spool.store import Spool
 
 ENVELOPE = Envelope("alice@example.com", ("bob@example.net",), client_ip="192.0.2.1", helo="client.example")
 DATA = b"Subject: held\r\n\r\nbody\r\n"

@@ -1,0 +1,144 @@
+"""The spool's files and their byte format; existing spools must keep opening, so it never changes.
+
+On-disk layout under the spool's root (one spool per process; a `flock` on `root/lock` enforces it):
+
+- `seg-<n>.dat`: segments, `n` a 10-digit counter. A sequence of records
+  `header | meta | data`, header = magic `RFS1`, u32 meta length, u64 data length, u32 CRC-32
+  over the first 16 header bytes + meta + data (big endian); meta = JSON `{"id", "env"}`.
+  Segments are never appended to after a restart, so a torn record can only be the tail.
+- `journal`: records with magic `RFJ1` and data length 0 whose meta is a JSON list of entries
+  `{"i": id, "s": [settled rcpts], "a": attempts, "n": next_attempt, "e": last_error}` or
+  `{"i": id, "d": 1}` (finished). Rewritten atomically (`journal.tmp` + rename) at open and
+  whenever it grows well beyond the live state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smtp_relay.model.envelope import Envelope
+
+_HEAD = struct.Struct("!4sIQ")
+_CRC = struct.Struct("!I")
+HEADER_SIZE = _HEAD.size + _CRC.size
+SEGMENT_MAGIC = b"RFS1"
+JOURNAL_MAGIC = b"RFJ1"
+JOURNAL_NAME = "journal"
+LOCK_NAME = "lock"
+SEGMENT_RE = re.compile(r"^seg-(\d{10})\.dat$")
+_MAX_META = 16 * 1024 * 1024
+_SNAPSHOT_CHUNK = 2000
+"""Journal entries per frame when the whole state is written at once."""
+
+
+class SpoolError(OSError):
+    """The spool cannot take or return mail (not open, closed, in use, or record missing)."""
+
+
+@dataclass
+class Segment:
+    """What the spool knows about one segment file while it is open."""
+
+    number: int
+    size: int = 0
+    live: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    """Finished ids whose record is still on disk: the journal must keep saying they are done."""
+
+
+def segment_path(root: Path, number: int) -> Path:
+    return root / f"seg-{number:010d}.dat"
+
+
+def frame_header(magic: bytes, meta: bytes, data: bytes) -> bytes:
+    head = _HEAD.pack(magic, len(meta), len(data))
+    return head + _CRC.pack(zlib.crc32(data, zlib.crc32(meta, zlib.crc32(head))))
+
+
+@dataclass
+class Frame:
+    offset: int
+    meta: bytes
+    data_offset: int
+    data_len: int
+
+
+def scan(path: Path, magic: bytes) -> tuple[list[Frame], int]:
+    """Valid frames of a file and the number of trailing bytes ignored (a torn or corrupt tail)."""
+    frames: list[Frame] = []
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        pos = 0
+        while pos < size:
+            header = f.read(HEADER_SIZE)
+            if len(header) < HEADER_SIZE:
+                break
+            got_magic, meta_len, data_len = _HEAD.unpack_from(header)
+            (crc,) = _CRC.unpack_from(header, _HEAD.size)
+            end = pos + HEADER_SIZE + meta_len + data_len
+            if got_magic != magic or meta_len > _MAX_META or end > size:
+                break
+            meta = f.read(meta_len)
+            data = f.read(data_len)
+            if zlib.crc32(data, zlib.crc32(meta, zlib.crc32(header[: _HEAD.size]))) != crc:
+                break
+            frames.append(Frame(pos, meta, pos + HEADER_SIZE + meta_len, data_len))
+            pos = end
+    return frames, size - pos
+
+
+def pread_all(path: Path, offset: int, length: int) -> bytes:
+    """`length` bytes of a record's data at `offset` (blocking: called from a thread)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            chunk = os.pread(fd, length - got, offset + got)
+            if not chunk:
+                raise SpoolError(f"{path.name}: record truncated at {offset + got}")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+_ENVELOPE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Envelope))
+
+
+def encode_meta(message_id: str, envelope: Envelope) -> bytes:
+    """A segment record's meta; the envelope's fields are all flat, so no deep copy as in dataclasses.asdict."""
+    raw = {name: getattr(envelope, name) for name in _ENVELOPE_FIELD_NAMES}
+    raw["rcpt_tos"] = list(envelope.rcpt_tos)
+    return json.dumps({"id": message_id, "env": raw}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_meta(meta: bytes) -> tuple[str, Envelope]:
+    """(id, envelope) of a segment record's meta; unknown envelope fields are ignored.
+
+    Raises ValueError, KeyError or TypeError for a meta that is not a record's.
+    """
+    raw = json.loads(meta)
+    known = {k: v for k, v in raw["env"].items() if k in _ENVELOPE_FIELD_NAMES}
+    known["rcpt_tos"] = tuple(known.get("rcpt_tos", ()))
+    return str(raw["id"]), Envelope(**known)
+
+
+def journal_frames(entries: list[dict[str, Any]]) -> bytes:
+    """Journal entries as frames ready to append."""
+    out = []
+    for start in range(0, len(entries), _SNAPSHOT_CHUNK):
+        meta = json.dumps(entries[start : start + _SNAPSHOT_CHUNK], ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8"
+        )
+        out += [frame_header(JOURNAL_MAGIC, meta, b""), meta]
+    return b"".join(out)

@@ -1,0 +1,277 @@
+"""The spool's public face: commit, read, record progress, finish; and where each message lives.
+
+Everything here runs on the event loop. Writes go through the group-commit writer and the journal
+housekeeping to the writer thread; reads of message data use the default executor so they never
+queue behind an fdatasync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
+from smtp_relay.queue.spool.files import SpoolFiles
+from smtp_relay.queue.spool.journal import Housekeeping
+from smtp_relay.queue.spool.records import Segment, SpoolError, encode_meta, pread_all, segment_path
+from smtp_relay.queue.spool.writer import GroupCommitWriter, PendingCommit
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    """Append-only, group-committed message store with a lazily synced progress journal.
+
+    `journal_delay` bounds how long progress entries wait to be written; `journal_compact_bytes`
+    is the journal size that triggers a rewrite from live state. `memory_cache_bytes` bounds the
+    data kept in memory after a commit, so the first delivery attempt needs no disk read.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        batch_window: float = 0.002,
+        batch_max: int = 64,
+        segment_max_bytes: int = 64 * 1024 * 1024,
+        journal_delay: float = 0.2,
+        journal_compact_bytes: int = 1024 * 1024,
+        memory_cache_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self.root = Path(root)
+        segment_max = max(1, segment_max_bytes)
+        self._idle_rotate_bytes = min(segment_max, 1024 * 1024)
+        self._opened = False
+        self._closed = False
+        self._last_id = 0
+
+        self._messages: dict[str, StoredMessage] = {}
+        self._where: dict[str, tuple[int, int, int]] = {}
+        """Message id: (segment number, data offset, data length)."""
+        self._segments: dict[int, Segment] = {}
+        self._current: int | None = None
+        """The segment new batches are appended to."""
+        self._cache: dict[str, bytes] = {}
+        """Data of freshly committed messages, so the first delivery attempt needs no disk read."""
+        self._cache_bytes = 0
+        self._cache_limit = max(0, memory_cache_bytes)
+
+        self._files = SpoolFiles(self.root, segment_max)
+        wake = asyncio.Event()
+        self._housekeeping = Housekeeping(
+            self._files,
+            wake,
+            self._messages,
+            self._segments,
+            self._release_current,
+            delay=max(0.0, journal_delay),
+            compact_bytes=journal_compact_bytes,
+        )
+        self._writer = GroupCommitWriter(
+            self._files,
+            self._housekeeping,
+            wake,
+            self._index_batch,
+            batch_window=max(0.0, batch_window),
+            batch_max=batch_max,
+        )
+
+    # ----------------------------------------------------------------- public API
+
+    async def open(self) -> list[StoredMessage]:
+        """Create the folder, take the lock, and recover every unfinished message (sorted by id)."""
+        if self._opened:
+            raise SpoolError("spool already opened")
+        recovered = await self._files.open()
+        self._opened = True
+        self._segments.update(recovered.segments)
+        self._last_id = recovered.last_id
+        result = []
+        for message, number, offset, length in recovered.messages:
+            self._messages[message.id] = message
+            self._where[message.id] = (number, offset, length)
+            result.append(message)
+        await self._housekeeping.rewrite()
+        self._writer.start()
+        log.info(
+            "spool %s open: %d message(s) recovered from %d segment(s)", self.root, len(result), len(self._segments)
+        )
+        return result
+
+    async def commit(self, envelope: Envelope, data: bytes) -> StoredMessage:
+        """Make a message durable; return only after the fdatasync that covers it.
+
+        Raises OSError (SpoolError when closed) if it is not durably stored. A message whose caller
+        gives up (is cancelled) while waiting is dropped once written, since the client got no 250.
+        """
+        if not self._opened or not self._writer.accepting():
+            raise SpoolError("the spool is not open")
+        loop = asyncio.get_running_loop()
+        if envelope.received_at <= 0:
+            envelope = dataclasses.replace(envelope, received_at=time.time())
+        message = StoredMessage(
+            id=self._new_id(),
+            envelope=envelope,
+            size=len(data),
+            pending=set(envelope.rcpt_tos),
+            state=QueueState.ACTIVE,
+        )
+        meta = encode_meta(message.id, envelope)
+        future: asyncio.Future[None] = loop.create_future()
+        self._writer.enqueue(PendingCommit(message, meta, bytes(data), future, loop.time()))
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: self._abandoned(message, f))
+            raise
+        return message
+
+    async def read(self, message: StoredMessage) -> bytes:
+        """The message data, read from its segment."""
+        cached = self._cache.get(message.id)
+        if cached is not None:
+            return cached
+        where = self._where.get(message.id)
+        if where is None:
+            raise SpoolError(f"message {message.id} is not in the spool")
+        number, offset, length = where
+        return await asyncio.to_thread(pread_all, segment_path(self.root, number), offset, length)
+
+    def record_attempt(self, message: StoredMessage, settled: Iterable[str]) -> None:
+        """Journal an attempt: newly settled recipients and the retry state (synced lazily)."""
+        if message.id not in self._messages:
+            return
+        done = list(settled)
+        message.pending.difference_update(done)
+        if message.pending:
+            self._forget_data(message.id)  # it waits for a retry: let fresh mail have the memory
+        self._housekeeping.add(
+            {
+                "i": message.id,
+                "s": done,
+                "a": message.attempts,
+                "n": message.next_attempt,
+                "e": message.last_error[:1000],
+            }
+        )
+
+    def finish(self, message: StoredMessage) -> None:
+        """Every recipient is settled: forget the message and free its segment once possible."""
+        if self._messages.pop(message.id, None) is None:
+            return
+        message.state = QueueState.DONE
+        self._forget_data(message.id)
+        where = self._where.pop(message.id, None)
+        self._housekeeping.add({"i": message.id, "d": 1})
+        if where is None:
+            return
+        segment = self._segments.get(where[0])
+        if segment is None:
+            return
+        segment.live.discard(message.id)
+        segment.finished.add(message.id)
+        if not segment.live:
+            if segment.number != self._current:
+                self._retire(segment)
+            elif segment.size >= self._idle_rotate_bytes:
+                self._housekeeping.retire_current_when_idle()
+
+    async def flush(self) -> None:
+        """Write and sync pending records, journal entries and segment removals now."""
+        if self._opened:
+            await self._writer.flush()
+
+    async def close(self) -> None:
+        """Flush and fsync everything, drop a fully delivered current segment, release the lock."""
+        if self._closed or not self._opened:
+            self._closed = True
+            return
+        self._closed = True
+        await self._writer.stop()
+        current = self._segments.get(self._current) if self._current is not None else None
+        drop: int | None = None
+        if current is not None and not current.live:
+            drop = current.number
+            self._segments.pop(current.number, None)
+        snapshot = self._housekeeping.snapshot() if drop is not None else None
+        await self._files.close(drop, snapshot)
+        log.info("spool %s closed with %d message(s) queued", self.root, len(self._messages))
+
+    def depth(self) -> int:
+        """Messages in the spool that are not finished."""
+        return len(self._messages)
+
+    def oldest_received_at(self) -> float | None:
+        """The `received_at` of the oldest unfinished message (None when empty)."""
+        return min((m.envelope.received_at for m in self._messages.values()), default=None)
+
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest unfinished message was received (0 when empty)."""
+        oldest = self.oldest_received_at()
+        return 0.0 if oldest is None else max(0.0, (time.time() if now is None else now) - oldest)
+
+    def disk_bytes(self) -> int:
+        """Bytes held in segment files (finished records included until their segment is removed)."""
+        return sum(s.size for s in self._segments.values())
+
+    def segment_count(self) -> int:
+        """Segment files on disk."""
+        return len(self._segments)
+
+    # ----------------------------------------------------------------- internals
+
+    def _new_id(self) -> str:
+        """Microseconds since the epoch, forced strictly increasing: unique, sortable, 14 hex digits."""
+        self._last_id = max(time.time_ns() // 1000, self._last_id + 1)
+        return f"{self._last_id:014X}"
+
+    def _abandoned(self, message: StoredMessage, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        log.info("message %s stored after its client went away: dropping it (the client got no 250)", message.id)
+        self.finish(message)
+
+    def _forget_data(self, message_id: str) -> None:
+        data = self._cache.pop(message_id, None)
+        if data is not None:
+            self._cache_bytes -= len(data)
+
+    def _retire(self, segment: Segment) -> None:
+        self._segments.pop(segment.number, None)
+        self._housekeeping.retire(segment.number)
+
+    def _release_current(self) -> int | None:
+        """Forget the current segment if none of its messages is live; its number, to be removed."""
+        current = self._segments.get(self._current) if self._current is not None else None
+        if current is None or current.live:
+            return None
+        self._current = None
+        self._segments.pop(current.number, None)
+        return current.number
+
+    def _index_batch(self, batch: list[PendingCommit], number: int, offsets: list[int], end: int) -> None:
+        """A batch is durable in segment `number`: index its messages, cache their data, answer the commits."""
+        if number != self._current:
+            previous = self._segments.get(self._current) if self._current is not None else None
+            self._current = number
+            self._segments.setdefault(number, Segment(number))
+            if previous is not None and not previous.live:
+                self._retire(previous)
+        segment = self._segments[number]
+        segment.size = end
+        for pending, offset in zip(batch, offsets, strict=True):
+            message = pending.message
+            self._messages[message.id] = message
+            self._where[message.id] = (number, offset, len(pending.data))
+            segment.live.add(message.id)
+            if self._cache_bytes + len(pending.data) <= self._cache_limit:
+                self._cache[message.id] = pending.data
+                self._cache_bytes += len(pending.data)
+            if not pending.future.done():
+                pending.future.set_result(None)
