@@ -48,7 +48,7 @@ class SessionSetup:
 
 
 class SessionHost(Protocol):
-    """What a session uses of the server that accepted it (RelayServer); read at each use, so reloads apply."""
+    """What a session uses of the server that accepted it (RelayServer); read at each use, as draining changes."""
 
     @property
     def hostname(self) -> str: ...
