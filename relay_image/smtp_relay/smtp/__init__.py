@@ -1,5 +1,5 @@
-"""The SMTP listener side of the relay: sessions, the chunked DATA reader, AUTH and TLS contexts."""
+"""The SMTP listener: takes mail from clients, checks every step against admission and policy, queues it.
 
-from smtp_relay.smtp.server import MessageSink, RelayServer
-
-__all__ = ["MessageSink", "RelayServer"]
+May import cleanup (the headers the relay adds), policy, and config, model, telemetry; the queue is
+reached only through the `MessageSink` the process wiring (app) gives the server.
+"""

@@ -1,17 +1,28 @@
-"""Checking SMTP AUTH credentials against the users Secret (plaintext passwords or bcrypt hashes).
+"""SMTP AUTH (RFC 4954): the PLAIN and LOGIN exchanges, and the check of credentials against the users Secret.
 
-bcrypt is deliberately slow (tens to hundreds of ms), so it runs in a worker thread: one login must
-not stall every other session of the event loop. Plaintext compares in constant time, and unknown
-users cost the same as a wrong password, so timing tells nothing about which usernames exist.
+Passwords in the Secret are plaintext or bcrypt hashes. bcrypt is deliberately slow (tens to hundreds
+of ms), so it runs in a worker thread: one login must not stall every other session of the event loop.
+Plaintext compares in constant time, and unknown users cost the same as a wrong password, so timing
+tells nothing about which usernames exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+from base64 import b64decode
 from collections.abc import Mapping
 
 import bcrypt
+from aiosmtpd.smtp import MISSING
+
+from smtp_relay.smtp.state import SessionState
+
+log = logging.getLogger("smtp_relay.smtp")
+
+MAX_AUTH_FAILURES = 3
+"""Failed logins per connection before 421 (the policy's tarpit also counts them per client address)."""
 
 _DUMMY = b"relayfleet-no-such-user"
 
@@ -40,3 +51,98 @@ async def verify(users: Mapping[str, str], username: bytes, password: bytes) -> 
     else:
         ok = _check_sync(stored, password)
     return name if ok else None
+
+
+class AuthCommand(SessionState):
+    """The AUTH verb: offered only over TLS (unless the listener allows otherwise), once per session."""
+
+    def _auth_offered(self) -> bool:
+        return self._listener.auth != "none" and (self.is_secure() or self._listener.allow_insecure_auth)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        assert self.session is not None
+        if self._listener.auth == "none":
+            await self._error("503 5.5.1 Authentication not enabled", "sequence")
+            return
+        if not self.session.extended_smtp:
+            await self._error("503 5.5.1 Send EHLO first", "sequence")
+            return
+        if not self._auth_offered():
+            await self._error("538 5.7.11 Encryption required for requested authentication mechanism", "tls_required")
+            return
+        if self.session.authenticated:
+            await self._error("503 5.5.1 Already authenticated", "sequence")
+            return
+        if self._mail_from is not None:
+            await self._error("503 5.5.1 AUTH not allowed during a mail transaction", "sequence")
+            return
+        words = (arg or "").split()
+        if not 1 <= len(words) <= 2:
+            await self._error("501 5.5.4 Syntax: AUTH mechanism [initial-response]", "syntax")
+            return
+        mechanism = words[0].upper()
+        policy = self._relay.policy
+        if policy is not None:
+            throttled = policy.before_auth(self._facts())
+            if throttled.refuses:
+                await self._refuse(throttled, f"AUTH {mechanism}")
+                return
+        if mechanism == "PLAIN":
+            credentials = await self._auth_plain(words[1] if len(words) > 1 else None)
+        elif mechanism == "LOGIN":
+            credentials = await self._auth_login(words[1] if len(words) > 1 else None)
+        else:
+            await self._error("504 5.5.4 Unrecognized authentication type", "syntax")
+            return
+        if credentials is None:
+            return  # a malformed exchange, already answered
+        user = await verify(self._setup.config.users, *credentials)
+        if user is None:
+            self._auth_failures += 1
+            self._relay.metrics.rejected.labels(reason="auth_failed").inc()
+            log.info("auth failed client=%s mechanism=%s", self._client_ip, mechanism)
+            reply = "535 5.7.8 Authentication credentials invalid"
+            if policy is not None:
+                reply = (await policy.auth_failed(self._facts())).reply  # after the brute-force tarpit
+            await self.push(reply)
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                await self._hang_up("421 4.7.0 Too many failed authentications")
+            return
+        self.session.authenticated = True
+        self.session.auth_data = user  # type: ignore[assignment]  # aiosmtpd types it as None
+        if policy is not None:
+            policy.auth_succeeded(self._facts())
+        log.info("auth ok client=%s user=%s", self._client_ip, user)
+        await self.push("235 2.7.0 Authentication successful")
+
+    async def _decode_b64(self, text: str) -> bytes | None:
+        if text == "=":
+            return b""
+        try:
+            return b64decode(text.encode("ascii", "strict"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            await self._error("501 5.5.2 Cannot decode base64", "syntax")
+            return None
+
+    async def _challenge(self, prompt: str) -> bytes | None:
+        answer = await self.challenge_auth(prompt)  # answers 501 itself on "*" or bad base64
+        return None if answer is MISSING else bytes(answer)
+
+    async def _auth_plain(self, initial: str | None) -> tuple[bytes, bytes] | None:
+        blob = await self._challenge("") if initial is None else await self._decode_b64(initial)
+        if blob is None:
+            return None
+        parts = blob.split(b"\x00")
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            await self._error("501 5.5.2 Cannot parse PLAIN credentials", "syntax")
+            return None
+        return parts[1], parts[2]
+
+    async def _auth_login(self, initial: str | None) -> tuple[bytes, bytes] | None:
+        login = await self._challenge("Username:") if initial is None else await self._decode_b64(initial)
+        if login is None:
+            return None
+        password = await self._challenge("Password:")
+        if password is None:
+            return None
+        return login, password

@@ -28,15 +28,22 @@ class MemorySink:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     fail: bool = False
-    delay: float = 0.0
+    gate: asyncio.Event | None = None
+    """When given, each commit waits for it to be set: a slow disk the test controls."""
+    committing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set as a commit begins (before the gate)."""
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once a message is stored."""
 
     async def __call__(self, envelope: Envelope, data: bytes) -> str:
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.committing.set()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             raise OSError("spool unavailable")
         self.messages.append((envelope, data))
         self.ids.append(uuid.uuid4().hex[:12].upper())
+        self.stored.set()
         return self.ids[-1]
 
 

@@ -1,10 +1,14 @@
-"""Drain, reload and metrics of the RelayServer: sessions in flight are never disturbed."""
+"""Drain, reload and metrics of the RelayServer: sessions in flight are never disturbed.
+
+Durations are read on looptime's virtual clock: it only moves when the loop has nothing to do but
+wait for a timer, so "returned before its timeout" and "waited for its timeout" are exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
+import pytest
 from bench.peers.ports import free_port
 
 from tests.relay.smtp.conftest import RawClient, StartRelay, listeners, make_config
@@ -18,6 +22,7 @@ async def _start_transaction(client: RawClient) -> None:
     assert (await client.cmd("RCPT TO:<b@example.org>"))[0] == 250
 
 
+@pytest.mark.looptime
 async def test_drain_refuses_new_work_and_lets_data_finish(start_relay: StartRelay, connect) -> None:
     relay = await start_relay(LOCAL)
     in_data: RawClient = await connect(relay.port())
@@ -35,21 +40,24 @@ async def test_drain_refuses_new_work_and_lets_data_finish(start_relay: StartRel
     assert (await in_data.cmd(b"message in flight\r\n."))[0] == 250  # DATA in progress completes
     assert await in_data.cmd("MAIL FROM:<a@example.org>") == (421, "4.3.2 Service shutting down")
     assert await idle.cmd("MAIL FROM:<a@example.org>") == (421, "4.3.2 Service shutting down")
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await relay.server.wait_idle(5)
-    assert time.monotonic() - started < 4
+    assert loop.time() - started < 4  # returned as the last session ended, not at its timeout
     assert relay.server.active_sessions() == 0
     assert relay.sample("smtp_relay_active_connections", listener="smtp") == 0
     assert len(relay.sink.messages) == 1
 
 
+@pytest.mark.looptime
 async def test_wait_idle_times_out_with_a_session_open(start_relay: StartRelay, connect) -> None:
     relay = await start_relay(LOCAL)
     client: RawClient = await connect(relay.port())
     await client.cmd("EHLO c")
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await relay.server.wait_idle(0.3)
-    assert 0.25 < time.monotonic() - started < 3
+    assert loop.time() - started == pytest.approx(0.3)  # it waited its whole timeout, and no longer
     assert relay.server.active_sessions() == 1
 
 
@@ -107,14 +115,15 @@ async def test_reload_adds_moves_and_removes_listeners(start_relay: StartRelay, 
 
 async def test_slow_sink_commit_survives_client_hangup(start_relay: StartRelay, connect) -> None:
     relay = await start_relay(LOCAL)
-    relay.sink.delay = 0.2
+    relay.sink.gate = asyncio.Event()  # a slow disk: the commit waits until the test opens the gate
     client: RawClient = await connect(relay.port())
     await _start_transaction(client)
     await client.cmd("DATA")
     await client.send(b"hang up before the 250\r\n.\r\n")
+    await asyncio.wait_for(relay.sink.committing.wait(), 5)
     await client.close()
-    for _ in range(50):
-        if relay.sink.messages:
-            break
-        await asyncio.sleep(0.02)
+    await relay.server.wait_idle(5)
+    assert relay.server.active_sessions() == 0  # the session is gone while its commit is still under way
+    relay.sink.gate.set()
+    await asyncio.wait_for(relay.sink.stored.wait(), 5)
     assert len(relay.sink.messages) == 1  # the commit was not cut in half

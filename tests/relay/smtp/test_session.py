@@ -9,7 +9,7 @@ import smtplib
 import pytest
 
 from smtp_relay.policy.admission import Facts, Verdict
-from smtp_relay.smtp.server import MAX_ERRORS
+from smtp_relay.smtp.state import MAX_ERRORS
 from tests.relay.smtp.conftest import RawClient, StartRelay
 
 LOCAL = {"clients": {"allowedNetworks": ["127.0.0.0/8"]}}
