@@ -1,7 +1,7 @@
 """`smtp-relay`: run one relay from an SmtpRelay manifest, or only check a manifest.
 
 `run --workers N` (N > 1) makes this process a supervisor of N relay processes sharing the SMTP ports
-(see `smtp_relay.supervisor`); the flags hidden from `--help` are how it starts them.
+(see `smtp_relay.admin.supervisor`); the flags hidden from `--help` are how it starts them.
 
 Exit codes: 0 clean stop, 2 manifest refused (every problem printed with its field path), 1 other
 start-up failure (for example a port already in use).
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("RELAY_WORKERS", "1"),
         help="relay processes sharing the SMTP ports under one supervisor (default 1: no supervisor)",
     )
-    # Internal: how the supervisor starts its workers (see smtp_relay.supervisor).
+    # Internal: how the supervisor starts its workers (see smtp_relay.admin.supervisor).
     hidden = argparse.SUPPRESS
     run.add_argument("--worker-index", default=None, help=hidden)
     run.add_argument("--parent-pid", type=int, default=None, help=hidden)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     # relay logs each connection's outcome itself.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.worker_index is None:
-        from smtp_relay.admin.supervisor import needs_supervisor
+        from smtp_relay.admin.fleet import needs_supervisor
 
         if needs_supervisor(args.spool, args.workers):
             return _supervise(args, source)

@@ -52,7 +52,7 @@ class AdminServer:
         app.router.add_get("/queue", self._get_queue)
         app.router.add_post("/drain", self._post_drain)
         if self._extra_routes is not None:
-            self._extra_routes(app)  # the quarantine API
+            self._extra_routes(app)  # the quarantine API (the supervisor: its proxy to worker 0)
         return app
 
     async def start(self) -> None:

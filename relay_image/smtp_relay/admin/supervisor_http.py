@@ -1,0 +1,181 @@
+"""The supervisor's HTTP side: the fleet's public admin port, answered by asking every worker.
+
+Each worker serves its own admin HTTP on 127.0.0.1 (the port in its port file); the supervisor serves
+the public one (`--host`/`--http-port`) with the relay's routes, but fleet-wide:
+- /metrics merges the workers' expositions with the supervisor's own (restarts, processes running);
+- /queue adds their queues up and lists every worker; /readyz is 200 only when every listening worker
+  is ready and nothing stops or drains;
+- POST /drain drains every worker, and each worker (re)started later during the drain;
+- /quarantine* goes to worker 0: the quarantine folder is shared, a release goes to its spool.
+
+A worker that is stopping or restarting does not answer: its figures are missing from the sums for that
+moment, and /readyz says which one is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from smtp_relay.admin.fleet import Worker
+from smtp_relay.admin.http import AdminServer
+from smtp_relay.admin.merging import merge_metrics, merge_queues
+from smtp_relay.telemetry.metrics import RelayMetrics
+
+log = logging.getLogger(__name__)
+
+WorkerReply = tuple[int, bytes, str]
+"""Status, body and content type of a worker's answer."""
+
+
+class WorkerClient:
+    """HTTP requests to the workers' admin ports (one client session for the supervisor's life)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, worker: Worker, method: str, path: str, body: bytes | None = None) -> WorkerReply | None:
+        """One HTTP request to a worker's admin port; None when it is not up."""
+        if worker.port is None or self._session is None:
+            return None
+        try:
+            async with self._session.request(method, f"http://127.0.0.1:{worker.port}{path}", data=body) as reply:
+                return reply.status, await reply.read(), reply.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:  # it is stopping or restarting: its figures are missing
+            log.debug("worker %s: %s %s failed: %s", worker.name, method, path, exc)
+            return None
+
+    async def json_from_each(
+        self, workers: Sequence[Worker], method: str, path: str
+    ) -> list[tuple[Worker, dict[str, Any] | None]]:
+        """Every worker's JSON answer, asked at once; None for one that did not answer 200 with JSON."""
+        replies = await asyncio.gather(*(self.request(w, method, path) for w in workers))
+        out: list[tuple[Worker, dict[str, Any] | None]] = []
+        for worker, reply in zip(workers, replies, strict=True):
+            data = None
+            if reply is not None and reply[0] == 200:
+                with contextlib.suppress(ValueError):
+                    data = dict(json.loads(reply[1]))
+            out.append((worker, data))
+        return out
+
+
+class SupervisorAdmin(AdminServer):
+    """The relay's admin server with the fleet's figures: /metrics, /readyz, /queue and /drain ask the workers."""
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        metrics: RelayMetrics,
+        stopping: Callable[[], bool],
+        *,
+        host: str,
+        port: int,
+    ) -> None:
+        # No local status: the /readyz and /queue handlers are overridden below, they ask the workers.
+        super().__init__(metrics, lambda: {}, self.drain, host=host, port=port, extra_routes=self._add_quarantine_proxy)
+        self._workers = workers
+        self._stopping = stopping
+        self._client = WorkerClient()
+        self.draining = False
+        """Set by the first POST /drain; a worker started from then on is drained as soon as it serves."""
+
+    async def start(self) -> None:
+        await self._client.open()
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        await self._client.close()
+
+    async def drain_if_draining(self, worker: Worker) -> None:
+        """A worker (re)started during a drain drains too."""
+        if self.draining:
+            await self._client.request(worker, "POST", "/drain")
+
+    async def fleet_status(self) -> dict[str, Any]:
+        """/queue: the summed queue, readiness, and every worker's own figures."""
+        answers = await self._client.json_from_each(self._workers, "GET", "/queue")
+        not_ready = [w.name for w, data in answers if w.listen and not (data and data.get("ready"))]
+        if self._stopping():
+            reason = "stopping"
+        elif self.draining:
+            reason = "draining"
+        else:
+            reason = f"worker(s) {', '.join(not_ready)} not ready" if not_ready else ""
+        workers = [
+            {
+                "name": w.name,
+                "pid": w.proc.pid if w.proc else None,
+                "listen": w.listen,
+                "restarts": w.restarts,
+                "ready": bool(data and data.get("ready")),
+                "finished": w.finished,
+                "queue": (data or {}).get("queue"),
+            }
+            for w, data in answers
+        ]
+        return {
+            "ready": not reason,
+            "reason": reason,
+            "queue": merge_queues(data.get("queue") or {} for _, data in answers if data),
+            "workers": workers,
+        }
+
+    async def drain(self) -> Mapping[str, Any]:
+        """POST /drain: every worker refuses new mail (421) and keeps delivering; answers what is left."""
+        if not self.draining:
+            log.info("supervisor: drain, forwarded to every worker")
+            self.draining = True
+            self._metrics.draining.set(1)
+        answers = await self._client.json_from_each(self._workers, "POST", "/drain")
+        return {"draining": True, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}
+
+    async def merged_metrics(self) -> bytes:
+        """The supervisor's own figures and every answering worker's, merged into one exposition."""
+        replies = await asyncio.gather(*(self._client.request(w, "GET", "/metrics") for w in self._workers))
+        texts = [generate_latest(self._metrics.registry).decode()]
+        texts += [reply[1].decode() for reply in replies if reply is not None and reply[0] == 200]
+        return merge_metrics(texts)
+
+    def _add_quarantine_proxy(self, app: web.Application) -> None:
+        app.router.add_route("*", "/quarantine", self._proxy_to_worker_0)
+        app.router.add_route("*", "/quarantine/{tail:.*}", self._proxy_to_worker_0)
+
+    async def _proxy_to_worker_0(self, request: web.Request) -> web.Response:
+        """/quarantine*: served by worker 0 (the quarantine folder is shared, a release goes to its spool)."""
+        reply = await self._client.request(self._workers[0], request.method, request.path_qs, await request.read())
+        if reply is None:
+            return web.Response(status=503, text="worker 0 is not running, try again\n")
+        status, body, content_type = reply
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        body = await self.merged_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _get_readyz(self, request: web.Request) -> web.Response:
+        status = await self.fleet_status()
+        if status["ready"]:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {status['reason']}\n")
+
+    async def _get_queue(self, request: web.Request) -> web.Response:
+        status = await self.fleet_status()
+        return web.Response(text=json.dumps(status) + "\n", content_type="application/json")

@@ -1,0 +1,134 @@
+"""The supervisor's admin port against fake workers (aiohttp servers answering as a relay's admin port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from smtp_relay.admin.fleet import Worker
+from smtp_relay.admin.supervisor_http import SupervisorAdmin
+from smtp_relay.telemetry.metrics import RelayMetrics
+
+
+@dataclass
+class FakeWorker:
+    """What one worker answers on /queue, /drain, /metrics and /quarantine, and what it was asked."""
+
+    queue: dict[str, Any]
+    ready: bool = True
+    drains: int = 0
+    asked: list[str] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        async def status(_request: web.Request) -> web.Response:
+            return web.json_response({"ready": self.ready and not self.drains, "queue": self.queue})
+
+        async def drain(_request: web.Request) -> web.Response:
+            self.drains += 1
+            return web.json_response({"draining": True, "queue": self.queue})
+
+        async def metrics(_request: web.Request) -> web.Response:
+            text = "# HELP smtp_relay_received_messages_total M.\n# TYPE smtp_relay_received_messages_total counter\n"
+            return web.Response(text=text + f"smtp_relay_received_messages_total {self.queue['total']}.0\n")
+
+        async def quarantine(request: web.Request) -> web.Response:
+            self.asked.append(f"{request.method} {request.path_qs} {(await request.read()).decode()}")
+            return web.json_response({"messages": []}, status=201)
+
+        app = web.Application()
+        app.router.add_get("/queue", status)
+        app.router.add_post("/drain", drain)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_route("*", "/quarantine/{tail:.*}", quarantine)
+        return app
+
+
+@dataclass
+class Fleet:
+    fakes: list[FakeWorker]
+    workers: list[Worker]
+    admin: SupervisorAdmin
+    stop: asyncio.Event
+    """The supervisor's stop event: set once SIGTERM came."""
+
+    async def get(self, path: str, method: str = "GET", body: bytes = b"") -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, f"http://127.0.0.1:{self.admin.port}{path}", data=body) as reply,
+        ):
+            return reply.status, await reply.text()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    fakes = [
+        FakeWorker({"active": 1, "deferred": 2, "oldest_deferred_age": 9.0, "total": 3}),
+        FakeWorker({"active": 0, "deferred": 4, "oldest_deferred_age": 4.0, "total": 4}),
+    ]
+    servers = [TestServer(fake.app(), host="127.0.0.1") for fake in fakes]
+    for server in servers:
+        await server.start_server()
+    workers = [Worker(str(i), tmp_path / f"worker-{i}", True, port=s.port) for i, s in enumerate(servers)]
+    stop = asyncio.Event()
+    admin = SupervisorAdmin(workers, RelayMetrics(), stop.is_set, host="127.0.0.1", port=0)
+    await admin.start()
+    yield Fleet(fakes, workers, admin, stop)
+    await admin.close()
+    for server in servers:
+        await server.close()
+
+
+async def test_queue_and_metrics_add_the_workers_up(fleet: Fleet) -> None:
+    status, body = await fleet.get("/queue")
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["ready"] is True and answer["reason"] == ""
+    assert answer["queue"] == {"active": 1, "deferred": 6, "oldest_deferred_age": 9.0, "total": 7}
+    assert [(w["name"], w["ready"], w["queue"]["total"]) for w in answer["workers"]] == [("0", True, 3), ("1", True, 4)]
+    status, text = await fleet.get("/metrics")
+    assert status == 200
+    assert "smtp_relay_received_messages_total 7.0" in text
+    assert "smtp_relay_draining 0.0" in text  # the supervisor's own figures are merged in
+
+
+async def test_readyz_names_the_worker_that_is_not_ready_or_down(fleet: Fleet) -> None:
+    assert await fleet.get("/readyz") == (200, "ready\n")
+    fleet.fakes[1].ready = False
+    assert await fleet.get("/readyz") == (503, "not ready: worker(s) 1 not ready\n")
+    fleet.fakes[1].ready = True
+    fleet.workers[0].port = None  # restarting: it does not answer, its figures are missing
+    assert await fleet.get("/readyz") == (503, "not ready: worker(s) 0 not ready\n")
+    assert json.loads((await fleet.get("/queue"))[1])["queue"]["total"] == 4
+    fleet.stop.set()
+    assert await fleet.get("/readyz") == (503, "not ready: stopping\n")
+
+
+async def test_drain_reaches_every_worker_and_one_started_later(fleet: Fleet) -> None:
+    await fleet.admin.drain_if_draining(fleet.workers[0])
+    assert fleet.fakes[0].drains == 0, "no drain before POST /drain"
+    status, body = await fleet.get("/drain", method="POST")
+    assert status == 200
+    assert json.loads(body) == {"draining": True, "queue": json.loads((await fleet.get("/queue"))[1])["queue"]}
+    assert [f.drains for f in fleet.fakes] == [1, 1]
+    assert await fleet.get("/readyz") == (503, "not ready: draining\n")
+    assert "smtp_relay_draining 1.0" in (await fleet.get("/metrics"))[1]
+    await fleet.admin.drain_if_draining(fleet.workers[1])  # (re)started during the drain
+    assert fleet.fakes[1].drains == 2
+
+
+async def test_quarantine_goes_to_worker_0_and_is_503_while_it_is_down(fleet: Fleet) -> None:
+    status, body = await fleet.get("/quarantine/abc/release?x=1", method="POST", body=b"yes")
+    assert (status, json.loads(body)) == (201, {"messages": []})
+    assert fleet.fakes[0].asked == ["POST /quarantine/abc/release?x=1 yes"]
+    assert fleet.fakes[1].asked == []
+    fleet.workers[0].port = None
+    assert await fleet.get("/quarantine/abc") == (503, "worker 0 is not running, try again\n")
