@@ -9,8 +9,9 @@ import zipfile
 import pytest
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy import mime
-from smtp_relay.policy.mime import AttachmentFinding, inspect_attachments, parse_message
+from smtp_relay.policy import attachments, mime
+from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
+from smtp_relay.policy.mime import parse_message
 from tests.relay.policy.samples import (
     ELF,
     MACHO,
@@ -161,20 +162,20 @@ def test_archives_not_inspected_when_disabled() -> None:
 
 def test_too_deeply_nested_archives_are_refused() -> None:
     data = zip_of({"leaf.txt": b"x"})
-    for level in range(mime.ARCHIVE_MAX_DEPTH + 1):
+    for level in range(attachments.ARCHIVE_MAX_DEPTH + 1):
         data = zip_of({f"level{level}.zip": data})
     finding = check(message(("deep.zip", data)))
     assert finding is not None and finding.reason == "archive"
 
 
 def test_too_many_members_is_a_bomb() -> None:
-    members = {f"f{i}.txt": b"" for i in range(mime.ARCHIVE_MAX_MEMBERS + 1)}
+    members = {f"f{i}.txt": b"" for i in range(attachments.ARCHIVE_MAX_MEMBERS + 1)}
     finding = check(message(("many.zip", zip_of(members, compression=zipfile.ZIP_STORED))))
     assert finding is not None and finding.reason == "archive"
 
 
 def test_archive_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mime, "ARCHIVE_BUDGET", 1024 * 1024)
+    monkeypatch.setattr(attachments, "ARCHIVE_BUDGET", 1024 * 1024)
     inner = zip_of({"zeros.bin": bytes(2 * 1024 * 1024)}, compression=zipfile.ZIP_STORED)
     finding = check(message(("bomb.zip", zip_of({"inner.zip": inner}))))
     assert finding is not None and finding.reason == "archive"

@@ -1,0 +1,58 @@
+"""Fixtures of the policy engine tests: an engine for a spec as the manifest writes it, on the tests' nsd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from smtp_relay.cleanup.headers import policy_headers
+from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.delivery.resolver import make_resolver
+from smtp_relay.policy.engine import PolicyEngine
+from smtp_relay.policy.metrics import PolicyMetrics
+from smtp_relay.policy.quarantine import QuarantineStore
+from tests.peers.dns import DnsServer
+from tests.relay.policy.transactions import EngineFactory
+from tests.relay.policy.zones import DNSBL_ZONE, MAIL_ZONE, SPF_ZONE
+
+
+@pytest.fixture
+def dns_server(dns_server_factory) -> DnsServer:  # type: ignore[no-untyped-def]
+    return dns_server_factory({**SPF_ZONE, **DNSBL_ZONE, **MAIL_ZONE})  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def make_engine(dns_server: DnsServer, registry: CollectorRegistry, tmp_path: Path) -> EngineFactory:
+    """An engine for a spec written as the manifest would (camelCase dict), pointed at the test's nsd.
+
+    It composes headers with cleanup's `policy_headers`, as the relay wires it.
+    """
+
+    def make(policy: dict[str, Any] | None = None, **kwargs: Any) -> PolicyEngine:
+        spec = SmtpRelaySpec.model_validate(
+            {
+                "policy": policy or {},
+                "dns": {"nameservers": [dns_server.nameserver()]},
+                "routing": {"default": {"mx": {}}},  # direct delivery: the relay checks recipient domains itself
+                **kwargs.pop("spec", {}),
+            }
+        )
+        return PolicyEngine(
+            spec,
+            make_resolver(spec.dns),
+            hostname="relay.test",
+            metrics=PolicyMetrics(registry),
+            quarantine=QuarantineStore(tmp_path / "quarantine"),
+            compose_headers=policy_headers,
+            **kwargs,
+        )
+
+    return make
