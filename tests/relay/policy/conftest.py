@@ -1,7 +1,10 @@
-"""Fixtures of the policy engine tests: an engine for a spec as the manifest writes it, on the tests' nsd."""
+"""Fixtures of the policy tests: an engine for a spec as the manifest writes it (on the tests' nsd), and
+a count of what the MIME parser is given."""
 
 from __future__ import annotations
 
+import email
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +59,20 @@ def make_engine(dns_server: DnsServer, registry: CollectorRegistry, tmp_path: Pa
         )
 
     return make
+
+
+@pytest.fixture
+def parser_inputs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every input the stdlib MIME parser gets during the test (policy.mime's full parse).
+
+    A bound on the work a pathological message causes that does not depend on the machine's speed.
+    """
+    sizes: list[int] = []
+    parse = email.message_from_bytes
+
+    def counted(data: bytes, *args: Any, **kwargs: Any) -> Message:
+        sizes.append(len(data))
+        return parse(data, *args, **kwargs)
+
+    monkeypatch.setattr(email, "message_from_bytes", counted)
+    return sizes

@@ -140,3 +140,13 @@ def test_connection_limit_per_client() -> None:
     for _ in range(3):
         limiter.release("192.0.2.1")
     assert limiter.open_connections("192.0.2.1") == 0
+
+
+def test_connection_refusal_is_asked_without_counting() -> None:
+    limiter = ConnectionLimiter(max_per_client=1)
+    assert limiter.refusal("192.0.2.1") is None and limiter.open_connections("192.0.2.1") == 0
+    assert limiter.acquire("192.0.2.1") is None
+    refused = limiter.refusal("192.0.2.1")
+    assert refused is not None and refused.code == 421
+    assert limiter.acquire("192.0.2.1", force=True) is None  # what audit mode does with an overridden refusal
+    assert limiter.open_connections("192.0.2.1") == 2
