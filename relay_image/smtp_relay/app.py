@@ -26,15 +26,17 @@ from typing import Any
 
 from smtp_relay.admin.http import AdminServer
 from smtp_relay.admin.quarantine_api import add_quarantine_routes
+from smtp_relay.cleanup.headers import policy_headers
 from smtp_relay.config.manifest import ManifestError
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.source import ConfigSource
 from smtp_relay.delivery.deliverer import Deliverer
 from smtp_relay.delivery.resolver import make_resolver
 from smtp_relay.model.envelope import Envelope
-from smtp_relay.policy.engine import PolicyEngine, Scanners
+from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
+from smtp_relay.policy.scanners import Scanners
 from smtp_relay.queue.scheduler import Scheduler
 from smtp_relay.queue.spool.store import Spool
 from smtp_relay.queue.stats import QueueStats
@@ -94,6 +96,7 @@ class Relay:
             metrics=PolicyMetrics(self.metrics.registry),
             quarantine=self.quarantine,
             scanners=Scanners.from_spec(self.config.spec),
+            compose_headers=policy_headers,  # cleanup's headers, handed down: policy never imports cleanup
         )
         self.scheduler = Scheduler(
             self.spool,

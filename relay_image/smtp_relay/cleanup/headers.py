@@ -1,6 +1,8 @@
 """Headers the relay adds: spam tags (X-Spam-*) and Authentication-Results (RFC 8601), prepended safely.
 
-Pure. Values partly come from outside (rspamd symbol names, envelope addresses), so nothing is pasted
+`policy_headers` composes them from the policy's findings at end of DATA; the policy engine is
+handed it as its `HeaderComposer`, so policy never imports cleanup. Pure (one log line aside).
+Values partly come from outside (rspamd symbol names, envelope addresses), so nothing is pasted
 into the message unchecked: names must be RFC 5322 field names, a value with CR, LF or NUL is refused
 (`HeaderInjectionError`) instead of being cleaned up, since any repair would still let the peer
 choose header content, and long values are folded at whitespace (or after commas) within 78/998
@@ -9,11 +11,15 @@ characters per line.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Sequence
 from typing import Final
 
-from smtp_relay.policy.spam_builtin import SpamReport
+from smtp_relay.policy.verdict import SpamReport
+
+log = logging.getLogger(__name__)
 
 SPF_RESULTS: Final = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror", "policy"})
 """RFC 8601 2.7.2 result values of the spf method."""
@@ -53,6 +59,42 @@ def spam_headers(
         ),
         ("Authentication-Results", authentication_results(hostname, resinfo=auth_results)),
     ]
+    return headers
+
+
+def policy_headers(
+    *,
+    hostname: str,
+    threshold: float,
+    report: SpamReport | None,
+    spf_result: str | None,
+    mail_from: str,
+    helo: str,
+    tags: Sequence[str],
+) -> list[tuple[str, str]]:
+    """The headers of an accepted message: X-Spam-* from the spam report, Authentication-Results from SPF.
+
+    `tags` are the policy's own symbols (SPF_FAIL, DNSBL_<zone>): they join the report's symbols and
+    set X-Spam-Flag whatever the score, since the recipient's filter keys on the flag. Without a
+    report (spam engine off or failed) only the flag and Authentication-Results are added, if there
+    is anything to say. A value that would inject a header drops them all (logged), never the message.
+    """
+    resinfo = [spf_resinfo(spf_result, mail_from, helo=helo)] if spf_result is not None else []
+    try:
+        if report is None:
+            if not tags and not resinfo:
+                return []
+            flag = [("X-Spam-Flag", "YES")] if tags else []
+            return [*flag, ("Authentication-Results", authentication_results(hostname, resinfo=resinfo))]
+        report = dataclasses.replace(report, symbols=tuple(dict.fromkeys((*report.symbols, *tags))))
+        headers = spam_headers(report, threshold=threshold, hostname=hostname, auth_results=resinfo)
+    except HeaderInjectionError as exc:
+        log.warning("policy headers not added: %s", exc)
+        return []
+    if tags and not any(name == "X-Spam-Flag" for name, _ in headers):
+        headers = [("X-Spam-Flag", "YES")] + [
+            (name, value.replace("No,", "Yes,", 1) if name == "X-Spam-Status" else value) for name, value in headers
+        ]
     return headers
 
 

@@ -19,8 +19,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from smtp_relay.policy.admission import Action, Verdict, reject
 from smtp_relay.policy.util import reply_text
+from smtp_relay.policy.verdict import Action, Verdict, reject
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from smtp_relay.config.spec import RateLimit
 from smtp_relay.config.units import parse_duration
 from smtp_relay.model.envelope import domain_of
-from smtp_relay.policy.admission import Verdict, defer, reject
+from smtp_relay.policy.verdict import Verdict, defer, reject
 
 Clock = Callable[[], float]
 MAX_KEYS = 100_000
@@ -200,13 +200,18 @@ class ConnectionLimiter:
         self.max_per_client = max_per_client
         self._open: dict[str, int] = {}
 
+    def refusal(self, client_ip: str) -> Verdict | None:
+        """The 421 4.7.0 a new connection of this client gets, if it holds too many; counts nothing."""
+        if self._open.get(client_ip, 0) >= self.max_per_client:
+            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
+        return None
+
     def acquire(self, client_ip: str, *, force: bool = False) -> Verdict | None:
         """Count the connection, or refuse it (then it is not counted and needs no release); `force` always counts."""
-        current = self._open.get(client_ip, 0)
-        if current >= self.max_per_client and not force:
-            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
-        self._open[client_ip] = current + 1
-        return None
+        refused = None if force else self.refusal(client_ip)
+        if refused is None:
+            self._open[client_ip] = self._open.get(client_ip, 0) + 1
+        return refused
 
     def release(self, client_ip: str) -> None:
         current = self._open.get(client_ip, 0)

@@ -15,8 +15,8 @@ import dns.name
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
-from smtp_relay.policy.admission import Verdict, reject
 from smtp_relay.policy.util import reply_text
+from smtp_relay.policy.verdict import Verdict, reject
 
 # RFC 5321 4.1.2 / RFC 5322 3.2.3 atext; RFC 6531 adds any non-ASCII UTF-8 (SMTPUTF8).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"

@@ -1,8 +1,9 @@
 """Small async clients for the content scanners: clamd (INSTREAM), rspamd (HTTP /checkv2), spamd (SPAMC).
 
-Each call has one overall timeout and every failure (refused connection, timeout, a reply that is not
-understood, clamd's own errors) becomes `ScannerError`, so the chain has exactly one thing to map to
-`onScannerError` (defer or accept) and never mistakes a broken scanner for a clean message.
+`Scanners` holds the clients one config asks for. Each call has one overall timeout and every
+failure (refused connection, timeout, a reply that is not understood, clamd's own errors) becomes
+`ScannerError`, so the chain has exactly one thing to map to `onScannerError` (defer or accept) and
+never mistakes a broken scanner for a clean message.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Final
 import aiohttp
 from multidict import CIMultiDict
 
-from smtp_relay.policy.spam_builtin import SpamReport
+from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.policy.verdict import SpamReport
 
 CHUNK: Final = 64 * 1024
 """INSTREAM chunk size; clamd's StreamMaxLength bounds the sum, not the chunks."""
 MAX_REPLY: Final = 64 * 1024
+SCAN_TIMEOUT: Final = 30.0
+"""Upper bound for one clamd/rspamd/spamd call at end of DATA."""
 
 
 class ScannerError(Exception):
@@ -278,3 +282,28 @@ def parse_spamd_reply(status: str, headers: dict[str, str], body: bytes) -> Spam
     return SpamReport(
         score=float(spam["score"]), symbols=symbols, engine="spamassassin", required=float(spam["required"])
     )
+
+
+@dataclass
+class Scanners:
+    """The external scanner clients of one config (None: engine off or builtin); replaced on reload."""
+
+    clamd: ClamdClient | None = None
+    rspamd: RspamdClient | None = None
+    spamd: SpamdClient | None = None
+
+    @classmethod
+    def from_spec(cls, spec: SmtpRelaySpec, timeout: float = SCAN_TIMEOUT) -> Scanners:
+        policy = spec.policy
+        scanners = cls()
+        if policy.virus.engine == "clamd":
+            scanners.clamd = ClamdClient(*split_address(policy.virus.address), timeout=timeout)
+        if policy.spam.engine == "rspamd":
+            scanners.rspamd = RspamdClient(*split_address(policy.spam.address), timeout=timeout)
+        elif policy.spam.engine == "spamassassin":
+            scanners.spamd = SpamdClient(*split_address(policy.spam.address), timeout=timeout)
+        return scanners
+
+    async def close(self) -> None:
+        if self.rspamd is not None:
+            await self.rspamd.close()

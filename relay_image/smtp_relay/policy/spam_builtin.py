@@ -21,21 +21,7 @@ from email.message import Message
 from typing import Final
 
 from smtp_relay.policy.mime import parse_message
-
-
-@dataclass(frozen=True)
-class SpamReport:
-    """A spam engine's verdict on one message."""
-
-    score: float
-    symbols: tuple[str, ...]
-    """Names of the rules that hit (engine-specific vocabulary)."""
-    engine: str
-    """builtin, rspamd or spamassassin."""
-    required: float | None = None
-    """The engine's own spam threshold, when it reports one (the relay uses SpamSpec's thresholds)."""
-    action: str | None = None
-    """rspamd's recommended action (no action, add header, reject, ...), when the engine gives one."""
+from smtp_relay.policy.verdict import SpamReport
 
 
 @dataclass(frozen=True)

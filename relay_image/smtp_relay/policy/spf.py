@@ -23,8 +23,8 @@ import dns.exception
 import dns.resolver
 import spf
 
-from smtp_relay.policy.admission import Action, Verdict, defer, reject
-from smtp_relay.policy.util import reply_text
+from smtp_relay.policy.util import NetworkList, ip_in, reply_text
+from smtp_relay.policy.verdict import Action, Verdict, defer, reject
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,13 @@ async def check_spf(
         log.warning("SPF for %s gave unexpected result %r: %s", domain, name, explanation)
         result = "permerror"
     return SpfResult(result, explanation, identity, domain)
+
+
+def spf_applies(mode: SpfMode, client_ip: str, trusted: NetworkList) -> bool:
+    """SPF asks whether the client IP may send for the sender's domain. Clients in allowedNetworks
+    are the platform's own applications, whose pod IPs no domain's SPF lists: the allowedNetworks
+    declaration is their authority, so SPF is checked for everyone else (authenticated users)."""
+    return mode != "off" and bool(client_ip) and not ip_in(client_ip, trusted)
 
 
 def spf_verdict(result: SpfResult, mode: SpfMode) -> Verdict | None:

@@ -1,14 +1,38 @@
-"""Small helpers shared by the policy checks: a bounded TTL cache and SMTP-safe reply text."""
+"""Small helpers shared by the policy checks: client networks, a bounded TTL cache and SMTP-safe reply text."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+NetworkList = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def parse_networks(networks: Sequence[str]) -> NetworkList:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+@functools.lru_cache(maxsize=8192)
+def ip_in(client_ip: str, networks: NetworkList) -> bool:
+    """Is the address in one of the networks? IPv4-mapped IPv6 counts as its IPv4 address.
+
+    Cached: every transaction asks several times for the same few client addresses, and parsing an
+    address costs more than the rest of a RCPT check.
+    """
+    try:
+        addr = ipaddress.ip_address(client_ip.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 class TtlCache(Generic[K, V]):

@@ -15,7 +15,7 @@ from smtp_relay.cleanup.headers import (
     spam_headers,
     spf_resinfo,
 )
-from smtp_relay.policy.spam_builtin import SpamReport
+from smtp_relay.policy.verdict import SpamReport
 
 MESSAGE = b"From: ann@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from smtp_relay.cleanup.headers import HeaderInjectionError, prepend_headers
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy.mime import AttachmentFinding, _parse_single_part, inspect_attachments, parse_message
+from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
+from smtp_relay.policy.mime import _parse_single_part, parse_message
 from smtp_relay.policy.spam_builtin import _SIMPLE_FROM, _from_address, score_builtin
 from tests.relay.policy.samples import zip_of
 

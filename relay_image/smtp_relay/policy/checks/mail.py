@@ -1,0 +1,65 @@
+"""Checks at MAIL FROM: verified sender domain, rate limits (early refusal), SPF.
+
+SPF runs here because MAIL FROM is its identity and nothing later adds to it: a fail refuses the
+transaction before any recipient or data is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from smtp_relay.model.envelope import domain_of
+from smtp_relay.policy.lookups import Lookups
+from smtp_relay.policy.ratelimit import RateLimiter
+from smtp_relay.policy.spf import SpfMode, spf_applies, spf_verdict
+from smtp_relay.policy.util import NetworkList, reply_text
+from smtp_relay.policy.verdict import SKIP, Check, Facts, Outcome, Verdict, defer, reject
+
+
+def sender_verified(required: bool, verified_domains: Callable[[], Collection[str] | None]) -> Check:
+    """With `senders.requireVerifiedDomain`: 553 5.7.1 unless the sender's domain is a verified SendingDomain.
+
+    `verified_domains` gives the current set (the operator side updates it); while it is unknown
+    (None), senders are deferred with 451 4.7.1 rather than bounced.
+    """
+
+    def check_sender_verified(facts: Facts) -> Verdict | None:
+        mail_from = facts.mail_from
+        if not required or not mail_from:
+            return None
+        domain = domain_of(mail_from).rstrip(".")
+        domains = verified_domains()
+        if domains is None:
+            return defer(451, "4.7.1", "Sender domain verification status unknown, try again later", "sender_verified")
+        if domain in domains:
+            return None
+        return reject(553, "5.7.1", f"Sender domain {reply_text(domain)} is not verified", "sender_verified")
+
+    return Check("sender_verified", "mail", check_sender_verified)
+
+
+def rate_limits(limiter: RateLimiter) -> Check:
+    """451 4.7.1 when a rate limit has no room left; counts nothing (end of DATA counts the message)."""
+
+    def check_rate_limits(facts: Facts) -> Verdict | None:
+        return limiter.check(facts.client_ip, facts.auth_user, facts.mail_from)
+
+    return Check("ratelimit", "mail", check_rate_limits)
+
+
+def spf(mode: SpfMode, trusted: NetworkList, lookups: Lookups) -> Check:
+    """The SPF verdict of `policy.ipAuthority.spf` (see spf.spf_verdict); not asked for allowedNetworks."""
+
+    async def evaluate(facts: Facts, mail_from: str) -> Verdict | None:
+        return spf_verdict(await lookups.spf(facts.client_ip, mail_from, facts.helo), mode)
+
+    def check_spf(facts: Facts) -> Outcome:
+        if not spf_applies(mode, facts.client_ip, trusted):
+            return SKIP
+        mail_from = facts.mail_from or ""
+        cached = lookups.cached_spf(facts.client_ip, mail_from, facts.helo)
+        if cached is not None:
+            return spf_verdict(cached, mode)
+        return evaluate(facts, mail_from)
+
+    return Check("spf", "mail", check_spf, waits=True)

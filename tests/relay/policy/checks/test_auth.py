@@ -1,0 +1,27 @@
+"""The AUTH failure throttle through the engine, in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from smtp_relay.policy.verdict import Action
+from tests.relay.policy.transactions import EngineFactory, facts
+
+pytestmark = pytest.mark.peers
+
+
+@pytest.mark.looptime
+async def test_auth_failures_are_tarpitted_then_refused(make_engine: EngineFactory) -> None:
+    loop = asyncio.get_running_loop()
+    engine = make_engine(clock=loop.time)
+    fx = facts("192.0.2.7")
+    started = loop.time()
+    replies = [(await engine.auth_failed(fx)).code for _ in range(10)]
+    assert replies == [535] * 9 + [454]
+    assert loop.time() - started == pytest.approx(0 + 0 + 0 + 1 + 2 + 3 + 4 + 5 + 5 + 5)
+    assert engine.before_auth(fx).reply == "454 4.7.0 Too many authentication failures, try again later"
+    assert engine.before_auth(facts("192.0.2.8")).action is Action.ACCEPT
+    await asyncio.sleep(900)
+    assert engine.before_auth(fx).action is Action.ACCEPT
