@@ -14,17 +14,16 @@ minimal items as fit). The estimator walks cel-python's parse tree; rule parse f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lark
 
-from tests.kube.cel_env import INTRODUCED, compile_rule, escape
+from tests.kube.cel_decl import MAX, REQUEST, Decl, decl_type
+from tests.kube.cel_env import INTRODUCED, compile_rule
 from tests.kube.fielderr import FieldError, forbidden, invalid
 
 Json = dict[str, Any]
-MAX = 2**64 - 1
-REQUEST = 3 * 1024 * 1024  # celconfig.MaxRequestSizeBytes
 RULE_LIMIT = 10_000_000  # StaticEstimatedCostLimit
 CRD_LIMIT = 100_000_000  # StaticEstimatedCRDCostLimit
 SCALARS = {"bool", "double", "duration", "int", "timestamp", "uint"}
@@ -51,68 +50,6 @@ def mul(x: int, y: int) -> int:
 
 def factor(x: int, f: float) -> int:
     return MAX if x >= MAX else min(MAX, math.ceil(x * f))
-
-
-@dataclass
-class Decl:
-    """apiserver cel.DeclType, as far as the estimate needs it."""
-
-    kind: str
-    max_elements: int = 0
-    min_size: int = 1
-    fields: dict[str, Decl] = field(default_factory=dict)
-    elem: Decl | None = None
-
-
-def decl_type(s: Json, root: bool = False) -> Decl | None:
-    """common.SchemaDeclType (Kubernetes 1.31)."""
-    if s.get("x-kubernetes-int-or-string"):
-        return Decl("dyn", REQUEST - 2, 1)
-    if root:
-        s = {**s, "properties": {"kind": {"type": "string"}, "apiVersion": {"type": "string"},
-             "metadata": {"type": "object", "properties": {"name": {"type": "string"},
-                                                           "generateName": {"type": "string"}}},
-             **(s.get("properties") or {})}}  # fmt: skip
-    kind = s.get("type")
-    if kind == "array":
-        items = s.get("items")
-        elem = decl_type(items, bool(items.get("x-kubernetes-embedded-resource"))) if items else None
-        if elem is None:
-            return None
-        top = max(0, s["maxItems"]) if "maxItems" in s else (REQUEST - 2) // (elem.min_size + 1)
-        return Decl("list", top, 2, elem=elem)
-    if kind == "object":
-        extra = s.get("additionalProperties")
-        if isinstance(extra, dict):
-            elem = decl_type(extra, bool(extra.get("x-kubernetes-embedded-resource")))
-            if elem is None:
-                return None
-            top = max(0, s["maxProperties"]) if "maxProperties" in s else (REQUEST - 2) // (elem.min_size + 6)
-            return Decl("map", top, 2, elem=elem)
-        obj, required = Decl("object", 0, 2), set(s.get("required") or [])
-        for name, prop in (s.get("properties") or {}).items():
-            sub = decl_type(prop, bool(prop.get("x-kubernetes-embedded-resource")))
-            if sub is None:
-                continue
-            escaped = escape(name)
-            if escaped is not None:
-                obj.fields[escaped] = sub
-            if name in required and "default" not in prop:
-                obj.min_size += len(name) + sub.min_size + 4
-        return obj
-    if kind == "string":
-        fmt = s.get("format")
-        if fmt == "byte":
-            return Decl("bytes", max(0, s["maxLength"]) if "maxLength" in s else REQUEST - 2, 2)
-        if fmt in ("duration", "date", "date-time"):
-            sizes = {"duration": (32, 3), "date": (12, 12), "date-time": (32, 21)}[fmt]
-            return Decl("duration" if fmt == "duration" else "timestamp", *sizes)
-        if "maxLength" in s:
-            return Decl("string", max(0, s["maxLength"]) * 4, 2)
-        if s.get("enum"):
-            return Decl("string", max(len(v) for v in s["enum"] if isinstance(v, str)), 2)
-        return Decl("string", REQUEST - 2, 2)
-    return {"boolean": Decl("bool", 0, 4), "number": Decl("double", 0, 1), "integer": Decl("int", 0, 1)}.get(kind or "")
 
 
 @dataclass
@@ -265,6 +202,8 @@ class Coster:
         return add(rc, init, result, mul(count, step)), info
 
     def call(self, name: str, target: Any, args: list[Any]) -> tuple[int, Info]:
+        if name == "_?_:_":
+            return self.conditional(args)
         if name in INTRODUCED and INTRODUCED[name] > self.minor - 1:
             self.undeclared.append(name)
         tc, ti = self.cost(target) if target is not None else (0, None)
@@ -325,8 +264,6 @@ class Coster:
             return mul(factor(sz(target)[1], 0.1), factor(sz(args[0])[1], 0.1)), Info(kind="bool")
         if name == "relation_in" and len(args) == 2:
             return (sz(args[1])[1] if args[1].kind == "list" else 1), Info(kind="bool")
-        if name == "_?_:_" and len(args) == 3:
-            return 0, Info()  # replaced in conditional()
         if name in ("relation_eq", "relation_ne") or (
             name in ("relation_lt", "relation_le", "relation_gt", "relation_ge")
             and args
@@ -351,16 +288,6 @@ class Coster:
         ts, fs = self.size(ti), self.size(fi)
         info = Info(kind=ti.kind if ti.kind == fi.kind else "dyn", size=(min(ts[0], fs[0]), max(ts[1], fs[1])))
         return add(cc, max(tc, fc)), info
-
-
-def _cond_call(self: Coster, name: str, target: Any, args: list[Any]) -> tuple[int, Info]:
-    if name == "_?_:_":
-        return self.conditional(args)
-    return _plain_call(self, name, target, args)
-
-
-_plain_call = Coster.call
-Coster.call = _cond_call  # type: ignore[method-assign]
 
 
 def _ident(tree: Any) -> str | None:

@@ -3,7 +3,9 @@
 Stock ``kmock.KubernetesEmulator`` keeps objects as plain merged dicts, which is not enough for kopf
 or kubectl. This subclass owns every object URL itself and adds what a real
 API server guarantees: metadata bookkeeping, optimistic concurrency, real patch semantics, watch resumption,
-subresources, finalizers, garbage collection, CRD registration, discovery and Table output.
+subresources, finalizers, garbage collection, CRD registration, discovery and Table output, and refuses
+what a 1.31 apiserver refuses on write (schemas, CEL rules and their cost, quantities, immutable fields:
+see admission.py).
 No controllers run: a test acts as e.g. the StatefulSet controller by patching ``/status`` itself.
 """
 
@@ -397,6 +399,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def register_crd(self, manifest: Json) -> None:
         """Serve a CustomResourceDefinition's resources, as POSTing it to the API would."""
         crd_res = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        self._admission.begin("POST", {})  # not an HTTP request: no directive, and no warnings to carry over
         name = manifest.get("metadata", {}).get("name")
         if name and self._get(crd_res, None, name) is not None:
             self._register_crd(manifest)
