@@ -3,7 +3,9 @@
 Stock ``kmock.KubernetesEmulator`` keeps objects as plain merged dicts, which is not enough for kopf
 or kubectl. This subclass owns every object URL itself and adds what a real
 API server guarantees: metadata bookkeeping, optimistic concurrency, real patch semantics, watch resumption,
-subresources, finalizers, garbage collection, CRD registration, discovery and Table output.
+subresources, finalizers, garbage collection, CRD registration, discovery and Table output, and refuses
+what a 1.31 apiserver refuses on write (schemas, CEL rules and their cost, quantities, immutable fields:
+see admission.py).
 No controllers run: a test acts as e.g. the StatefulSet controller by patching ``/status`` itself.
 """
 
@@ -29,6 +31,8 @@ import aiohttp.web
 import attrs
 import kmock
 from kmock._internal import apps, parsing, rendering
+
+from tests.kube.admission import Admission
 
 Json = dict[str, Any]
 Key = tuple[kmock.resource, str | None, str]
@@ -366,9 +370,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _log_floor: int = attrs.field(default=0, init=False)  # events with rv <= floor were compacted away
     _wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # The Kubernetes version served at /version; built-in schemas, messages and CEL libraries follow it.
+    kubernetes_version: str = "1.31.0"
+    # CRDs (by name) whose CEL rules are not refused for their estimated cost (see tests/kube/cel_cost.py).
+    cel_cost_exempt: frozenset[str] = frozenset()
+    # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
+    validate_custom_resources: bool = True
+    _admission: Admission = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._admission = Admission(self.kubernetes_version, self)
         # = resources.load_bundled(), minus its DeprecationWarning from importlib.resources.read_binary().
         bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
         self.resources.load_data(gzip.decompress(bundled))
@@ -376,6 +388,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             res, info = kmock.resource(key), self.resources[key]
             scale = (".spec.replicas", ".status.replicas", ".spec.selector") if "scale" in info.subresources else None
             self._extras[res] = Extras(kind=info.kind or "", status="status" in info.subresources, scale=scale)
+        for res in self._admission.unserved(list(self._extras), lambda r: self._extras[r].kind):
+            self.resources.pop(res, None)  # built-in APIs the emulated version does not have yet
+            self._extras.pop(res, None)
         for name in ("default", "kube-system", "kube-public"):
             self._create(kmock.resource("", "v1", "namespaces"), None, {"metadata": {"name": name}})
 
@@ -384,6 +399,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def register_crd(self, manifest: Json) -> None:
         """Serve a CustomResourceDefinition's resources, as POSTing it to the API would."""
         crd_res = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        self._admission.begin("POST", {})  # not an HTTP request: no directive, and no warnings to carry over
         name = manifest.get("metadata", {}).get("name")
         if name and self._get(crd_res, None, name) is not None:
             self._register_crd(manifest)
@@ -445,7 +461,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if route is None or (route.resource.plural is None):
                 return aiohttp.web.json_response(self._discovery(path, request))
             return await self._serve(request, route)
-        except ApiError as e:
+        except kmock.KubernetesError as e:  # ApiError, and admission's StatusError
             return self._status_response(e)
 
     def _intercepted(self, request: rendering.Request) -> bool:
@@ -476,6 +492,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if info is None or res not in self._extras or (ns is not None and not info.namespaced):
             raise fail(404, "NotFound", "the server could not find the requested resource")
         extras, method, params = self._extras[res], request.method.upper(), request.params
+        self._admission.begin(method, params)
         if (name is None or sub is None) and method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, res, ns, name)
         if name is None:
@@ -546,7 +563,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         raise fail(405, "MethodNotAllowed", f"{method} is not supported here")
 
     def _json(self, payload: Json, status: int = 200) -> aiohttp.web.Response:
-        return aiohttp.web.json_response(payload, status=status)
+        response = aiohttp.web.json_response(payload, status=status)
+        for text in self._admission.take_warnings():
+            response.headers.add("Warning", f"299 - {json.dumps(text)}")
+        return response
 
     def _body(self, request: rendering.Request, optional: bool = False) -> Json:
         ctype = self._header(request, "Content-Type")
@@ -684,6 +704,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             body.pop("status", None)
         if extras.kind == "Namespace":
             body["status"] = {"phase": "Active"}
+        body = self._admission.admit(res, extras.kind, extras.custom, None, body)
         if extras.kind == "CustomResourceDefinition":
             self._register_crd(body)
             body["status"] = {
@@ -757,6 +778,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
             if "generation" in meta and spec(result) != spec(old):
                 meta["generation"] += 1
+        result = self._admission.admit(res, extras.kind, extras.custom, old, result)
         result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if result == old:
             return old  # no-op updates neither bump resourceVersion nor emit watch events
@@ -979,6 +1001,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise fail(
                 422, "Invalid", "CustomResourceDefinition needs spec.group, spec.names.plural/kind and spec.versions"
             )
+        name = (crd.get("metadata") or {}).get("name", "")
+        self._admission.register_crd(crd, check_cost=name not in self.cel_cost_exempt)
         for version in spec["versions"]:
             res = kmock.resource(spec["group"], version["name"], names["plural"])
             if not version.get("served", True):
@@ -1047,7 +1071,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return {"name": g, "versions": versions, "preferredVersion": versions[0]}
 
         if path == "/version":
-            return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-relayfleet-emulator", "platform": "linux/amd64"}
+            return self._admission.version_info()
         if path == "/api":
             return {
                 "kind": "APIVersions",

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import aiohttp.web
 import yaml
 
+from tests.kube.admission import KNOWN_COSTLY_CRDS
 from tests.kube.emulator import KubeEmulator, parse_route
 
 T = TypeVar("T")
@@ -108,7 +109,7 @@ class ThreadedServer:
     thread-safe, so anything that mutates it from a test thread must go through here)."""
 
     def __init__(self, emulator: KubeEmulator | None = None, port: int = 0) -> None:
-        self.emulator = emulator or KubeEmulator()
+        self.emulator = emulator if emulator is not None else KubeEmulator()  # NB: an empty emulator is falsy
         self.port = port
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def serve() -> None:
-        emulator = KubeEmulator()
+        emulator = KubeEmulator(cel_cost_exempt=KNOWN_COSTLY_CRDS)
         register_crds(emulator, args.crd)
         handler = None
         if args.stats_path:

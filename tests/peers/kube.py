@@ -25,10 +25,18 @@ from typing import Any
 import pytest
 from kmock import KubernetesError
 
+from tests.kube.admission import KNOWN_COSTLY_CRDS
 from tests.kube.emulator import KubeEmulator
 from tests.kube.server import TOKEN, ThreadedServer, write_kubeconfig
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+# Findings awaiting a fix outside tests/kube: tests that need the emulator to accept what a real apiserver
+# refuses, and the KubeEmulator switches they get (every other test runs against the strict emulator).
+LENIENT: dict[str, dict[str, Any]] = {
+    # It posts an SmtpRelay with duplicate listener names to see the operator degrade it; a 1.31 apiserver
+    # refuses that spec with 422 (the CRD's CEL rule), so the operator never sees it.
+    "test_invalid_spec_is_degraded_on_the_emulator": {"validate_custom_resources": False},
+}
 
 
 @dataclass
@@ -55,12 +63,13 @@ class KubeApi:
 
 
 @pytest.fixture
-def kube_api(tmp_path: Path) -> Iterator[KubeApi]:
+def kube_api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KubeApi]:
     """An emulated Kubernetes API on 127.0.0.1 (free port), stopped after the test.
 
     Fails the test if the emulator itself crashed on a request (an API error such as 404 is not a crash).
     """
-    with ThreadedServer() as server:
+    options = LENIENT.get(request.node.originalname, {})
+    with ThreadedServer(KubeEmulator(cel_cost_exempt=KNOWN_COSTLY_CRDS, **options)) as server:
         kubeconfig = tmp_path / "kubeconfig"
         write_kubeconfig(kubeconfig, server.url)
         yield KubeApi(url=server.url, kubeconfig=kubeconfig, emulator=server.emulator, server=server)
