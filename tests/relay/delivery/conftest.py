@@ -1,19 +1,18 @@
-"""Real upstream SMTP servers for delivery tests, and the small bits of setup the tests share.
+"""Upstreams for the delivery tests, and the small bits of setup the tests share.
 
-The upstream is aiosmtpd on 127.0.0.1 on a kernel-chosen port, recording exactly what arrived (MAIL
-options, RCPT, data, TLS, AUTH user, which connection) and answering RCPT/DATA as a test asks. The
-TLS certificate comes from the shared throwaway CA of tests/peers/tls.py.
+Where a plain, accepting or failing upstream will do, the tests use the real smtp-sink
+(`smtp_sink_factory` of tests/peers/smtp_sink.py). The one in-process upstream here, an aiosmtpd
+server, is for what smtp-sink cannot do: STARTTLS and implicit TLS with our certificate, AUTH that
+checks a password, replies scripted per recipient or per message, SMTPUTF8, telling connections
+apart, and dropping a connection from the server side. The TLS certificate comes from the shared
+throwaway CA of tests/peers/tls.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import ssl
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -128,18 +127,27 @@ class _BoundController(Controller):
 
 
 @dataclass
-class Upstream:
+class AiosmtpdUpstream:
+    """An aiosmtpd server in this process (its own thread and loop): see the module docstring for why."""
+
     host: str
     port: int
     handler: RecordingHandler
     controller: Controller
 
-    def drop_connections(self) -> None:
-        """Close every connection from the server side, as an upstream's idle timeout would."""
-        for server in self.handler.servers:
-            transport = server.transport
-            if transport is not None:
-                self.controller.loop.call_soon_threadsafe(transport.close)
+    async def drop_connections(self) -> None:
+        """Close every connection from the server side, as an upstream's idle timeout would.
+
+        Returns once the server has closed them on its own loop: from then on it reads nothing more
+        on any of them, so no reply can come, and a client's next use of one finds it dead.
+        """
+
+        async def close_all() -> None:
+            for server in self.handler.servers:
+                if server.transport is not None:
+                    server.transport.close()
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close_all(), self.controller.loop))
 
     @property
     def received(self) -> list[Received]:
@@ -158,19 +166,17 @@ def _authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
-UpstreamFactory = Callable[..., Upstream]
+AiosmtpdUpstreamFactory = Callable[..., AiosmtpdUpstream]
 
 
 @pytest.fixture
-def upstream_factory(delivery_tls: TlsFiles) -> Iterator[UpstreamFactory]:
+def aiosmtpd_upstream_factory(delivery_tls: TlsFiles) -> Iterator[AiosmtpdUpstreamFactory]:
     """Start aiosmtpd upstreams: tls none|starttls|implicit, optional AUTH (USERS), scripted replies."""
     controllers: list[Controller] = []
 
-    def start(
-        *, tls: str = "none", auth: bool = False, smtputf8: bool = True, handler: RecordingHandler | None = None
-    ) -> Upstream:
+    def start(*, tls: str = "none", auth: bool = False, handler: RecordingHandler | None = None) -> AiosmtpdUpstream:
         handler = handler or RecordingHandler()
-        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8, "server_hostname": SERVER_NAME}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": True, "server_hostname": SERVER_NAME}
         if tls == "starttls":
             kwargs["tls_context"] = delivery_tls.server_context()
             kwargs["require_starttls"] = False
@@ -181,7 +187,7 @@ def upstream_factory(delivery_tls: TlsFiles) -> Iterator[UpstreamFactory]:
         controller = _BoundController(handler, ssl_context=ssl_context, **kwargs)
         controller.start()
         controllers.append(controller)
-        return Upstream(controller.hostname, controller.port, handler, controller)
+        return AiosmtpdUpstream(controller.hostname, controller.port, handler, controller)
 
     yield start
     for controller in controllers:
@@ -205,11 +211,30 @@ def relay_config(
     return RelayConfig(name="t", namespace="default", spec=spec, credentials=credentials or {}, cas=cas or {})
 
 
-def deliverer(routing: dict[str, Any], tmp_path: Path, *, timeout: float = 5.0, **kwargs: Any) -> Deliverer:
-    """A Deliverer for a raw `spec.routing` (kwargs: credentials, cas, nameservers), with its own metrics."""
+def deliverer(
+    routing: dict[str, Any],
+    tmp_path: Path,
+    *,
+    timeout: float = 5.0,
+    pool_size: int = 4,
+    metrics: RelayMetrics | None = None,
+    dns_lifetime: float | None = None,
+    **kwargs: Any,
+) -> Deliverer:
+    """A Deliverer for a raw `spec.routing` (kwargs: credentials, cas, nameservers), with its own metrics
+    unless given some; `dns_lifetime` shortens the resolver's budget for tests of a dead DNS."""
     config = relay_config(routing, **kwargs)
+    resolver = make_resolver(config.spec.dns)
+    if dns_lifetime is not None:
+        resolver.lifetime = dns_lifetime
     return Deliverer(
-        config, make_resolver(config.spec.dns), tmp_path, hostname="relay.test", metrics=RelayMetrics(), timeout=timeout
+        config,
+        resolver,
+        tmp_path,
+        hostname="relay.test",
+        metrics=RelayMetrics() if metrics is None else metrics,
+        pool_size=pool_size,
+        timeout=timeout,
     )
 
 
@@ -232,51 +257,3 @@ def body(subject: str = "hello", extra_headers: str = "") -> bytes:
         f"From: a@sender.test\r\nTo: b@example.test\r\nSubject: {subject}\r\n{extra_headers}\r\n"
         "Just a test.\r\n.leading dot line\r\n"
     ).encode()
-
-
-@dataclass
-class SmtpSink:
-    """Postfix's smtp-sink: a real, fast, protocol-strict upstream that dumps each transaction to a file."""
-
-    port: int
-    dump_dir: Path
-    process: subprocess.Popen[bytes]
-
-    def dumps(self) -> list[bytes]:
-        return [p.read_bytes() for p in sorted(self.dump_dir.iterdir()) if p.is_file()]
-
-
-@pytest.fixture
-def local_smtp_sink() -> Iterator[SmtpSink]:
-    """One smtp-sink on a free port of 127.0.0.1 (run as nobody when we are root)."""
-    binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    if not Path(binary).exists():
-        pytest.skip("smtp-sink (postfix) is not installed")
-    dump_dir = Path(tempfile.mkdtemp(prefix="smtp-sink-"))  # under /tmp so that nobody can reach it
-    dump_dir.chmod(0o777)
-    port = closed_port()
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        [binary, *user, "-d", f"{dump_dir}/%M.", f"127.0.0.1:{port}", "128"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as probe:
-                probe.recv(100)  # wait for the banner, then QUIT politely
-                probe.sendall(b"QUIT\r\n")
-                probe.recv(100)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                shutil.rmtree(dump_dir, ignore_errors=True)
-                raise RuntimeError("smtp-sink did not start") from None
-            time.sleep(0.02)
-    yield SmtpSink(port, dump_dir, process)
-    process.terminate()
-    process.wait(timeout=5)
-    shutil.rmtree(dump_dir, ignore_errors=True)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any
+
+from bench.peers.smtp_sink import SmtpSink
 
 from smtp_relay.delivery.capture import write_capture
-from smtp_relay.delivery.deliverer import Deliverer
-from smtp_relay.delivery.resolver import make_resolver
 from smtp_relay.model.envelope import Envelope, OutcomeKind
 from smtp_relay.telemetry.metrics import RelayMetrics
 from tests.peers.dns import DnsServer, ZoneSpec
-from tests.relay.delivery.conftest import UpstreamFactory, body, message, relay_config
+from tests.relay.delivery.conftest import AiosmtpdUpstreamFactory, body, deliverer, message
 
 ZONES: ZoneSpec = {
     # the preferred MX has an address where nothing listens on the MX port: delivery falls back to mx2
@@ -22,19 +23,19 @@ ZONES: ZoneSpec = {
 }
 
 
-def mx_deliverer(dns_server: DnsServer, port: int, tmp_path: Path, require_tls: bool = False) -> Deliverer:
-    config = relay_config(
-        {"default": {"mx": {"port": port, "requireTLS": require_tls}}}, nameservers=[dns_server.nameserver()]
-    )
-    return Deliverer(config, make_resolver(config.spec.dns), tmp_path, hostname="relay.test", timeout=5.0)
+def mx_routing(port: int, require_tls: bool = False) -> dict[str, Any]:
+    """A `spec.routing` that sends everything direct to MX, on `port` instead of 25."""
+    return {"default": {"mx": {"port": port, "requireTLS": require_tls}}}
 
 
 async def test_mx_delivery_per_domain_with_opportunistic_tls(
-    upstream_factory: UpstreamFactory, dns_server_factory: Callable[[ZoneSpec], DnsServer], tmp_path: Path
+    aiosmtpd_upstream_factory: AiosmtpdUpstreamFactory,
+    dns_server_factory: Callable[[ZoneSpec], DnsServer],
+    tmp_path: Path,
 ) -> None:
-    upstream = upstream_factory(tls="starttls")  # throwaway CA: opportunistic TLS must not verify
+    upstream = aiosmtpd_upstream_factory(tls="starttls")  # throwaway CA: opportunistic TLS must not verify
     dns_server = dns_server_factory(ZONES)
-    d = mx_deliverer(dns_server, upstream.port, tmp_path)
+    d = deliverer(mx_routing(upstream.port), tmp_path, nameservers=[dns_server.nameserver()])
     rcpts = ["a@example.test", "b@Example.Test", "c@implicit.test", "d@nullmx.test", "e@nope.example.test"]
     try:
         outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
@@ -55,32 +56,30 @@ async def test_mx_delivery_per_domain_with_opportunistic_tls(
 
 
 async def test_mx_require_tls(
-    upstream_factory: UpstreamFactory, dns_server_factory: Callable[[ZoneSpec], DnsServer], tmp_path: Path
+    smtp_sink: SmtpSink, dns_server_factory: Callable[[ZoneSpec], DnsServer], tmp_path: Path
 ) -> None:
-    upstream = upstream_factory(tls="none")
-    dns_server = dns_server_factory(ZONES)
-    strict = mx_deliverer(dns_server, upstream.port, tmp_path, require_tls=True)
-    lenient = mx_deliverer(dns_server, upstream.port, tmp_path)
+    """smtp-sink offers no STARTTLS (and speaks no TLS at all): requireTLS defers, the default goes plain."""
+    nameservers = [dns_server_factory(ZONES).nameserver()]
+    strict = deliverer(mx_routing(smtp_sink.port, require_tls=True), tmp_path, nameservers=nameservers)
+    lenient = deliverer(mx_routing(smtp_sink.port), tmp_path, nameservers=nameservers)
     try:
         refused = await strict.deliver(message("s@sender.test", "a@implicit.test"), body(), ["a@implicit.test"])
-        assert refused["a@implicit.test"].kind is OutcomeKind.TEMPORARY and not upstream.received
+        assert refused["a@implicit.test"].kind is OutcomeKind.TEMPORARY and smtp_sink.attempts() == 0
         assert "STARTTLS" in refused["a@implicit.test"].message
         plain = await lenient.deliver(message("s@sender.test", "a@implicit.test"), body(), ["a@implicit.test"])
         assert plain["a@implicit.test"].kind is OutcomeKind.DELIVERED
-        assert [r.tls for r in upstream.received] == [False]
+        assert await smtp_sink.async_wait_for(1) == 1  # in plain text: the sink has no TLS to offer
     finally:
         await strict.close()
         await lenient.close()
 
 
 async def test_dns_down_defers(
-    upstream_factory: UpstreamFactory, dns_server_factory: Callable[[ZoneSpec], DnsServer], tmp_path: Path
+    smtp_sink: SmtpSink, dns_server_factory: Callable[[ZoneSpec], DnsServer], tmp_path: Path
 ) -> None:
-    upstream = upstream_factory()
     dns_server = dns_server_factory(ZONES)
-    resolver = make_resolver(relay_config({}, nameservers=[dns_server.nameserver()]).spec.dns)
-    resolver.lifetime = 0.5  # the production 5 s would only slow the test down
-    d = Deliverer(relay_config({"default": {"mx": {"port": upstream.port}}}), resolver, tmp_path, hostname="relay.test")
+    # dns_lifetime: the production 5 s would only slow the test down
+    d = deliverer(mx_routing(smtp_sink.port), tmp_path, nameservers=[dns_server.nameserver()], dns_lifetime=0.5)
     dns_server.stop()
     try:
         outcomes = await d.deliver(message("s@sender.test", "a@example.test"), body(), ["a@example.test"])
@@ -95,8 +94,7 @@ def _maildir_files(path: Path) -> list[Path]:
 
 async def test_capture_route_files_ham_and_spam(tmp_path: Path) -> None:
     metrics = RelayMetrics()
-    config = relay_config({"default": {"capture": {"folder": "caught"}}})
-    d = Deliverer(config, make_resolver(config.spec.dns), tmp_path, hostname="relay.test", metrics=metrics)
+    d = deliverer({"default": {"capture": {"folder": "caught"}}}, tmp_path, metrics=metrics)
     ham = body("ham")
     spam = body("spam", extra_headers="X-Spam-Flag: YES\r\nX-Spam-Score: 9.1\r\n")
     try:

@@ -1,27 +1,26 @@
-"""RFC 2920 pipelined transactions: the pure helpers, the reply reader, and real upstreams.
+"""RFC 2920 pipelined transactions and BDAT: the pure helpers, and real upstreams.
 
 The proof that commands really are pipelined is a server that answers nothing until it has read
-DATA: a client that waits for each reply before the next command deadlocks against it.
+DATA (or BDAT LAST): a client that waits for each reply before the next command deadlocks against it.
+The reply reader's own tests are in test_reply_reader.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import uvloop
-from bench.peers.smtp_sink import SinkBehaviour, SmtpSink
+from bench.peers.smtp_sink import SinkBehaviour
 
-from smtp_relay.delivery.pipelining import ConnectionBroken, Reply, ReplyReader, UnsafeAddress, path_command, stuff
+from smtp_relay.delivery.pipelining import UnsafeAddress, path_command, stuff
 from smtp_relay.model.envelope import OutcomeKind
 from tests.peers.postfix import PostfixFactory
+from tests.peers.smtp_sink import SinkFactory
 from tests.relay.delivery.conftest import body, deliverer, message, smarthost
-
-SinkFactory = Callable[..., SmtpSink]
 
 
 def test_stuff_doubles_leading_dots_and_terminates() -> None:
@@ -45,120 +44,80 @@ def test_path_command_refuses_what_would_inject_a_command() -> None:
     assert path_command(b"RCPT TO", "\u00fcser@b.test", [], "utf-8") == "RCPT TO:<\u00fcser@b.test>\r\n".encode()
 
 
-class _FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
+class WithholdingUpstream:
+    """An upstream that answers nothing until it has read the whole transaction, then every reply at once.
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
+    Why an in-process fake: smtp-sink, Postfix and aiosmtpd answer each command as it arrives, so a
+    client that waits for every reply works against them too. Against this one such a client
+    deadlocks, which is the proof that the commands really are pipelined; smtp-sink offers no
+    CHUNKING either. With `chunking` it offers CHUNKING and reads up to the end of `BDAT n LAST`.
+    """
 
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-
-async def test_reader_parses_replies_split_anywhere_and_multiline() -> None:
-    transport = _FakeTransport()
-    reader = ReplyReader.take_over(transport)
-    reader.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 3)
-    assert transport.written == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
-    wire = b"250-first\r\n250 second\r\n354 go ahead\r\n550 5.1.1 no\r\n"
-    pending = asyncio.ensure_future(reader.replies(3, timeout=5))
-    for index in range(len(wire)):  # one byte at a time: every split point
-        reader.data_received(wire[index : index + 1])
-    assert await pending == [Reply(250, "first\nsecond"), Reply(354, "go ahead"), Reply(550, "5.1.1 no")]
-
-
-async def test_reader_garbage_eof_and_timeout_break_with_what_came() -> None:
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", 2)
-    reader.data_received(b"250 ok\r\nHTTP/1.1 400 Bad Request\r\n")
-    with pytest.raises(ConnectionBroken, match="malformed") as broken:
-        await reader.replies(2, timeout=5)
-    assert broken.value.replies == [Reply(250, "ok")]
-
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 3)
-    reader.data_received(b"250 ok\r\n")
-    reader.eof_received()
-    with pytest.raises(ConnectionBroken, match="closed by the server") as broken:
-        await reader.replies(3, timeout=5)
-    assert broken.value.replies == [Reply(250, "ok")]
-    with pytest.raises(ConnectionBroken):
-        reader.send(b"RSET\r\n", 1)
-
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.send(b"RSET\r\n", 1)
-    with pytest.raises(ConnectionBroken, match="timed out"):
-        await reader.replies(1, timeout=0.05)
-
-
-async def test_a_reply_nobody_asked_for_breaks_the_reader() -> None:
-    """Replies must pair with commands: a 421 on an idle pooled connection (or a server that answers
-    twice) would otherwise be taken as the answer to the next transaction's MAIL."""
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.data_received(b"421 4.4.2 idle for too long\r\n")
-    with pytest.raises(ConnectionBroken, match="unexpected reply"):
-        await reader.command(b"MAIL FROM:<a@b>\r\n", timeout=5)
-
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.send(b"RSET\r\n", 1)
-    reader.data_received(b"250 ok\r\n250 and again\r\n")
-    assert await reader.replies(1, timeout=5) == [Reply(250, "ok")]  # this one was asked for
-    with pytest.raises(ConnectionBroken, match="unexpected reply"):
-        await reader.command(b"MAIL FROM:<a@b>\r\n", timeout=5)
-
-
-async def test_reader_refuses_an_endless_reply() -> None:
-    reader = ReplyReader.take_over(_FakeTransport())
-    reader.send(b"EHLO x\r\n", 1)
-    for _ in range(100):
-        reader.data_received(b"250-" + b"x" * 1000 + b"\r\n")
-    with pytest.raises(ConnectionBroken, match="too long"):
-        await reader.replies(1, timeout=5)
-
-
-class _HoldUntilData:
-    """An upstream that answers nothing until it has read DATA, then every reply at once."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
-        self.transcript = b""
+    def __init__(self, *, chunking: bool, refused: Mapping[str, str]) -> None:
+        self.chunking = chunking
+        self.refused = refused
+        """recipient -> reply line instead of 250."""
+        self.transcript = bytearray()
+        """Everything the client sent after EHLO."""
+        self.port = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 hold ESMTP\r\n")
+        writer.write(b"220 withholding ESMTP\r\n")
         await reader.readline()  # EHLO
-        writer.write(b"250-hold\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
-        group = await reader.readuntil(b"DATA\r\n")
-        self.transcript += group
-        rcpts = group.count(b"RCPT TO:")
-        writer.write(b"250 sender ok\r\n" + b"250 rcpt ok\r\n" * rcpts + b"354 go\r\n")
-        self.transcript += await reader.readuntil(b"\r\n.\r\n")
-        writer.write(b"250 2.0.0 taken\r\n")
+        writer.write(
+            b"250-withholding\r\n250-PIPELINING\r\n%s250 SIZE 100000\r\n" % (b"250-CHUNKING\r\n" * self.chunking)
+        )
+        if self.chunking:
+            commands = await reader.readuntil(b" LAST\r\n")
+            size = int(commands.rsplit(b"BDAT ", 1)[1].split()[0])
+            self.transcript += commands + await reader.readexactly(size)
+            writer.write(self._envelope_replies(commands) + b"250 2.0.0 chunks taken\r\n")
+        else:
+            commands = await reader.readuntil(b"DATA\r\n")
+            self.transcript += commands
+            writer.write(self._envelope_replies(commands) + b"354 go\r\n")
+            self.transcript += await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 2.0.0 taken\r\n")
         self.transcript += await reader.readline()  # QUIT
         writer.write(b"221 bye\r\n")
         await writer.drain()
         writer.close()
 
+    def _envelope_replies(self, commands: bytes) -> bytes:
+        """250 for MAIL, then one reply per RCPT: 250 or the refusal given for that recipient."""
+        replies = [b"250 sender ok\r\n"]
+        for line in commands.split(b"\r\n"):
+            if line.startswith(b"RCPT TO:<"):
+                recipient = line[len(b"RCPT TO:<") : line.index(b">")].decode()
+                replies.append(self.refused.get(recipient, "250 rcpt ok").encode() + b"\r\n")
+        return b"".join(replies)
+
+
+WithholdingFactory = Callable[..., Awaitable[WithholdingUpstream]]
+
 
 @pytest.fixture
-async def hold_until_data() -> AsyncIterator[_HoldUntilData]:
-    upstream = _HoldUntilData()
-    server = await asyncio.start_server(upstream.serve, sock=upstream.sock)
-    yield upstream
-    server.close()
+async def withholding_upstream_factory() -> AsyncIterator[WithholdingFactory]:
+    """Start WithholdingUpstreams on free ports: `await factory(chunking=False, refused={})`."""
+    servers: list[asyncio.Server] = []
+
+    async def start(*, chunking: bool = False, refused: Mapping[str, str] | None = None) -> WithholdingUpstream:
+        upstream = WithholdingUpstream(chunking=chunking, refused=refused or {})
+        server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+        servers.append(server)
+        upstream.port = server.sockets[0].getsockname()[1]
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
 
 
-async def test_commands_are_pipelined_up_to_data(hold_until_data: _HoldUntilData, tmp_path: Path) -> None:
-    d = deliverer({"default": {"smarthosts": [smarthost(hold_until_data.port)]}}, tmp_path, timeout=3.0)
+async def test_commands_are_pipelined_up_to_data(
+    withholding_upstream_factory: WithholdingFactory, tmp_path: Path
+) -> None:
+    upstream = await withholding_upstream_factory()
+    d = deliverer({"default": {"smarthosts": [smarthost(upstream.port)]}}, tmp_path, timeout=3.0)
     rcpts = ["a@example.test", "b@example.test"]
     try:
         outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
@@ -166,45 +125,32 @@ async def test_commands_are_pipelined_up_to_data(hold_until_data: _HoldUntilData
         await d.close()
     assert {o.kind for o in outcomes.values()} == {OutcomeKind.DELIVERED}, outcomes
     assert outcomes["a@example.test"].message == "2.0.0 taken"
-    assert hold_until_data.transcript.startswith(
+    assert upstream.transcript.startswith(
         b"MAIL FROM:<s@sender.test> SIZE=%d\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
         % len(body())
     )
-    assert b"\r\n..leading dot line\r\n.\r\n" in hold_until_data.transcript
-    assert hold_until_data.transcript.endswith(b"QUIT\r\n")
+    assert b"\r\n..leading dot line\r\n.\r\n" in upstream.transcript
+    assert upstream.transcript.endswith(b"QUIT\r\n")
 
 
-async def test_chunking_sends_the_whole_transaction_in_one_write(tmp_path: Path) -> None:
+async def test_chunking_sends_the_whole_transaction_in_one_write(
+    withholding_upstream_factory: WithholdingFactory, tmp_path: Path
+) -> None:
     """With PIPELINING and CHUNKING, MAIL, RCPT and `BDAT n LAST` with the unstuffed message go out
     together: the upstream reads the whole transaction before it answers anything."""
-    transcript = bytearray()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 chunky ESMTP\r\n")
-        await reader.readline()  # EHLO
-        writer.write(b"250-chunky\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 100000\r\n")
-        commands = await reader.readuntil(b" LAST\r\n")
-        size = int(commands.rsplit(b"BDAT ", 1)[1].split()[0])
-        transcript.extend(commands + await reader.readexactly(size))
-        writer.write(b"250 sender ok\r\n250 rcpt ok\r\n550 5.1.1 no such user\r\n250 2.0.0 chunks taken\r\n")
-        transcript.extend(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    d = deliverer({"default": {"smarthosts": [smarthost(port)]}}, tmp_path, timeout=3.0)
+    upstream = await withholding_upstream_factory(
+        chunking=True, refused={"gone@example.test": "550 5.1.1 no such user"}
+    )
+    d = deliverer({"default": {"smarthosts": [smarthost(upstream.port)]}}, tmp_path, timeout=3.0)
     rcpts = ["a@example.test", "gone@example.test"]
     try:
         outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
     finally:
         await d.close()
-        server.close()
     assert outcomes["a@example.test"].kind is OutcomeKind.DELIVERED, outcomes
     assert outcomes["a@example.test"].message == "2.0.0 chunks taken"
     assert outcomes["gone@example.test"].kind is OutcomeKind.PERMANENT and outcomes["gone@example.test"].code == 550
-    assert bytes(transcript) == (
+    assert bytes(upstream.transcript) == (
         b"MAIL FROM:<s@sender.test> SIZE=%d\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<gone@example.test>\r\n"
         b"BDAT %d LAST\r\n%s"
         b"QUIT\r\n" % (len(body()), len(body()), body())
@@ -225,9 +171,11 @@ async def test_real_smtp_sink_with_and_without_pipelining(
             assert [o.kind for o in outcomes.values()] == [OutcomeKind.DELIVERED] * 2, outcomes
     finally:
         await d.close()
+    assert await sink.async_wait_for(3) == 3
     arrived = sorted(sink.messages(), key=lambda m: m.recipients)
     assert [m.recipients for m in arrived] == [(f"r{i}@example.test", f"s{i}@example.test") for i in range(3)]
     assert all(m.data == body(f"m{i}") for i, m in enumerate(arrived))
+    assert {m.helo for m in arrived} == {"relay.test"}
 
 
 def test_delivery_under_uvloop(smtp_sink_factory: SinkFactory, tmp_path: Path) -> None:
