@@ -25,3 +25,8 @@ def free_port(host: str = HOST, *, udp: bool = False) -> int:
                     continue
                 return port
     raise RuntimeError("no free UDP+TCP port found")
+
+
+def closed_port(host: str = HOST) -> int:
+    """A port with nothing listening on it (bound, then released), so a connect is refused at once."""
+    return free_port(host)

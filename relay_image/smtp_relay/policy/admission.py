@@ -14,12 +14,7 @@ from smtp_relay.config.spec import SmtpRelaySpec
 from smtp_relay.policy.chain import Chain
 from smtp_relay.policy.checks import listener
 from smtp_relay.policy.util import parse_networks
-from smtp_relay.policy.verdict import ACCEPTED, Decision
-
-# Re-exported for the SMTP listener, which imports its vocabulary from here (policy.verdict defines it).
-from smtp_relay.policy.verdict import Action as Action
-from smtp_relay.policy.verdict import Facts as Facts
-from smtp_relay.policy.verdict import Verdict as Verdict
+from smtp_relay.policy.verdict import ACCEPTED, Decision, Facts
 
 
 @dataclass

@@ -21,8 +21,9 @@ from aiosmtpd.smtp import SMTP
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import Listener
 from smtp_relay.model.envelope import Envelope
-from smtp_relay.policy.admission import Admission, Facts, Verdict
+from smtp_relay.policy.admission import Admission
 from smtp_relay.policy.engine import PolicyEngine
+from smtp_relay.policy.verdict import Facts, Verdict
 from smtp_relay.smtp.data_reader import CHUNK_SIZE
 from smtp_relay.telemetry.metrics import RelayMetrics
 

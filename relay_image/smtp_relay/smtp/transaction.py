@@ -8,7 +8,7 @@ NUL, within the size limit and not looping goes to `handoff`.
 from __future__ import annotations
 
 from smtp_relay.cleanup.received import MAX_RECEIVED, count_received
-from smtp_relay.policy.admission import Action, Verdict
+from smtp_relay.policy.verdict import Action, Verdict
 from smtp_relay.smtp.address import AddressError, parse_path
 from smtp_relay.smtp.data_reader import DataProblem, read_data
 from smtp_relay.smtp.handoff import hand_off

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from bench.peers.ports import free_port
 
 from smtp_relay.config.manifest import parse_spec
 from smtp_relay.config.resolved import Credentials, RelayConfig
@@ -192,11 +191,6 @@ def aiosmtpd_upstream_factory(delivery_tls: TlsFiles) -> Iterator[AiosmtpdUpstre
     yield start
     for controller in controllers:
         controller.stop()
-
-
-def closed_port() -> int:
-    """A port with nothing listening on it (bound then released, so a connect is refused)."""
-    return free_port()
 
 
 def relay_config(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from bench.peers.ports import closed_port
 
 from smtp_relay.config.spec import DnsSpec
 from smtp_relay.delivery.resolver import (
@@ -17,7 +18,6 @@ from smtp_relay.delivery.resolver import (
     resolve_host,
 )
 from tests.peers.dns import DnsServer, ZoneSpec
-from tests.relay.delivery.conftest import closed_port
 
 ZONES = {
     "example.test": [

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bench.peers.ports import closed_port
 from bench.peers.smtp_sink import SmtpSink
 
 from smtp_relay.config.resolved import Credentials
@@ -24,7 +25,6 @@ from tests.relay.delivery.conftest import (
     RecordingHandler,
     TlsFiles,
     body,
-    closed_port,
     deliverer,
     message,
     relay_config,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from bench.peers.ports import closed_port
 from prometheus_client import CollectorRegistry
 
 from smtp_relay.policy.verdict import Action
 from tests.harness.metrics import sample
 from tests.peers.clamd import Clamd, eicar
-from tests.relay.policy.transactions import GTUBE, EngineFactory, closed_port, envelope, facts, message
+from tests.relay.policy.transactions import GTUBE, EngineFactory, envelope, facts, message
 
 pytestmark = pytest.mark.peers
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
-from bench.peers.ports import free_port
-
 from smtp_relay.config.spec import Listener
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.engine import PolicyEngine
@@ -42,8 +40,3 @@ def message(body: str = "Hello Bob,\nthe report attached.\n", *, attachment: tup
 
 def envelope(sender: str = "alice@pass.spf.test") -> Envelope:
     return Envelope(sender, ("bob@mail.test",), client_ip=CLIENT, helo="client.test")
-
-
-def closed_port() -> int:
-    """A port with nothing listening: connections are refused at once."""
-    return free_port()

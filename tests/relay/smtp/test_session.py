@@ -8,7 +8,7 @@ import smtplib
 
 import pytest
 
-from smtp_relay.policy.admission import Facts, Verdict
+from smtp_relay.policy.verdict import Facts, Verdict
 from smtp_relay.smtp.state import MAX_ERRORS
 from tests.relay.smtp.conftest import RawClient, StartRelay
 
