@@ -28,12 +28,14 @@ test: $(STAMP) peers
 	$(BIN)/ruff check relay_image operator tests bench
 	$(BIN)/ruff format --check relay_image operator tests bench
 	$(BIN)/mypy
+	PYTHONPATH=operator $(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay_image operator tests bench
 	$(BIN)/ruff format --check relay_image operator tests bench
 	$(BIN)/mypy
+	PYTHONPATH=operator $(BIN)/lint-imports
 
 ## make crds: regenerate the CRDs in $(CRD_DIRS) from the spec models (a test fails when they are stale)
 crds: $(STAMP)
