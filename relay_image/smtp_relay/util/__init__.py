@@ -1,1 +1,4 @@
-"""Small helpers with no relay knowledge (durable file writes)."""
+"""Small helpers with no relay knowledge (durable file writes).
+
+The bottom layer: imports nothing else of the relay.
+"""
