@@ -469,6 +469,8 @@ class Settings:
     policy: Literal["off", "default", "both"]
     relay_args: tuple[str, ...]
     relay_executable: str
+    baseline_executable: str | None
+    """Another build's smtp-relay (`--baseline-relay`): target "baseline", for before/after figures in one run."""
     latency_seconds: float
     settle: float
     min_messages: int
@@ -490,6 +492,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--targets", default="relay,postfix", help="comma-separated subset of relay,postfix")
     parser.add_argument("--relay-arg", action="append", default=[], help="extra `smtp-relay run` argument (repeat)")
     parser.add_argument("--relay", default=None, help="smtp-relay executable (default: next to this Python)")
+    parser.add_argument(
+        "--baseline-relay",
+        default=None,
+        help="another build's smtp-relay (e.g. an older commit's venv): measured as target 'baseline', interleaved",
+    )
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of each latency probe (0: skip)")
     parser.add_argument(
         "--min-messages",
@@ -504,13 +511,16 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if args.policy == "both" and "relay" in targets:
         at = targets.index("relay") + 1
         targets = (*targets[:at], "relay+pol", *targets[at:])
+    if args.baseline_relay:
+        targets = ("baseline", *targets)
     per_session = args.messages or ([10, 50] if args.quick else [10, 100])
     latency = args.latency_seconds if args.latency_seconds is not None else (2.0 if args.quick else 5.0)
     relay = args.relay or str(Path(sys.executable).with_name("smtp-relay"))
     return Settings(
         rounds=1 if args.quick else args.rounds, per_session=tuple(per_session), sessions=args.sessions,
         size=args.size, targets=targets, policy=args.policy, relay_args=tuple(args.relay_arg),
-        relay_executable=relay, latency_seconds=latency, settle=0.2 if args.quick else 0.5,
+        relay_executable=relay, baseline_executable=args.baseline_relay, latency_seconds=latency,
+        settle=0.2 if args.quick else 0.5,
         min_messages=args.min_messages if args.min_messages is not None else (0 if args.quick else 1000),
     )  # fmt: skip
 
@@ -555,6 +565,12 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                     f"{per_session:>9} {'ratio':<9} {acc:>9.2f}x {e2e:>7.2f}x {cpu:>6.2f}x {per_cpu:>8.2f}x "
                     f"{rss:>11.2f}x {pss:>11.2f}x   ({relay} / postfix)"
                 )
+        if "relay" in medians and "baseline" in medians:
+            now, before = medians["relay"], medians["baseline"]
+            lines.append(
+                f"{per_session:>9} {'change':<9} {now[0] / before[0] - 1:>+9.1%}  {now[1] / before[1] - 1:>+7.1%}  "
+                f"{'':>7} {now[3] / before[3] - 1:>+8.1%}    (relay against the baseline build)"
+            )
         if "relay" in medians and "relay+pol" in medians:
             bare, full = medians["relay"], medians["relay+pol"]
             lines.append(
@@ -576,7 +592,9 @@ def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int) ->
     if name == "postfix":
         return PostfixTarget(sink)
     policy: Literal["off", "default"] = "default" if name == "relay+pol" or settings.policy == "default" else "off"
-    return RelayTarget(sink, policy, settings.relay_args, settings.relay_executable, dns_port, name=name)
+    executable = settings.baseline_executable if name == "baseline" else settings.relay_executable
+    assert executable is not None
+    return RelayTarget(sink, policy, settings.relay_args, executable, dns_port, name=name)
 
 
 def run(settings: Settings) -> str:
