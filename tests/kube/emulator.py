@@ -457,14 +457,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
         # NB: skip the stock emulator's _handle(): it mutates state before dispatching, with merge semantics.
         path = request.url.path.rstrip("/") or "/"
         route = parse_route(path)
-        if self._intercepted(request) or (
+        if self._intercepted(request):
+            return await apps.RawHandler._handle(self, request)
+        try:
+            self._control.admit(request)
+        except ApiError as e:
+            return self._status_response(e)
+        if (
             route is None
             and path not in ("/api", "/apis", "/version")
             and not re.fullmatch(r"/api/[^/]+|/apis/[^/]+(/[^/]+)?", path)
         ):
             return await apps.RawHandler._handle(self, request)
         try:
-            self._control.admit(request)
             if route is None or (route.resource.plural is None):
                 return aiohttp.web.json_response(self._discovery(path, request))
             return await self._serve(request, route)

@@ -124,7 +124,7 @@ class ThreadedServer:
     thread-safe, so anything that mutates it from a test thread must go through here)."""
 
     def __init__(self, emulator: KubeEmulator | None = None, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
-        self.emulator = emulator or KubeEmulator()
+        self.emulator = emulator if emulator is not None else KubeEmulator()  # NB: an emulator may be falsy
         self.port = port
         self.tls = tls
         self.url = ""
