@@ -132,9 +132,11 @@ class StatefulSetController:
         for template in spec.get("volumeClaimTemplates") or []:
             volume = template["metadata"]["name"]
             name = f"{volume}-{meta['name']}-{ordinal}"
-            owners = [owner_ref(sts, controller=False)] if policy.get("whenDeleted") == "Delete" else []
+            # updateClaimOwnerRefForSetAndPod: a condemned claim (whenScaled: Delete) is its pod's alone
             if scaled_away and policy.get("whenScaled") == "Delete" and pod is not None:
-                owners.append(owner_ref(pod, controller=False))
+                owners = [owner_ref(pod, controller=False)]
+            else:
+                owners = [owner_ref(sts, controller=False)] if policy.get("whenDeleted") == "Delete" else []
             claim = self.emulator._get(CLAIMS, meta["namespace"], name)
             if claim is None and not scaled_away:
                 labels = {**(template["metadata"].get("labels") or {})}
@@ -145,12 +147,13 @@ class StatefulSetController:
                 }
                 created = self.emulator._create(CLAIMS, meta["namespace"], body)
                 self._bind_claim(created)
-            elif claim is not None and owners and not claim["metadata"].get("deletionTimestamp"):
+            elif claim is not None and not claim["metadata"].get("deletionTimestamp"):
+                ours = {meta["uid"], *([pod["metadata"]["uid"]] if pod is not None else [])}
                 refs = claim["metadata"].get("ownerReferences") or []
-                missing = [o for o in owners if o["uid"] not in {r.get("uid") for r in refs}]
-                if missing:
+                wanted = [r for r in refs if r.get("uid") not in ours] + owners
+                if {r.get("uid") for r in wanted} != {r.get("uid") for r in refs}:
                     new = copy.deepcopy(claim)
-                    new["metadata"]["ownerReferences"] = refs + missing
+                    new["metadata"]["ownerReferences"] = wanted
                     self.emulator._commit(CLAIMS, claim, new, "main")
             out.append((volume, name))
         return out
