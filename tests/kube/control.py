@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import kmock
 from kmock._internal import rendering
 
+from tests.kube import admission
 from tests.kube.audit import Audit
 from tests.kube.auth import RBAC, Authorizer, Tokens, bootstrap_policy, forbidden, request_attributes, unauthorized
 from tests.kube.deletion import GarbageCollector
@@ -56,6 +57,8 @@ class Control:
         self.audit.record(attrs, allowed)
         if not allowed:
             raise forbidden(attrs, reason)
+        if self.emulator.owner_references_permission_enforcement:
+            admission.check(self, identity, attrs, request.body or b"")
 
     def poke(self) -> None:
         try:

@@ -377,6 +377,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     authorization: bool = True  # bearer tokens are checked (401) and non-admins authorized by RBAC (403)
     statefulset_controller: bool = True  # StatefulSets get pods, claims, revisions and status by themselves
     kubelet: Any = attrs.field(factory=lambda: _default_kubelet())  # runs bound pods; None: pods stay Pending
+    owner_references_permission_enforcement: bool = False  # the admission plugin; off as in vanilla kube-apiserver
     controller_delay: float = 0.05  # seconds between a change and the GC/controller pass that reacts to it
     _control: Any = attrs.field(default=None, init=False)
 

@@ -272,3 +272,34 @@ def test_kubectl_as_a_service_account(crd_api: KubeApi, tmp_path: Path) -> None:
 def crd_api(kube_api: KubeApi) -> KubeApi:
     kube_api.register_crd(CRD)
     return kube_api
+
+
+def test_owner_references_permission_enforcement(crd_api: KubeApi) -> None:
+    """With the admission plugin on: ownerRefs need delete on the object, blockOwnerDeletion update on finalizers."""
+    crd_api._call(lambda: setattr(crd_api.emulator, "owner_references_permission_enforcement", True))
+    sa = service_account(crd_api)
+    owner = ok(crd_api, "POST", "/apis/relayfleet.io/v1/namespaces/default/smtprelays", relay("r1"))
+    apply(
+        crd_api,
+        role("cm", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]),
+        binding("cm", "Role", "cm", SA_SUBJECT),
+    )
+    ref = {"apiVersion": "relayfleet.io/v1", "kind": "SmtpRelay", "name": "r1", "uid": owner["metadata"]["uid"]}
+    cm = "/api/v1/namespaces/default/configmaps"
+    assert call(sa, "POST", cm, {"metadata": {"name": "plain"}})[0] == 201
+    code, status = call(sa, "POST", cm, {"metadata": {"name": "owned", "ownerReferences": [ref]}})
+    assert (code, status["message"]) == (
+        403,
+        'configmaps "owned" is forbidden: cannot set an ownerRef on a resource you can\'t delete: , <nil>',
+    )
+    apply(crd_api, role("del", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"]}]))
+    apply(crd_api, binding("del", "Role", "del", SA_SUBJECT))
+    assert call(sa, "POST", cm, {"metadata": {"name": "owned", "ownerReferences": [ref]}})[0] == 201
+    blocking = {**ref, "blockOwnerDeletion": True}
+    code, status = call(sa, "POST", cm, {"metadata": {"name": "blocking", "ownerReferences": [blocking]}})
+    assert code == 403 and "you can't set finalizers on" in status["message"]
+    finalizers = [{"apiGroups": ["relayfleet.io"], "resources": ["smtprelays/finalizers"], "verbs": ["update"]}]
+    apply(crd_api, role("fin", finalizers), binding("fin", "Role", "fin", SA_SUBJECT))
+    assert call(sa, "POST", cm, {"metadata": {"name": "blocking", "ownerReferences": [blocking]}})[0] == 201
+    grants = crd_api._call(lambda: crd_api.audit.grants(SA, allowed=True))
+    assert Grant("relayfleet.io", "smtprelays/finalizers", "update") in grants
