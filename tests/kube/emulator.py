@@ -5,8 +5,9 @@ or kubectl. This subclass owns every object URL itself and adds what a real
 API server guarantees: metadata bookkeeping, optimistic concurrency, real patch semantics, watch resumption,
 subresources, finalizers, garbage collection, CRD registration, discovery and Table output, and refuses
 what a 1.31 apiserver refuses on write (schemas, CEL rules and their cost, quantities, immutable fields:
-see admission.py).
-No controllers run: a test acts as e.g. the StatefulSet controller by patching ``/status`` itself.
+see admission.py). Authentication and RBAC (``auth.py``), DELETE and the garbage collector (``deletion.py``),
+a StatefulSet controller (``statefulsets.py``) and a pluggable kubelet (``kubelet.py``) hook in through
+``control.py``.
 """
 
 from __future__ import annotations
@@ -356,6 +357,12 @@ def field_matcher(text: str) -> Matcher:
 # --- the emulator -------------------------------------------------------------------------------------------
 
 
+def _default_kubelet() -> Any:
+    from tests.kube.kubelet import InstantKubelet
+
+    return InstantKubelet()
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with real API-server semantics for every object URL.
@@ -376,10 +383,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
     cel_cost_exempt: frozenset[str] = frozenset()
     # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
     validate_custom_resources: bool = True
+    # Strictness switches (see control.py): False lets a suite keep the older, forgiving behaviour.
+    authorization: bool = True  # bearer tokens are checked (401) and non-admins authorized by RBAC (403)
+    statefulset_controller: bool = True  # StatefulSets get pods, claims, revisions and status by themselves
+    kubelet: Any = attrs.field(factory=lambda: _default_kubelet())  # runs bound pods; None: pods stay Pending
+    owner_references_permission_enforcement: bool = False  # the admission plugin; off as in vanilla kube-apiserver
+    controller_delay: float = 0.05  # seconds between a change and the GC/controller pass that reacts to it
+    _control: Any = attrs.field(default=None, init=False)
     _admission: Admission = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        from tests.kube.control import Control
+
+        self._control = Control(self)
         self._admission = Admission(self.kubernetes_version, self)
         # = resources.load_bundled(), minus its DeprecationWarning from importlib.resources.read_binary().
         bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
@@ -393,6 +410,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._extras.pop(res, None)
         for name in ("default", "kube-system", "kube-public"):
             self._create(kmock.resource("", "v1", "namespaces"), None, {"metadata": {"name": name}})
+        self._control.bootstrap()
 
     # -- public helpers for tests --
 
@@ -410,6 +428,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """End all watch streams so the HTTP server can stop without waiting for long-polling clients."""
         self._closing = True
         self._notify()
+
+    @property
+    def control(self) -> Any:
+        """Tokens, RBAC audit and controllers: a `tests.kube.control.Control`."""
+        return self._control
 
     @property
     def resource_version(self) -> int:
@@ -451,7 +474,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         # NB: skip the stock emulator's _handle(): it mutates state before dispatching, with merge semantics.
         path = request.url.path.rstrip("/") or "/"
         route = parse_route(path)
-        if self._intercepted(request) or (
+        if self._intercepted(request):
+            return await apps.RawHandler._handle(self, request)
+        try:
+            self._control.admit(request)
+        except ApiError as e:
+            return self._status_response(e)
+        if (
             route is None
             and path not in ("/api", "/apis", "/version")
             and not re.fullmatch(r"/api/[^/]+|/apis/[^/]+(/[^/]+)?", path)
@@ -513,8 +542,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     raise fail(405, "MethodNotAllowed", "create of a namespaced resource needs a namespace URL")
                 return self._json(self._create(res, ns, self._body(request)), 201)
             if method == "DELETE":
+                opts = self._body(request, optional=True)
                 for obj in self._list(res, ns, params):
-                    self._delete(res, obj["metadata"].get("namespace"), obj["metadata"]["name"], {})
+                    self._delete(res, obj["metadata"].get("namespace"), obj["metadata"]["name"], opts)
                 return self._json(
                     {
                         "kind": f"{extras.kind}List",
@@ -637,6 +667,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _notify(self) -> None:
         self._wakeup.set()
         self._wakeup = asyncio.Event()
+        if self._control is not None:
+            self._control.poke()
 
     def _all(self, res: kmock.resource | None = None) -> Iterable[tuple[kmock.resource, Json]]:
         for (r, _, _), obj in list(self._objects.items()):
@@ -677,7 +709,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         name = meta.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+        rbac = res.group == "rbac.authorization.k8s.io"  # RBAC names are path segments ("system:discovery")
+        if not isinstance(name, str) or not (
+            re.fullmatch(r"[^/%]+", name) and name not in (".", "..")
+            if rbac
+            else re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name)
+        ):
             raise fail(
                 422,
                 "Invalid",
@@ -685,11 +722,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 "is required and must be a lowercase RFC 1123 subdomain",
                 kind=extras.kind,
             )
-        if self._get(res, meta.get("namespace"), name) is not None:
+        existing = self._get(res, meta.get("namespace"), name)
+        if existing is not None:
             raise fail(
                 409,
                 "AlreadyExists",
-                f'{self._what(res)} "{name}" already exists',
+                ("object is being deleted: " if existing["metadata"].get("deletionTimestamp") else "")
+                + f'{self._what(res)} "{name}" already exists',
                 name=name,
                 group=res.group,
                 kind=res.plural,
@@ -785,32 +824,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if extras.kind == "CustomResourceDefinition":
             self._register_crd(result)
         self._store(res, result, "MODIFIED", old)
-        if result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers"):
+        meta = result["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
             self._remove(res, result, "Background")
         return result
 
     def _delete(self, res: kmock.resource, ns: str | None, name: str, opts: Json) -> Json:
-        obj = self._must_get(res, ns, name)
-        pre = opts.get("preconditions") or {}
-        for key in ("uid", "resourceVersion"):
-            if pre.get(key) not in (None, obj["metadata"].get(key)):
-                raise fail(
-                    409,
-                    "Conflict",
-                    f"Precondition failed: {key} in precondition: {pre[key]}, "
-                    f"{key} in object meta: {obj['metadata'].get(key)}",
-                )
-        policy = opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents") else "Background")
-        if obj["metadata"].get("finalizers"):
-            if obj["metadata"].get("deletionTimestamp"):
-                return obj
-            new = copy.deepcopy(obj)
-            new["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
-            return self._store(res, new, "MODIFIED", obj)
-        return self._remove(res, obj, policy)
+        from tests.kube.deletion import delete
+
+        return delete(self, res, ns, name, opts)
 
     def _remove(self, res: kmock.resource, obj: Json, policy: str) -> Json:
-        """Really delete, then do what the namespace, CRD and garbage collectors would."""
+        """Really delete, then do what the namespace and CRD controllers would (dependents: the GC, later)."""
         gone = self._store(res, copy.deepcopy(obj), "DELETED", obj)
         kind, meta = self._extras[res].kind, obj["metadata"]
         if kind == "Namespace":
@@ -824,20 +849,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     self._remove(r, o, "Background")
                 self.resources.pop(r, None)
                 self._extras.pop(r, None)
-        uid, alive = meta["uid"], {o["metadata"]["uid"] for _, o in self._all()}
-        for r, o in list(self._all()):
-            refs = o["metadata"].get("ownerReferences") or []
-            if not any(ref.get("uid") == uid for ref in refs):
-                continue
-            current = self._get(r, o["metadata"].get("namespace"), o["metadata"]["name"])
-            if current is None:
-                continue
-            if policy != "Orphan" and not any(ref.get("uid") in alive for ref in refs):
-                self._delete(r, o["metadata"].get("namespace"), o["metadata"]["name"], {})
-            else:
-                new = copy.deepcopy(current)
-                new["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != uid]
-                self._commit(r, current, new, "main")
         return gone
 
     # -- watch --

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import concurrent.futures
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -29,21 +31,28 @@ import aiohttp.web
 import yaml
 
 from tests.kube.admission import KNOWN_COSTLY_CRDS
+from tests.kube.control import ADMIN_TOKEN
 from tests.kube.emulator import KubeEmulator, parse_route
 
 T = TypeVar("T")
-TOKEN = "relayfleet-test-token"
+TOKEN = ADMIN_TOKEN  # the admin's (system:masters); ServiceAccount tokens come from KubeEmulator.mint_token
 
 
-def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> None:
-    """A plain-http kubeconfig with a bearer token: kubectl, kopf and the kubernetes client all accept it."""
+def write_kubeconfig(
+    path: Path, url: str, namespace: str = "default", token: str = TOKEN, ca_pem: bytes | None = None
+) -> None:
+    """A kubeconfig with a bearer token; kopf and the kubernetes client send it over plain http too, kubectl
+    only over https (give the https URL and the CA that signed the emulator's certificate)."""
+    cluster: dict[str, Any] = {"server": url}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": "emulator",
         "preferences": {},
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "emulator", "user": {"token": TOKEN}}],
+        "clusters": [{"name": "emulator", "cluster": cluster}],
+        "users": [{"name": "emulator", "user": {"token": token}}],
         "contexts": [
             {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
         ],
@@ -63,11 +72,12 @@ def register_crds(emulator: KubeEmulator, paths: Iterable[Path]) -> None:
 
 
 async def start(
-    emulator: KubeEmulator, port: int = 0, handler: Handler | None = None
+    emulator: KubeEmulator, port: int = 0, handler: Handler | None = None, tls: ssl.SSLContext | None = None
 ) -> tuple[aiohttp.web.ServerRunner, str]:
     """Listen on 127.0.0.1:port (0 = any free port); return the runner (for cleanup) and the URL.
 
     `handler` (default: the emulator) serves the requests, e.g. a wrapper that counts them first.
+    With `tls`, the same server also listens with TLS on another free port: ``runner.addresses[1]``.
     """
     await emulator.__aenter__()  # kmock accumulates handler errors only inside its context
     server = aiohttp.web.Server(handler or emulator, handler_cancellation=True)
@@ -75,6 +85,8 @@ async def start(
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
+    if tls is not None:
+        await aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
     sockets = runner.addresses
     return runner, f"http://127.0.0.1:{sockets[0][1]}"
 
@@ -82,6 +94,10 @@ async def start(
 async def stop(emulator: KubeEmulator, runner: aiohttp.web.ServerRunner) -> None:
     emulator.close_watches()
     await asyncio.sleep(0)  # let the watch streams see the flag and finish their responses
+    for connection in list(getattr(runner.server, "connections", [])):
+        transport = connection.transport
+        if transport is not None and transport.get_extra_info("sslcontext") is not None:
+            transport.abort()  # a TLS close waits for the peer's close_notify, which may outlive this loop
     await runner.cleanup()
     await emulator.__aexit__(None, None, None)
 
@@ -108,10 +124,12 @@ class ThreadedServer:
     """The emulator served from a background thread; ``call`` runs code on its loop (the emulator is not
     thread-safe, so anything that mutates it from a test thread must go through here)."""
 
-    def __init__(self, emulator: KubeEmulator | None = None, port: int = 0) -> None:
-        self.emulator = emulator if emulator is not None else KubeEmulator()  # NB: an empty emulator is falsy
+    def __init__(self, emulator: KubeEmulator | None = None, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
+        self.emulator = emulator if emulator is not None else KubeEmulator()  # NB: an emulator may be falsy
         self.port = port
+        self.tls = tls
         self.url = ""
+        self.tls_url = ""  # with `tls`: the https URL of the same server (what kubectl needs to send tokens)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
@@ -154,7 +172,9 @@ class ThreadedServer:
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
         try:
-            runner, self.url = await start(self.emulator, self.port)
+            runner, self.url = await start(self.emulator, self.port, tls=self.tls)
+            if self.tls is not None:
+                self.tls_url = f"https://127.0.0.1:{runner.addresses[1][1]}"
         except BaseException as e:
             self._error = e
             self._ready.set()

@@ -205,7 +205,9 @@ async def watch(api: KubeApi, path: str, **params: str) -> list[Json]:
     """Collect a watch stream until the server ends it (by timeoutSeconds)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(api.url + path, params={"watch": "true", **params}) as response,
+        session.get(
+            api.url + path, params={"watch": "true", **params}, headers={"Authorization": f"Bearer {api.token}"}
+        ) as response,
     ):
         assert response.status == 200 and response.content_type == "application/json"
         return [json.loads(line) async for line in response.content if line.strip()]
@@ -412,13 +414,16 @@ def test_owner_deletion_collects_dependents(kube_api: KubeApi) -> None:
     make("grandchild", [child])
     make("shared", [root, other])
     make("orphan-child", [other])
+
+    def left() -> dict[str, Json]:
+        return {i["metadata"]["name"]: i for i in ok(kube_api, "GET", CM)["items"]}
+
     ok(kube_api, "DELETE", f"{CM}/root")
-    left = {i["metadata"]["name"]: i for i in ok(kube_api, "GET", CM)["items"]}
-    assert set(left) == {"other", "shared", "orphan-child"}
-    assert [r["name"] for r in left["shared"]["metadata"]["ownerReferences"]] == ["other"]
+    wait_for(lambda: set(left()) == {"other", "shared", "orphan-child"})  # the garbage collector runs later
+    assert [r["name"] for r in left()["shared"]["metadata"]["ownerReferences"]] == ["other"]
     ok(kube_api, "DELETE", f"{CM}/other", {"propagationPolicy": "Orphan"})
-    left = {i["metadata"]["name"]: i for i in ok(kube_api, "GET", CM)["items"]}
-    assert set(left) == {"shared", "orphan-child"} and not left["shared"]["metadata"]["ownerReferences"]
+    wait_for(lambda: set(left()) == {"shared", "orphan-child"})
+    assert not any(o["metadata"].get("ownerReferences") for o in left().values())
 
 
 def test_failures_are_status_objects(crd_api: KubeApi) -> None:
@@ -434,7 +439,10 @@ def test_failures_are_status_objects(crd_api: KubeApi) -> None:
         "details": {"name": "missing", "group": "relayfleet.io", "kind": "smtprelays"},
     }
     request = urllib.request.Request(
-        crd_api.url + SMR, data=b"{not json", method="POST", headers={"Content-Type": "application/json"}
+        crd_api.url + SMR,
+        data=b"{not json",
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {crd_api.token}"},
     )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=10)
@@ -551,7 +559,11 @@ def test_standalone_server(tmp_path: Path) -> None:
             url = process.stdout.readline().strip()
             assert url.startswith("http://127.0.0.1:")
             assert yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"] == url
-            with urllib.request.urlopen(url + "/api/v1/namespaces/default", timeout=10) as response:
+            token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+            request = urllib.request.Request(
+                url + "/api/v1/namespaces/default", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
                 assert json.loads(response.read())["kind"] == "Namespace"
         finally:
             process.terminate()
@@ -593,7 +605,11 @@ class Operator(KopfThread):
             kopf.adopt(child, owner=body)
             async with (
                 aiohttp.ClientSession() as session,
-                session.post(f"{url}/api/v1/namespaces/{namespace}/configmaps", json=child) as response,
+                session.post(
+                    f"{url}/api/v1/namespaces/{namespace}/configmaps",
+                    json=child,
+                    headers={"Authorization": f"Bearer {self.api.token}"},
+                ) as response,
             ):
                 assert response.status == 201
             kopf.info(body, reason="Created", message=f"created {name}-config")  # a k8s Event
@@ -655,5 +671,5 @@ def test_kopf_operator_end_to_end(crd_api: KubeApi, operator: Operator, caplog: 
     ok(api, "DELETE", f"{SMR}/r1")
     timings["delete"] = timed_wait(lambda: call(api, "GET", f"{SMR}/r1")[0] == 404, timeout=5)
     assert ("delete", "r1", None) in operator.calls
-    assert call(api, "GET", f"{CM}/r1-config")[0] == 404  # garbage-collected with its owner
+    wait_for(lambda: call(api, "GET", f"{CM}/r1-config")[0] == 404, timeout=5)  # garbage-collected with its owner
     logging.getLogger(__name__).info("kopf scenario timings: %s", {k: f"{v:.3f}s" for k, v in timings.items()})
