@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from smtp_relay.config.domains import SendingDomains
 from smtp_relay.config.manifest import ManifestError, SecretData
 from smtp_relay.config.secret_refs import SecretUse, secret_refs
 from smtp_relay.config.spec import SmtpRelaySpec
@@ -46,6 +47,8 @@ class RelayConfig:
     """credentialsSecret name -> credentials."""
     cas: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     """caSecret name -> PEM bundle."""
+    sending_domains: SendingDomains | None = None
+    """The SendingDomains of this relay and their signing keys; None while the verified set is unknown."""
 
 
 def _need(secrets: Mapping[str, SecretData], name: str, keys: tuple[str, ...], where: str) -> SecretData:
