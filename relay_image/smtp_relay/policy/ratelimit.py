@@ -194,31 +194,31 @@ class AuthThrottle:
 
 
 class ConnectionLimiter:
-    """Concurrent SMTP connections per client IP; 421 4.7.0 when one client holds too many."""
+    """Open SMTP connections per client IP, counted from accept to close, whatever stage a connection is in.
 
-    def __init__(self, max_per_client: int = 50) -> None:
-        self.max_per_client = max_per_client
+    Counting every accepted socket (not only those that got as far as the greeting) is what bounds the
+    descriptors one client can hold: the listener counts a connection as the kernel hands it over and
+    uncounts it once its socket is closed. Only clients with open connections take memory.
+    """
+
+    def __init__(self) -> None:
         self._open: dict[str, int] = {}
 
-    def refusal(self, client_ip: str) -> Verdict | None:
-        """The 421 4.7.0 a new connection of this client gets, if it holds too many; counts nothing."""
-        if self._open.get(client_ip, 0) >= self.max_per_client:
-            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
-        return None
+    def opened(self, client_ip: str) -> None:
+        self._open[client_ip] = self._open.get(client_ip, 0) + 1
 
-    def acquire(self, client_ip: str, *, force: bool = False) -> Verdict | None:
-        """Count the connection, or refuse it (then it is not counted and needs no release); `force` always counts."""
-        refused = None if force else self.refusal(client_ip)
-        if refused is None:
-            self._open[client_ip] = self._open.get(client_ip, 0) + 1
-        return refused
-
-    def release(self, client_ip: str) -> None:
+    def closed(self, client_ip: str) -> None:
         current = self._open.get(client_ip, 0)
         if current <= 1:
-            self._open.pop(client_ip, None)  # only clients with open connections take memory
+            self._open.pop(client_ip, None)
         else:
             self._open[client_ip] = current - 1
+
+    def refusal(self, client_ip: str, limit: int) -> Verdict | None:
+        """421 4.7.0 when the client holds more than `limit` connections (the one asking is already counted)."""
+        if self._open.get(client_ip, 0) > limit:
+            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
+        return None
 
     def open_connections(self, client_ip: str) -> int:
         return self._open.get(client_ip, 0)

@@ -23,6 +23,9 @@ from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger("smtp_relay.smtp")
 
+LISTEN_BACKLOG = 512
+"""Connections the kernel queues before accept (capped by net.core.somaxconn); asyncio's default is 100."""
+
 
 @dataclass
 class _Bound:
@@ -84,7 +87,7 @@ class RelayServer:
     def _bind(self, listener: Listener) -> _Bound:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.create_server(
-            (self._host, listener.port), family=family, backlog=512, reuse_port=self._reuse_port
+            (self._host, listener.port), family=family, backlog=LISTEN_BACKLOG, reuse_port=self._reuse_port
         )
         sock.setblocking(False)
         return _Bound(listener=listener, sock=sock)
@@ -92,7 +95,9 @@ class RelayServer:
     async def _serve(self, bound: _Bound) -> None:
         loop = asyncio.get_running_loop()
         bound.server = await loop.create_server(
-            lambda: RelaySession(self, bound.listener, self._setup), sock=bound.sock
+            lambda: RelaySession(self, bound.listener, self._setup),
+            sock=bound.sock,
+            backlog=LISTEN_BACKLOG,  # create_server listens again on the socket, with 100 unless told
         )
         log.info(
             "listening name=%s port=%d tls=%s auth=%s",
@@ -145,13 +150,13 @@ class RelayServer:
     # --- sessions -------------------------------------------------------------------------
 
     def session_started(self, session: SessionState) -> None:
-        """Called by each session as it starts: drain waits for it, the gauge counts it."""
+        """Called by each session as its socket is accepted: drain waits for it, the gauge counts it."""
         self._sessions.add(session)
         self._idle.clear()
         self.metrics.active_connections.labels(listener=session._listener.name).inc()
 
     def session_ended(self, session: SessionState) -> None:
-        """Called by each session once closed, however it ended."""
+        """Called by each session once its socket is closed, however far it got."""
         if session in self._sessions:
             self._sessions.discard(session)
             self.metrics.active_connections.labels(listener=session._listener.name).dec()

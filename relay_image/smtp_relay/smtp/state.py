@@ -97,7 +97,9 @@ class SessionState(SMTP):
         self._errors = 0
         self._auth_failures = 0
         self._closing = False
-        self._policy_connected = False
+        self._finished = False
+        self._counted: tuple[PolicyEngine, str] | None = None
+        """The policy engine and the address this connection is counted under, until its socket closes."""
         self._reset_transaction()
 
     # --- state ---------------------------------------------------------------------------

@@ -129,24 +129,29 @@ def test_a_successful_login_clears_the_failures() -> None:
 
 
 def test_connection_limit_per_client() -> None:
-    limiter = ConnectionLimiter(max_per_client=2)
-    assert limiter.acquire("192.0.2.1") is None
-    assert limiter.acquire("192.0.2.1") is None
-    refused = limiter.acquire("192.0.2.1")
+    limiter = ConnectionLimiter()
+    for _ in range(2):
+        limiter.opened("192.0.2.1")
+        assert limiter.refusal("192.0.2.1", limit=2) is None
+    limiter.opened("192.0.2.1")
+    refused = limiter.refusal("192.0.2.1", limit=2)
     assert refused is not None and refused.reply == "421 4.7.0 Too many connections from your host, try again later"
-    assert limiter.acquire("192.0.2.2") is None
-    limiter.release("192.0.2.1")
-    assert limiter.acquire("192.0.2.1") is None
+    assert limiter.refusal("192.0.2.2", limit=2) is None
+    limiter.closed("192.0.2.1")
+    assert limiter.refusal("192.0.2.1", limit=2) is None
     for _ in range(3):
-        limiter.release("192.0.2.1")
+        limiter.closed("192.0.2.1")
     assert limiter.open_connections("192.0.2.1") == 0
 
 
-def test_connection_refusal_is_asked_without_counting() -> None:
-    limiter = ConnectionLimiter(max_per_client=1)
-    assert limiter.refusal("192.0.2.1") is None and limiter.open_connections("192.0.2.1") == 0
-    assert limiter.acquire("192.0.2.1") is None
-    refused = limiter.refusal("192.0.2.1")
+def test_connection_refusal_counts_nothing() -> None:
+    limiter = ConnectionLimiter()
+    limiter.opened("192.0.2.1")
+    for _ in range(3):
+        assert limiter.refusal("192.0.2.1", limit=1) is None
+        assert limiter.refusal("192.0.2.2", limit=1) is None
+    assert (limiter.open_connections("192.0.2.1"), limiter.open_connections("192.0.2.2")) == (1, 0)
+    limiter.opened("192.0.2.1")
+    refused = limiter.refusal("192.0.2.1", limit=1)
     assert refused is not None and refused.code == 421
-    assert limiter.acquire("192.0.2.1", force=True) is None  # what audit mode does with an overridden refusal
     assert limiter.open_connections("192.0.2.1") == 2
