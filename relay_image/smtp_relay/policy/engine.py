@@ -5,7 +5,8 @@ little as possible and reaches the sending application synchronously:
 
 - accept: open connections per client, counted from accept to close (policy.checks.connect);
 - connect: DNSBL of the client IP (policy.checks.connect);
-- AUTH: the failure throttle (`before_auth`, `auth_failed`, `auth_succeeded`; policy.checks.auth);
+- AUTH: the failure throttle (`before_auth`, `reserve_auth` before each password check, then
+  `auth_failed`, `auth_succeeded` or `auth_abandoned`; policy.checks.auth);
 - MAIL: verified sender domain, rate limits (early refusal), SPF (policy.checks.mail);
 - RCPT: recipient syntax, recipient domain can receive mail (policy.checks.rcpt);
 - end of DATA: blocked attachments, virus, spam, and the rate limits again, now counting the message
@@ -156,15 +157,27 @@ class PolicyEngine:
         return self._connect.run(facts)
 
     def before_auth(self, facts: Facts) -> Verdict:
-        """454 4.7.0 while the client is cooling down after too many failed logins."""
+        """454 4.7.0 while the client is cooling down or has no attempts left, before the AUTH exchange."""
         return self._auth.run_sync(facts)
 
-    async def auth_failed(self, facts: Facts) -> Verdict:
-        """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay."""
-        return await auth.failed_login(self.auth_throttle, facts, self.accounting, self._sleep)
+    def reserve_auth(self, facts: Facts) -> Verdict:
+        """Just before a password check: reserve it, or refuse (454 4.7.0) without checking.
 
-    def auth_succeeded(self, facts: Facts) -> None:
-        self.auth_throttle.success(facts.client_ip)
+        A reserved check must be settled by `auth_failed`, `auth_succeeded` or `auth_abandoned`.
+        """
+        return auth.reserve_attempt(self.auth_throttle, facts, self.accounting)
+
+    async def auth_failed(self, facts: Facts, username: str) -> Verdict:
+        """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay."""
+        return await auth.failed_login(self.auth_throttle, facts, username, self.accounting, self._sleep)
+
+    def auth_succeeded(self, facts: Facts, username: str) -> None:
+        """Forget this username's failures from this address (only these)."""
+        self.auth_throttle.success(facts.client_ip, username)
+
+    def auth_abandoned(self, facts: Facts, username: str) -> None:
+        """The client left while its password was being checked: the attempt counts as failed (it was paid for)."""
+        self.auth_throttle.failure(facts.client_ip, username)
 
     def on_mail(self, facts: Facts) -> Coroutine[Any, Any, Verdict]:
         """Verified sender domain, rate limits (no room left: 451 4.7.1), SPF."""

@@ -16,6 +16,7 @@ from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import Listener
 from smtp_relay.policy.admission import Admission
 from smtp_relay.policy.engine import PolicyEngine
+from smtp_relay.smtp.passwords import PasswordChecker, UserTable
 from smtp_relay.smtp.session import RelaySession
 from smtp_relay.smtp.state import MessageSink, SessionSetup, SessionState
 from smtp_relay.smtp.tls import server_context
@@ -57,6 +58,8 @@ class RelayServer:
         self.sink = sink
         """Where sessions commit accepted messages (the spool, in production)."""
         self._reuse_port = reuse_port
+        self.passwords = PasswordChecker(self.metrics)
+        """AUTH password checks: a small pool shared by every session, across reloads."""
         self._setup = self._build(config)
         self._bound: dict[str, _Bound] = {}
         self._sessions: set[SessionState] = set()
@@ -75,6 +78,7 @@ class RelayServer:
             admission=Admission.from_spec(config.spec),
             tls=tls,
             max_size=config.spec.policy.max_message_bytes,
+            users=UserTable.from_users(config.users),
         )
 
     @property
@@ -189,3 +193,4 @@ class RelayServer:
             if session.transport is not None:
                 session.transport.close()
         await self.wait_idle(2.0)
+        self.passwords.close()

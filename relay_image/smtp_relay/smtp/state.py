@@ -25,6 +25,7 @@ from smtp_relay.policy.admission import Admission
 from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.verdict import Facts, Verdict
 from smtp_relay.smtp.data_reader import CHUNK_SIZE
+from smtp_relay.smtp.passwords import PasswordChecker, UserTable
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger("smtp_relay.smtp")
@@ -46,6 +47,7 @@ class SessionSetup:
     admission: Admission
     tls: ssl.SSLContext | None
     max_size: int
+    users: UserTable
 
 
 class SessionHost(Protocol):
@@ -61,6 +63,8 @@ class SessionHost(Protocol):
     def draining(self) -> bool: ...
     @property
     def sink(self) -> MessageSink: ...
+    @property
+    def passwords(self) -> PasswordChecker: ...
     def session_started(self, session: SessionState) -> None: ...
     def session_ended(self, session: SessionState) -> None: ...
 

@@ -13,20 +13,23 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from bench.peers.ports import free_port
 
+from tests.harness.raw_smtp import command as _cmd
+from tests.harness.raw_smtp import raw_client as _client
+from tests.harness.raw_smtp import read_reply as _reply
 from tests.harness.relay_proc import RelayProcess
 from tests.harness.waiting import wait_for
 from tests.peers.tls import IssuedCert
 
 pytestmark = pytest.mark.peers
 
-ATTACKER = "127.0.0.1"
 TRUSTED = "127.0.0.2"
+"""In allowedNetworks; the flooding client is 127.0.0.1 (raw_client's default source), outside them."""
 NOFILE = 256
 """The relay's descriptor limit in these tests: a leak of one socket per connection exhausts it fast."""
 FLOOD = 450
@@ -58,33 +61,6 @@ def _spec(**clients: Any) -> dict[str, Any]:
 
 def _ports(spec: dict[str, Any]) -> dict[str, int]:
     return {listener["name"]: int(listener["port"]) for listener in spec["listeners"]}
-
-
-@contextlib.contextmanager
-def _client(port: int, source: str = ATTACKER) -> Iterator[socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def _reply(sock: socket.socket) -> bytes:
-    """One whole reply (all lines of a multi-line one); b"" when the relay closed the connection."""
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
-        last = data.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
-        if data.endswith(b"\r\n") and len(last) >= 4 and last[3:4] == b" ":
-            return data
-
-
-def _cmd(sock: socket.socket, line: bytes) -> bytes:
-    sock.sendall(line + b"\r\n")
-    return _reply(sock)
 
 
 def _reset(sock: socket.socket) -> None:
