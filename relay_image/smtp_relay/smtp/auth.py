@@ -8,9 +8,7 @@ just before the check, and settles it with the outcome, also when the client lea
 from __future__ import annotations
 
 import logging
-from base64 import b64decode
-
-from aiosmtpd.smtp import MISSING
+from base64 import b64decode, b64encode
 
 from smtp_relay.smtp.state import SessionState
 
@@ -94,18 +92,27 @@ class AuthCommand(SessionState):
         log.info("auth ok client=%s user=%s", self._client_ip, name)
         await self.push("235 2.7.0 Authentication successful")
 
-    async def _decode_b64(self, text: str) -> bytes | None:
-        if text == "=":
+    async def _decode_b64(self, text: str | bytes) -> bytes | None:
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        if data == b"=":
             return b""
         try:
-            return b64decode(text.encode("ascii", "strict"), validate=True)
-        except (ValueError, UnicodeEncodeError):
+            return b64decode(data, validate=True)
+        except ValueError:
             await self._error("501 5.5.2 Cannot decode base64", "syntax")
             return None
 
     async def _challenge(self, prompt: str) -> bytes | None:
-        answer = await self.challenge_auth(prompt)  # answers 501 itself on "*" or bad base64
-        return None if answer is MISSING else bytes(answer)
+        """Send a 334 challenge and decode the answer; None after answering a cancel ("*") or a bad line."""
+        await self.push("334 " + b64encode(prompt.encode()).decode())
+        answer = await self._read_answer()  # the command line checks apply: length, bare CR/LF
+        if answer is None:
+            return None
+        answer = answer.strip()
+        if answer == b"*":
+            await self._error("501 5.7.0 Authentication cancelled", "auth_cancelled")
+            return None
+        return await self._decode_b64(answer)
 
     async def _auth_plain(self, initial: str | None) -> tuple[bytes, bytes] | None:
         blob = await self._challenge("") if initial is None else await self._decode_b64(initial)

@@ -23,15 +23,11 @@ from smtp_relay.policy.verdict import Verdict
 from smtp_relay.smtp.auth import AuthCommand
 from smtp_relay.smtp.data_reader import take_buffered
 from smtp_relay.smtp.proxy import read_proxy_header
+from smtp_relay.smtp.state import COMMAND_LIMIT, COMMAND_LIMITS
 from smtp_relay.smtp.tls import TlsCommands
 from smtp_relay.smtp.transaction import MailTransactionCommands
 
 log = logging.getLogger("smtp_relay.smtp")
-
-COMMAND_LIMIT = 512
-"""RFC 5321 4.5.3.1.4, CRLF included."""
-COMMAND_LIMITS = {"MAIL": COMMAND_LIMIT + 26 + 10 + 14 + 64, "RCPT": COMMAND_LIMIT + 64, "AUTH": 12288}
-"""Extensions lengthen some commands: SIZE, SMTPUTF8, BODY, AUTH= on MAIL; RFC 4954 4 for AUTH."""
 
 
 class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
@@ -143,22 +139,6 @@ class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
             self.transport.close()
 
     # --- command lines ---------------------------------------------------------------------
-
-    async def _read_command(self) -> bytes | None:
-        """One command line, or None after answering an over-long one."""
-        try:
-            return await self._reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as exc:
-            consumed = exc.consumed
-            while True:
-                await self._reader.readexactly(consumed)
-                try:
-                    await self._reader.readuntil(b"\n")
-                    break
-                except asyncio.LimitOverrunError as more:
-                    consumed = more.consumed
-            await self._error("500 5.5.6 Line too long", "line_too_long")
-            return None
 
     async def _one_command(self) -> None:
         line = await self._read_command()

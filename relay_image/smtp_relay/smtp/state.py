@@ -33,6 +33,11 @@ log = logging.getLogger("smtp_relay.smtp")
 MessageSink = Callable[[Envelope, bytes], Awaitable[str]]
 """Commits the message durably and returns its queue id; raises to signal failure (the client gets 451)."""
 
+COMMAND_LIMIT = 512
+"""RFC 5321 4.5.3.1.4, CRLF included."""
+COMMAND_LIMITS = {"MAIL": COMMAND_LIMIT + 26 + 10 + 14 + 64, "RCPT": COMMAND_LIMIT + 64, "AUTH": 12288}
+"""Extensions lengthen some commands: SIZE, SMTPUTF8, BODY, AUTH= on MAIL; RFC 4954 4 for AUTH."""
+
 MAX_ERRORS = 20
 """Protocol errors tolerated per connection before 421 (bots probing for smuggling or open relay)."""
 SESSION_TIMEOUT = 300.0
@@ -145,6 +150,37 @@ class SessionState(SMTP):
         }
         fields.update(extra)
         return Facts(**fields)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def _read_command(self) -> bytes | None:
+        """One command line, or None after answering an over-long one."""
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+            while True:
+                await self._reader.readexactly(consumed)
+                try:
+                    await self._reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    consumed = more.consumed
+            await self._error("500 5.5.6 Line too long", "line_too_long")
+            return None
+
+    async def _read_answer(self) -> bytes | None:
+        """One line answering a challenge (AUTH), checked as a command line; None after answering a bad one."""
+        line = await self._read_command()
+        if line is None:
+            return None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            await self._error("500 5.5.2 Bare CR or LF not allowed, use CRLF", "bare_cr_lf")
+            return None
+        if len(line) > COMMAND_LIMITS["AUTH"]:
+            await self._error("500 5.5.6 Line too long", "line_too_long")
+            return None
+        return line[:-2]
 
     # --- replies ---------------------------------------------------------------------------
 
