@@ -96,6 +96,19 @@ RULES: dict[str, list[Rule]] = {
             lambda node: not node.get("requireTLS", False) or node.get("tls", "none") != "none",
         ),
     ],
+    "Smarthost": [
+        Rule(
+            "!has(self.credentialsSecret) || !has(self.tls) || self.tls != 'none'"
+            " || (has(self.allowInsecureAuth) && self.allowInsecureAuth)",
+            "credentialsSecret with tls none would send the password in clear text:"
+            " use tls starttls or implicit (or allowInsecureAuth: true, for test networks only)",
+            lambda node: (
+                "credentialsSecret" not in node
+                or node.get("tls", "starttls") != "none"
+                or bool(node.get("allowInsecureAuth", False))
+            ),
+        ),
+    ],
     "Destination": _DESTINATION_RULES,
     "Route": _DESTINATION_RULES,
     "SpamSpec": [

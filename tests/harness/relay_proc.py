@@ -7,6 +7,8 @@ it must be a separate process, not a task in the test's event loop.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from bench.peers.ports import free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 RELAY_BIN = Path(sys.executable).with_name("smtp-relay")
 
@@ -44,6 +47,8 @@ class RelayProcess:
     manifest: Path
     http_port: int
     extra_args: list[str] = field(default_factory=list)
+    nofile: int | None = None
+    """RLIMIT_NOFILE of the relay process (soft and hard), to make descriptor exhaustion reachable."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,8 +80,25 @@ class RelayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        if self.nofile is not None:  # prlimit(2) on the child: no code between fork and exec
+            resource.prlimit(self.proc.pid, resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
         if wait:
             self.wait_ready()
+
+    def open_descriptors(self) -> int:
+        """How many file descriptors the relay process holds now (its /proc/<pid>/fd)."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of its /metrics (0.0 when absent, as prometheus_client reads an untouched child)."""
+        status, text = self.http("/metrics")
+        assert status == 200, text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -138,12 +160,13 @@ def relay_factory(tmp_path: Path) -> Iterator[Any]:
         start: bool = True,
         args: list[str] | None = None,
         grace: float = 10.0,
+        nofile: int | None = None,
     ) -> RelayProcess:
         workdir = tmp_path / f"relay{len(made)}"
         workdir.mkdir()
         manifest = workdir / "relay.yaml"
         manifest.write_text(relay_manifest(spec, *secrets))
-        relay = RelayProcess(workdir, manifest, free_port(), ["--grace", str(grace), *(args or [])])
+        relay = RelayProcess(workdir, manifest, free_port(), ["--grace", str(grace), *(args or [])], nofile=nofile)
         made.append(relay)
         if start:
             relay.start()

@@ -150,6 +150,10 @@ class ClientsSpec(SpecModel):
     """SMTP AUTH users; needed by any listener with auth optional or required."""
     proxy_protocol: bool = False
     """Expect a PROXY protocol v1/v2 header from a load balancer, so policy sees the real client address."""
+    max_connections_per_client: Annotated[int, Field(ge=1, le=65535)] = 50
+    """Open SMTP connections one client address may hold (from accept to close); more are refused with 421."""
+    max_connections_per_trusted_client: Annotated[int, Field(ge=1, le=65535)] = 500
+    """The same limit for addresses in allowedNetworks: generous for the fleet's own applications, yet a bound."""
 
 
 class SendersSpec(SpecModel):
@@ -290,6 +294,18 @@ class Smarthost(SpecModel):
     """Verify the smarthost's certificate."""
     ca_secret: SecretName | None = None
     """Secret with key ca.crt: the CA that signs the smarthost's certificate (default: system CAs)."""
+    allow_insecure_auth: bool = False
+    """Allow credentialsSecret with tls none. Only for test networks: the password travels in clear text."""
+
+    @model_validator(mode="after")
+    def _no_cleartext_credentials(self) -> Smarthost:
+        if self.credentials_secret is not None and self.tls == "none" and not self.allow_insecure_auth:
+            raise PydanticCustomError(
+                "smarthost",
+                "credentialsSecret with tls none would send the password in clear text:"
+                " use tls starttls or implicit (or allowInsecureAuth: true, for test networks only)",
+            )
+        return self
 
 
 class MxSpec(SpecModel):

@@ -3,8 +3,10 @@
 Each check runs at the earliest stage that has its data, so a refusal costs the client (and us) as
 little as possible and reaches the sending application synchronously:
 
-- connect: DNSBL of the client IP, concurrent connections per client (policy.checks.connect);
-- AUTH: the failure throttle (`before_auth`, `auth_failed`, `auth_succeeded`; policy.checks.auth);
+- accept: open connections per client, counted from accept to close (policy.checks.connect);
+- connect: DNSBL of the client IP (policy.checks.connect);
+- AUTH: the failure throttle (`before_auth`, `reserve_auth` before each password check, then
+  `auth_failed`, `auth_succeeded` or `auth_abandoned`; policy.checks.auth);
 - MAIL: verified sender domain, rate limits (early refusal), SPF (policy.checks.mail);
 - RCPT: recipient syntax, recipient domain can receive mail (policy.checks.rcpt);
 - end of DATA: blocked attachments, virus, spam, and the rate limits again, now counting the message
@@ -37,10 +39,8 @@ from smtp_relay.policy.quarantine import QuarantineStore
 from smtp_relay.policy.ratelimit import AuthThrottle, ConnectionLimiter, RateLimiter
 from smtp_relay.policy.scanners import Scanners
 from smtp_relay.policy.spf import SpfResult
-from smtp_relay.policy.util import NetworkList, ip_in, parse_networks
+from smtp_relay.policy.util import NetworkList, parse_networks
 from smtp_relay.policy.verdict import Check, DataDecision, Facts, HeaderComposer, Verdict
-
-MAX_CONNECTIONS_PER_CLIENT = 50
 
 
 class PolicyEngine:
@@ -60,7 +60,6 @@ class PolicyEngine:
         quarantine: QuarantineStore | None = None,
         scanners: Scanners | None = None,
         clock: Callable[[], float] = time.monotonic,
-        max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
         auth_throttle: AuthThrottle | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         compose_headers: HeaderComposer | None = None,
@@ -72,7 +71,7 @@ class PolicyEngine:
         self._sleep = sleep
         self._compose_headers = compose_headers
         self.lookups = Lookups(resolver, clock)
-        self.connections = ConnectionLimiter(max_connections_per_client)
+        self.connections = ConnectionLimiter()
         self.auth_throttle = auth_throttle or AuthThrottle(clock=clock)
         self.verified_domains: Collection[str] | None = None
         """Domains with a verified SendingDomain (set by the operator side); None: not known yet."""
@@ -98,7 +97,9 @@ class PolicyEngine:
         connect_checks: list[Check] = []
         if policy.ip_authority.dnsbl.zones:
             connect_checks.append(connect.dnsbl(policy.ip_authority.dnsbl, lookups))
-        connect_checks.append(connect.connection_limit(self.connections, self.trusted))
+        self._accept = Chain(
+            "connect", [connect.connection_limit(self.connections, self.trusted, spec.clients)], accounting, sync=True
+        )
         mail_checks = [
             mail.sender_verified(spec.senders.require_verified_domain, self._verified),
             mail.rate_limits(self.rate_limiter),
@@ -139,31 +140,44 @@ class PolicyEngine:
 
     # --- the stages (each returns the chain's coroutine itself: no extra one per command) ------------
 
-    async def on_connect(self, facts: Facts) -> Verdict:
-        """DNSBL, then the per-client connection limit (not for allowedNetworks: those are our own clients).
+    def connection_opened(self, client_ip: str) -> None:
+        """Count a connection of this client; the listener calls it at accept (after the PROXY header, if any)."""
+        self.connections.opened(client_ip)
 
-        A connection counts as open exactly when the verdict does not refuse (audit mode included);
-        call `on_disconnect` for those.
-        """
-        verdict = await self._connect.run(facts)
-        if not verdict.refuses and not ip_in(facts.client_ip, self.trusted):
-            self.connections.acquire(facts.client_ip, force=True)
-        return verdict
+    def connection_closed(self, client_ip: str) -> None:
+        """Uncount a connection once its socket is closed, however far it got."""
+        self.connections.closed(client_ip)
 
-    def on_disconnect(self, facts: Facts) -> None:
-        if not ip_in(facts.client_ip, self.trusted):
-            self.connections.release(facts.client_ip)
+    def on_accept(self, facts: Facts) -> Verdict:
+        """The per-client connection limit (allowedNetworks: their own, larger one), before any TLS handshake."""
+        return self._accept.run_sync(facts)
+
+    def on_connect(self, facts: Facts) -> Coroutine[Any, Any, Verdict]:
+        """DNSBL, before the greeting."""
+        return self._connect.run(facts)
 
     def before_auth(self, facts: Facts) -> Verdict:
-        """454 4.7.0 while the client is cooling down after too many failed logins."""
+        """454 4.7.0 while the client is cooling down or has no attempts left, before the AUTH exchange."""
         return self._auth.run_sync(facts)
 
-    async def auth_failed(self, facts: Facts) -> Verdict:
-        """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay."""
-        return await auth.failed_login(self.auth_throttle, facts, self.accounting, self._sleep)
+    def reserve_auth(self, facts: Facts) -> Verdict:
+        """Just before a password check: reserve it, or refuse (454 4.7.0) without checking.
 
-    def auth_succeeded(self, facts: Facts) -> None:
-        self.auth_throttle.success(facts.client_ip)
+        A reserved check must be settled by `auth_failed`, `auth_succeeded` or `auth_abandoned`.
+        """
+        return auth.reserve_attempt(self.auth_throttle, facts, self.accounting)
+
+    async def auth_failed(self, facts: Facts, username: str) -> Verdict:
+        """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay."""
+        return await auth.failed_login(self.auth_throttle, facts, username, self.accounting, self._sleep)
+
+    def auth_succeeded(self, facts: Facts, username: str) -> None:
+        """Forget this username's failures from this address (only these)."""
+        self.auth_throttle.success(facts.client_ip, username)
+
+    def auth_abandoned(self, facts: Facts, username: str) -> None:
+        """The client left while its password was being checked: the attempt counts as failed (it was paid for)."""
+        self.auth_throttle.failure(facts.client_ip, username)
 
     def on_mail(self, facts: Facts) -> Coroutine[Any, Any, Verdict]:
         """Verified sender domain, rate limits (no room left: 451 4.7.1), SPF."""

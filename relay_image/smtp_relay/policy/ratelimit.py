@@ -7,9 +7,9 @@ keys come from clients and a flood of distinct IPs or senders must not grow the 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smtp_relay.config.spec import RateLimit
 from smtp_relay.config.units import parse_duration
@@ -136,12 +136,28 @@ class RateLimiter:
         return None
 
 
-class AuthThrottle:
-    """Per-client AUTH failure throttle against password guessing.
+@dataclass
+class _AuthRecord:
+    """One client address's AUTH history: who failed when (oldest first), checks under way, its cool-down."""
 
-    After `delay_after` failures in `window`, each further failure is answered only after a growing delay
-    (tarpit); after `max_failures` the client gets 454 4.7.0 for every AUTH until `cooldown` has passed.
-    A successful login clears the client's record.
+    failures: deque[tuple[float, str]] = field(default_factory=deque)
+    pending: int = 0
+    blocked_until: float | None = None
+
+
+MAX_USERNAME_KEPT = 256
+"""Characters of a failed username kept in a record (a client chooses them; memory stays bounded)."""
+
+
+class AuthThrottle:
+    """AUTH failure throttle against password guessing, per client address and per (address, username).
+
+    Every attempt is reserved before its password is checked: an address with `max_failures` failures
+    in `window`, counting the checks still under way, gets 454 4.7.0 before any check, so pipelined
+    or parallel AUTH lines cannot buy more checks than the limit. After `delay_after` failures each
+    further one is answered after a growing delay (tarpit); reaching `max_failures` blocks the address
+    for `cooldown`. A successful login forgets only that username's failures from that address: owning
+    one account does not buy guesses at another's password.
     """
 
     def __init__(
@@ -157,68 +173,109 @@ class AuthThrottle:
     ) -> None:
         self.max_failures = max_failures
         self.delay_after = delay_after
+        self.window = window
         self.cooldown = cooldown
         self.max_delay = max_delay
         self._clock = clock
-        self._failures = SlidingWindow(window, clock, max_keys)
-        self._blocked: OrderedDict[str, float] = OrderedDict()
         self._max_keys = max_keys
+        self._records: OrderedDict[str, _AuthRecord] = OrderedDict()
+
+    def _record(self, client_ip: str, now: float) -> _AuthRecord | None:
+        """The address's record with expired failures and cool-down dropped; None (and forgotten) when empty."""
+        record = self._records.get(client_ip)
+        if record is None:
+            return None
+        while record.failures and now - record.failures[0][0] >= self.window:
+            record.failures.popleft()
+        if record.blocked_until is not None and now >= record.blocked_until:
+            record.blocked_until = None
+        if not record.failures and not record.pending and record.blocked_until is None:
+            del self._records[client_ip]
+            return None
+        return record
+
+    def _recorded(self, client_ip: str, now: float) -> _AuthRecord:
+        record = self._record(client_ip, now)
+        if record is None:
+            record = self._records[client_ip] = _AuthRecord()
+            while len(self._records) > self._max_keys:
+                self._records.popitem(last=False)
+        self._records.move_to_end(client_ip)
+        return record
 
     def before_auth(self, client_ip: str) -> Verdict | None:
-        """454 4.7.0 while the client is in its cool-down; None lets the AUTH exchange start."""
-        until = self._blocked.get(client_ip)
-        if until is None:
+        """454 4.7.0 while the address cools down or has no attempt left (failures plus checks under way)."""
+        record = self._record(client_ip, self._clock())
+        if record is None:
             return None
-        if self._clock() >= until:
-            del self._blocked[client_ip]
-            return None
-        return defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+        if record.blocked_until is not None or len(record.failures) + record.pending >= self.max_failures:
+            return defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+        return None
 
-    def failure(self, client_ip: str) -> tuple[Verdict, float]:
-        """Record a failed AUTH: the reply to give (535 5.7.8, or 454 4.7.0 once blocked) and the seconds to wait."""
-        self._failures.hit(client_ip)
-        failures = self._failures.count(client_ip)
+    def reserve(self, client_ip: str) -> None:
+        """Count a password check as under way; `failure` or `success` settles it."""
+        self._recorded(client_ip, self._clock()).pending += 1
+
+    def failure(self, client_ip: str, username: str) -> tuple[Verdict, float]:
+        """Settle a reserved check as failed: the reply (535 5.7.8, or 454 4.7.0 once blocked) and the delay."""
+        now = self._clock()
+        record = self._recorded(client_ip, now)
+        record.pending = max(0, record.pending - 1)
+        record.failures.append((now, username[:MAX_USERNAME_KEPT]))
+        while len(record.failures) > self.max_failures:
+            record.failures.popleft()
+        failures = len(record.failures)
         if failures >= self.max_failures:
-            self._blocked.pop(client_ip, None)
-            self._blocked[client_ip] = self._clock() + self.cooldown
-            while len(self._blocked) > self._max_keys:
-                self._blocked.popitem(last=False)
+            record.blocked_until = now + self.cooldown
             verdict = defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
             return verdict, self.max_delay
         delay = min(self.max_delay, max(0.0, failures - self.delay_after))
         return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed"), delay
 
-    def success(self, client_ip: str) -> None:
-        self._failures.forget(client_ip)
-        self._blocked.pop(client_ip, None)
+    def success(self, client_ip: str, username: str) -> None:
+        """Settle a reserved check as a login: forget this username's failures from this address, no others."""
+        record = self._record(client_ip, self._clock())
+        if record is None:
+            return
+        record.pending = max(0, record.pending - 1)
+        kept = username[:MAX_USERNAME_KEPT]
+        record.failures = deque(entry for entry in record.failures if entry[1] != kept)
+        self._record(client_ip, self._clock())  # forgets a record left empty
+
+    def failures(self, client_ip: str, username: str | None = None) -> int:
+        """Failures in the window from this address (of this username only, when given)."""
+        record = self._record(client_ip, self._clock())
+        if record is None:
+            return 0
+        return sum(1 for _, user in record.failures if username is None or user == username[:MAX_USERNAME_KEPT])
 
 
 class ConnectionLimiter:
-    """Concurrent SMTP connections per client IP; 421 4.7.0 when one client holds too many."""
+    """Open SMTP connections per client IP, counted from accept to close, whatever stage a connection is in.
 
-    def __init__(self, max_per_client: int = 50) -> None:
-        self.max_per_client = max_per_client
+    Counting every accepted socket (not only those that got as far as the greeting) is what bounds the
+    descriptors one client can hold: the listener counts a connection as the kernel hands it over and
+    uncounts it once its socket is closed. Only clients with open connections take memory.
+    """
+
+    def __init__(self) -> None:
         self._open: dict[str, int] = {}
 
-    def refusal(self, client_ip: str) -> Verdict | None:
-        """The 421 4.7.0 a new connection of this client gets, if it holds too many; counts nothing."""
-        if self._open.get(client_ip, 0) >= self.max_per_client:
-            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
-        return None
+    def opened(self, client_ip: str) -> None:
+        self._open[client_ip] = self._open.get(client_ip, 0) + 1
 
-    def acquire(self, client_ip: str, *, force: bool = False) -> Verdict | None:
-        """Count the connection, or refuse it (then it is not counted and needs no release); `force` always counts."""
-        refused = None if force else self.refusal(client_ip)
-        if refused is None:
-            self._open[client_ip] = self._open.get(client_ip, 0) + 1
-        return refused
-
-    def release(self, client_ip: str) -> None:
+    def closed(self, client_ip: str) -> None:
         current = self._open.get(client_ip, 0)
         if current <= 1:
-            self._open.pop(client_ip, None)  # only clients with open connections take memory
+            self._open.pop(client_ip, None)
         else:
             self._open[client_ip] = current - 1
+
+    def refusal(self, client_ip: str, limit: int) -> Verdict | None:
+        """421 4.7.0 when the client holds more than `limit` connections (the one asking is already counted)."""
+        if self._open.get(client_ip, 0) > limit:
+            return defer(421, "4.7.0", "Too many connections from your host, try again later", "connection_limit")
+        return None
 
     def open_connections(self, client_ip: str) -> int:
         return self._open.get(client_ip, 0)

@@ -1,56 +1,21 @@
 """SMTP AUTH (RFC 4954): the PLAIN and LOGIN exchanges, and the check of credentials against the users Secret.
 
-Passwords in the Secret are plaintext or bcrypt hashes. bcrypt is deliberately slow (tens to hundreds
-of ms), so it runs in a worker thread: one login must not stall every other session of the event loop.
-Plaintext compares in constant time, and unknown users cost the same as a wrong password, so timing
-tells nothing about which usernames exist.
+The password check itself (bcrypt off the event loop, the same cost for every username) is
+`smtp.passwords`; this module asks the policy's throttle before the exchange, reserves the attempt
+just before the check, and settles it with the outcome, also when the client leaves mid-check.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
-from base64 import b64decode
-from collections.abc import Mapping
-
-import bcrypt
-from aiosmtpd.smtp import MISSING
+from base64 import b64decode, b64encode
 
 from smtp_relay.smtp.state import SessionState
 
 log = logging.getLogger("smtp_relay.smtp")
 
 MAX_AUTH_FAILURES = 3
-"""Failed logins per connection before 421 (the policy's tarpit also counts them per client address)."""
-
-_DUMMY = b"relayfleet-no-such-user"
-
-
-def _check_sync(stored: str | None, password: bytes) -> bool:
-    if stored is None:
-        hmac.compare_digest(_DUMMY, password)
-        return False
-    if stored.startswith("$2"):
-        try:
-            return bcrypt.checkpw(password, stored.encode())
-        except ValueError:
-            return False  # a malformed hash in the Secret logs in nobody
-    return hmac.compare_digest(stored.encode(), password)
-
-
-async def verify(users: Mapping[str, str], username: bytes, password: bytes) -> str | None:
-    """The username when the password matches, else None."""
-    try:
-        name = username.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    stored = users.get(name)
-    if stored is not None and stored.startswith("$2"):
-        ok = await asyncio.get_running_loop().run_in_executor(None, _check_sync, stored, password)
-    else:
-        ok = _check_sync(stored, password)
-    return name if ok else None
+"""Failed logins per connection before 421 (the policy's throttle also counts them per client address)."""
 
 
 class AuthCommand(SessionState):
@@ -96,37 +61,58 @@ class AuthCommand(SessionState):
             return
         if credentials is None:
             return  # a malformed exchange, already answered
-        user = await verify(self._setup.config.users, *credentials)
-        if user is None:
+        username, password = credentials
+        name = username.decode("utf-8", "surrogateescape")  # never matches a user when not UTF-8
+        if policy is not None:
+            reserved = policy.reserve_auth(self._facts())  # refused here, the password is not even checked
+            if reserved.refuses:
+                await self._refuse(reserved, f"AUTH {mechanism}")
+                return
+        try:
+            ok = await self._relay.passwords.verify(self._setup.users, name, password)
+        except BaseException:  # the client left mid-check: the attempt was paid for, it counts as failed
+            if policy is not None:
+                policy.auth_abandoned(self._facts(), name)
+            raise
+        if not ok:
             self._auth_failures += 1
             self._relay.metrics.rejected.labels(reason="auth_failed").inc()
             log.info("auth failed client=%s mechanism=%s", self._client_ip, mechanism)
             reply = "535 5.7.8 Authentication credentials invalid"
             if policy is not None:
-                reply = (await policy.auth_failed(self._facts())).reply  # after the brute-force tarpit
+                reply = (await policy.auth_failed(self._facts(), name)).reply  # after the brute-force tarpit
             await self.push(reply)
             if self._auth_failures >= MAX_AUTH_FAILURES:
                 await self._hang_up("421 4.7.0 Too many failed authentications")
             return
         self.session.authenticated = True
-        self.session.auth_data = user  # type: ignore[assignment]  # aiosmtpd types it as None
+        self.session.auth_data = name  # type: ignore[assignment]  # aiosmtpd types it as None
         if policy is not None:
-            policy.auth_succeeded(self._facts())
-        log.info("auth ok client=%s user=%s", self._client_ip, user)
+            policy.auth_succeeded(self._facts(), name)
+        log.info("auth ok client=%s user=%s", self._client_ip, name)
         await self.push("235 2.7.0 Authentication successful")
 
-    async def _decode_b64(self, text: str) -> bytes | None:
-        if text == "=":
+    async def _decode_b64(self, text: str | bytes) -> bytes | None:
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        if data == b"=":
             return b""
         try:
-            return b64decode(text.encode("ascii", "strict"), validate=True)
-        except (ValueError, UnicodeEncodeError):
+            return b64decode(data, validate=True)
+        except ValueError:
             await self._error("501 5.5.2 Cannot decode base64", "syntax")
             return None
 
     async def _challenge(self, prompt: str) -> bytes | None:
-        answer = await self.challenge_auth(prompt)  # answers 501 itself on "*" or bad base64
-        return None if answer is MISSING else bytes(answer)
+        """Send a 334 challenge and decode the answer; None after answering a cancel ("*") or a bad line."""
+        await self.push("334 " + b64encode(prompt.encode()).decode())
+        answer = await self._read_answer()  # the command line checks apply: length, bare CR/LF
+        if answer is None:
+            return None
+        answer = answer.strip()
+        if answer == b"*":
+            await self._error("501 5.7.0 Authentication cancelled", "auth_cancelled")
+            return None
+        return await self._decode_b64(answer)
 
     async def _auth_plain(self, initial: str | None) -> tuple[bytes, bytes] | None:
         blob = await self._challenge("") if initial is None else await self._decode_b64(initial)

@@ -16,12 +16,16 @@ from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import Listener
 from smtp_relay.policy.admission import Admission
 from smtp_relay.policy.engine import PolicyEngine
+from smtp_relay.smtp.passwords import PasswordChecker, UserTable
 from smtp_relay.smtp.session import RelaySession
 from smtp_relay.smtp.state import MessageSink, SessionSetup, SessionState
 from smtp_relay.smtp.tls import server_context
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger("smtp_relay.smtp")
+
+LISTEN_BACKLOG = 512
+"""Connections the kernel queues before accept (capped by net.core.somaxconn); asyncio's default is 100."""
 
 
 @dataclass
@@ -54,6 +58,8 @@ class RelayServer:
         self.sink = sink
         """Where sessions commit accepted messages (the spool, in production)."""
         self._reuse_port = reuse_port
+        self.passwords = PasswordChecker(self.metrics)
+        """AUTH password checks: a small pool shared by every session, across reloads."""
         self._setup = self._build(config)
         self._bound: dict[str, _Bound] = {}
         self._sessions: set[SessionState] = set()
@@ -72,6 +78,7 @@ class RelayServer:
             admission=Admission.from_spec(config.spec),
             tls=tls,
             max_size=config.spec.policy.max_message_bytes,
+            users=UserTable.from_users(config.users),
         )
 
     @property
@@ -84,7 +91,7 @@ class RelayServer:
     def _bind(self, listener: Listener) -> _Bound:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.create_server(
-            (self._host, listener.port), family=family, backlog=512, reuse_port=self._reuse_port
+            (self._host, listener.port), family=family, backlog=LISTEN_BACKLOG, reuse_port=self._reuse_port
         )
         sock.setblocking(False)
         return _Bound(listener=listener, sock=sock)
@@ -92,7 +99,9 @@ class RelayServer:
     async def _serve(self, bound: _Bound) -> None:
         loop = asyncio.get_running_loop()
         bound.server = await loop.create_server(
-            lambda: RelaySession(self, bound.listener, self._setup), sock=bound.sock
+            lambda: RelaySession(self, bound.listener, self._setup),
+            sock=bound.sock,
+            backlog=LISTEN_BACKLOG,  # create_server listens again on the socket, with 100 unless told
         )
         log.info(
             "listening name=%s port=%d tls=%s auth=%s",
@@ -145,13 +154,13 @@ class RelayServer:
     # --- sessions -------------------------------------------------------------------------
 
     def session_started(self, session: SessionState) -> None:
-        """Called by each session as it starts: drain waits for it, the gauge counts it."""
+        """Called by each session as its socket is accepted: drain waits for it, the gauge counts it."""
         self._sessions.add(session)
         self._idle.clear()
         self.metrics.active_connections.labels(listener=session._listener.name).inc()
 
     def session_ended(self, session: SessionState) -> None:
-        """Called by each session once closed, however it ended."""
+        """Called by each session once its socket is closed, however far it got."""
         if session in self._sessions:
             self._sessions.discard(session)
             self.metrics.active_connections.labels(listener=session._listener.name).dec()
@@ -184,3 +193,4 @@ class RelayServer:
             if session.transport is not None:
                 session.transport.close()
         await self.wait_idle(2.0)
+        self.passwords.close()

@@ -19,27 +19,68 @@ import logging
 
 from aiosmtpd.smtp import TLSSetupException
 
+from smtp_relay.policy.verdict import Verdict
 from smtp_relay.smtp.auth import AuthCommand
 from smtp_relay.smtp.data_reader import take_buffered
 from smtp_relay.smtp.proxy import read_proxy_header
+from smtp_relay.smtp.state import COMMAND_LIMIT, COMMAND_LIMITS
 from smtp_relay.smtp.tls import TlsCommands
 from smtp_relay.smtp.transaction import MailTransactionCommands
 
 log = logging.getLogger("smtp_relay.smtp")
-
-COMMAND_LIMIT = 512
-"""RFC 5321 4.5.3.1.4, CRLF included."""
-COMMAND_LIMITS = {"MAIL": COMMAND_LIMIT + 26 + 10 + 14 + 64, "RCPT": COMMAND_LIMIT + 64, "AUTH": 12288}
-"""Extensions lengthen some commands: SIZE, SMTPUTF8, BODY, AUTH= on MAIL; RFC 4954 4 for AUTH."""
 
 
 class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
     """One SMTP connection. Reads its listener and config once, at connect."""
 
     # --- the connection --------------------------------------------------------------------
+    # Every accepted socket is counted (gauge, drain, per-client limit) in connection_made and closed
+    # and uncounted exactly once in _finish, whatever stage it reached: aiosmtpd cancels the command
+    # loop on EOF, before it has even started when a client connects and closes at once, so the
+    # loop's own `finally` cannot be the only place a socket is closed.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        accepted = self.transport is None  # aiosmtpd calls this again with the TLS transport after STARTTLS
+        super().connection_made(transport)
+        if not accepted:
+            return
+        peer = transport.get_extra_info("peername")
+        self._client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        self._relay.session_started(self)
+        if not self._setup.config.spec.clients.proxy_protocol:  # else the PROXY header names the client
+            self._count_client()
+
+    def _count_client(self) -> None:
+        policy = self._relay.policy
+        if policy is not None and self._client_ip and self._counted is None:
+            policy.connection_opened(self._client_ip)
+            self._counted = (policy, self._client_ip)
+
+    def eof_received(self) -> bool | None:
+        super().eof_received()  # cancels the command loop
+        return False  # so the transport closes itself (aiosmtpd would keep the half-closed socket open)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close the socket and uncount the connection; idempotent (called on close, EOF and loop end)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        for transport in (self.transport, self._original_transport):
+            if transport is not None:
+                transport.close()
+        if self._counted is not None:
+            policy, client_ip = self._counted
+            self._counted = None
+            policy.connection_closed(client_ip)
+        self._relay.session_ended(self)
 
     async def _handle_client(self) -> None:
-        self._relay.session_started(self)
         try:
             await self._serve()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -47,19 +88,19 @@ class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
         except TLSSetupException:
             log.info("client=%s TLS handshake failed", self._client_ip)
         finally:
-            # Also on cancellation (client EOF): the stream protocol keeps a half-open transport otherwise.
-            if self.transport is not None:
-                self.transport.close()
-            if self._policy_connected and self._relay.policy is not None:
-                self._relay.policy.on_disconnect(self._facts())
-            self._relay.session_ended(self)
+            self._finish()  # also on cancellation: a failed TLS handshake never reaches connection_lost
 
     async def _serve(self) -> None:
-        assert self.session is not None
-        peer = self.session.peer
-        self._client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
-        if self._setup.config.spec.clients.proxy_protocol and not await read_proxy_header(self):
-            return
+        if self._setup.config.spec.clients.proxy_protocol:
+            if not await read_proxy_header(self):
+                return
+            self._count_client()
+        policy = self._relay.policy
+        if policy is not None:
+            limited = policy.on_accept(self._facts())
+            if limited.refuses:
+                await self._refuse_before_greeting(limited)
+                return
         if self._listener.tls == "implicit":
             await self._start_tls(take_buffered(self._reader))
         if self._relay.draining:
@@ -68,9 +109,8 @@ class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
             return
         decision = self._setup.admission.on_connect(self._facts())
         verdict = decision.verdict
-        if not verdict.refuses and self._relay.policy is not None:
-            verdict = await self._relay.policy.on_connect(self._facts())
-            self._policy_connected = not verdict.refuses
+        if not verdict.refuses and policy is not None:
+            verdict = await policy.on_connect(self._facts())
         if verdict.refuses:
             await self._refuse(verdict, "connect")
             await self._hang_up(f"421 4.7.0 {self.hostname} closing connection")
@@ -79,23 +119,26 @@ class RelaySession(MailTransactionCommands, AuthCommand, TlsCommands):
         while self.transport is not None and not self._closing:
             await self._one_command()
 
-    # --- command lines ---------------------------------------------------------------------
+    async def _refuse_before_greeting(self, verdict: Verdict) -> None:
+        """A connection over its client's limit: 421 and close, before any TLS handshake is paid for.
 
-    async def _read_command(self) -> bytes | None:
-        """One command line, or None after answering an over-long one."""
-        try:
-            return await self._reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as exc:
-            consumed = exc.consumed
-            while True:
-                await self._reader.readexactly(consumed)
-                try:
-                    await self._reader.readuntil(b"\n")
-                    break
-                except asyncio.LimitOverrunError as more:
-                    consumed = more.consumed
-            await self._error("500 5.5.6 Line too long", "line_too_long")
-            return None
+        An implicit-TLS client cannot read a reply before its handshake, so it is only closed.
+        """
+        if self._listener.tls == "implicit":
+            self._relay.metrics.rejected.labels(reason=verdict.reason).inc()
+            log.info(
+                "refused client=%s listener=%s connect reason=%s (closed before TLS)",
+                self._client_ip,
+                self._listener.name,
+                verdict.reason,
+            )
+        else:
+            await self._refuse(verdict, "connect")
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- command lines ---------------------------------------------------------------------
 
     async def _one_command(self) -> None:
         line = await self._read_command()

@@ -25,12 +25,18 @@ from smtp_relay.policy.admission import Admission
 from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.verdict import Facts, Verdict
 from smtp_relay.smtp.data_reader import CHUNK_SIZE
+from smtp_relay.smtp.passwords import PasswordChecker, UserTable
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger("smtp_relay.smtp")
 
 MessageSink = Callable[[Envelope, bytes], Awaitable[str]]
 """Commits the message durably and returns its queue id; raises to signal failure (the client gets 451)."""
+
+COMMAND_LIMIT = 512
+"""RFC 5321 4.5.3.1.4, CRLF included."""
+COMMAND_LIMITS = {"MAIL": COMMAND_LIMIT + 26 + 10 + 14 + 64, "RCPT": COMMAND_LIMIT + 64, "AUTH": 12288}
+"""Extensions lengthen some commands: SIZE, SMTPUTF8, BODY, AUTH= on MAIL; RFC 4954 4 for AUTH."""
 
 MAX_ERRORS = 20
 """Protocol errors tolerated per connection before 421 (bots probing for smuggling or open relay)."""
@@ -46,6 +52,7 @@ class SessionSetup:
     admission: Admission
     tls: ssl.SSLContext | None
     max_size: int
+    users: UserTable
 
 
 class SessionHost(Protocol):
@@ -61,6 +68,8 @@ class SessionHost(Protocol):
     def draining(self) -> bool: ...
     @property
     def sink(self) -> MessageSink: ...
+    @property
+    def passwords(self) -> PasswordChecker: ...
     def session_started(self, session: SessionState) -> None: ...
     def session_ended(self, session: SessionState) -> None: ...
 
@@ -97,7 +106,9 @@ class SessionState(SMTP):
         self._errors = 0
         self._auth_failures = 0
         self._closing = False
-        self._policy_connected = False
+        self._finished = False
+        self._counted: tuple[PolicyEngine, str] | None = None
+        """The policy engine and the address this connection is counted under, until its socket closes."""
         self._reset_transaction()
 
     # --- state ---------------------------------------------------------------------------
@@ -139,6 +150,37 @@ class SessionState(SMTP):
         }
         fields.update(extra)
         return Facts(**fields)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def _read_command(self) -> bytes | None:
+        """One command line, or None after answering an over-long one."""
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+            while True:
+                await self._reader.readexactly(consumed)
+                try:
+                    await self._reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    consumed = more.consumed
+            await self._error("500 5.5.6 Line too long", "line_too_long")
+            return None
+
+    async def _read_answer(self) -> bytes | None:
+        """One line answering a challenge (AUTH), checked as a command line; None after answering a bad one."""
+        line = await self._read_command()
+        if line is None:
+            return None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            await self._error("500 5.5.2 Bare CR or LF not allowed, use CRLF", "bare_cr_lf")
+            return None
+        if len(line) > COMMAND_LIMITS["AUTH"]:
+            await self._error("500 5.5.6 Line too long", "line_too_long")
+            return None
+        return line[:-2]
 
     # --- replies ---------------------------------------------------------------------------
 

@@ -61,4 +61,11 @@ class RelayMetrics:
         self.active_connections = Gauge(
             "smtp_relay_active_connections", "Open SMTP connections, by listener.", ["listener"], registry=r
         )
+        self.auth_password_checks = Counter(
+            "smtp_relay_auth_password_checks",
+            "AUTH password verifications, by kind: bcrypt (every check, known user or not, when the users"
+            " Secret holds a bcrypt hash) or plain (a plaintext-only Secret).",
+            ["kind"],
+            registry=r,
+        )
         self.draining = Gauge("smtp_relay_draining", "1 while the relay refuses new mail to drain.", registry=r)

@@ -93,6 +93,25 @@ async def test_tls_verified_with_ca_secret_and_auth(
     assert upstream.connections() == 1
 
 
+async def test_insecure_auth_logs_in_over_plain_text_only_when_allowed(
+    aiosmtpd_upstream_factory: AiosmtpdUpstreamFactory, tmp_path: Path
+) -> None:
+    """A test network's plain smarthost with AUTH: the explicit allowInsecureAuth makes it work."""
+    upstream = aiosmtpd_upstream_factory(tls="none", auth=True)
+    d = deliverer(
+        {"default": {"smarthosts": [smarthost(upstream.port, credentialsSecret="login", allowInsecureAuth=True)]}},
+        tmp_path,
+        credentials={"login": Credentials("relay", USERS["relay"])},
+    )
+    try:
+        outcomes = await d.deliver(message("a@sender.test", "b@example.test"), body(), ["b@example.test"])
+    finally:
+        await d.close()
+    assert outcomes["b@example.test"].kind is OutcomeKind.DELIVERED, outcomes
+    [received] = upstream.received
+    assert not received.tls and received.auth_user == "relay"
+
+
 async def test_tls_failures_are_temporary_and_fail_over(
     aiosmtpd_upstream_factory: AiosmtpdUpstreamFactory,
     smtp_sink_factory: SinkFactory,

@@ -97,18 +97,20 @@ def test_the_first_exhausted_of_several_limits_decides() -> None:
     assert limiter.check("192.0.2.1", None, "a@b.c") is None  # unauthenticated: only the client limit applies
 
 
+def _attempt(throttle: AuthThrottle, client_ip: str, user: str) -> tuple[int, float] | None:
+    """One AUTH as the listener runs it: None when refused before the check, else (reply code, delay) of a failure."""
+    if throttle.before_auth(client_ip) is not None:
+        return None
+    throttle.reserve(client_ip)
+    verdict, delay = throttle.failure(client_ip, user)
+    return verdict.code, delay
+
+
 def test_auth_throttle_delays_then_refuses_for_the_cooldown() -> None:
     clock = Clock()
     throttle = AuthThrottle(max_failures=5, delay_after=2, window=600, cooldown=900, max_delay=3, clock=clock)
-    delays = []
-    for _ in range(4):
-        assert throttle.before_auth("192.0.2.1") is None
-        verdict, delay = throttle.failure("192.0.2.1")
-        assert verdict.reply == "535 5.7.8 Authentication credentials invalid"
-        delays.append(delay)
-    assert delays == [0, 0, 1, 2]
-    verdict, delay = throttle.failure("192.0.2.1")
-    assert (verdict.code, verdict.status, delay) == (454, "4.7.0", 3)
+    assert [_attempt(throttle, "192.0.2.1", "bob") for _ in range(4)] == [(535, 0), (535, 0), (535, 1), (535, 2)]
+    assert _attempt(throttle, "192.0.2.1", "bob") == (454, 3)
     refused = throttle.before_auth("192.0.2.1")
     assert refused is not None and refused.reply == "454 4.7.0 Too many authentication failures, try again later"
     assert throttle.before_auth("192.0.2.2") is None  # only that client
@@ -118,35 +120,79 @@ def test_auth_throttle_delays_then_refuses_for_the_cooldown() -> None:
     assert throttle.before_auth("192.0.2.1") is None
 
 
-def test_a_successful_login_clears_the_failures() -> None:
-    throttle = AuthThrottle(max_failures=3, delay_after=1, clock=Clock())
-    throttle.failure("192.0.2.1")
-    throttle.failure("192.0.2.1")
-    throttle.success("192.0.2.1")
-    _, delay = throttle.failure("192.0.2.1")
-    assert delay == 0
+def test_a_successful_login_forgets_only_that_users_failures() -> None:
+    throttle = AuthThrottle(max_failures=4, delay_after=1, clock=Clock())
+    for user in ("alice", "bob", "bob"):
+        _attempt(throttle, "192.0.2.1", user)
+    throttle.reserve("192.0.2.1")
+    throttle.success("192.0.2.1", "alice")  # alice's typo is forgiven, bob's guesses are not
+    assert (throttle.failures("192.0.2.1"), throttle.failures("192.0.2.1", "bob")) == (2, 2)
+    assert _attempt(throttle, "192.0.2.1", "bob") == (535, 2)
+    assert _attempt(throttle, "192.0.2.1", "bob") == (454, 5)
+
+
+def test_owning_one_account_buys_no_guesses_at_another() -> None:
+    """The attack that worked: guess bob's password, log in as alice in between, guess again."""
+    throttle = AuthThrottle(max_failures=10, clock=Clock())
+    replies = []
+    for _ in range(15):
+        for _ in range(3):
+            replies.append(_attempt(throttle, "192.0.2.1", "bob"))
+        if throttle.before_auth("192.0.2.1") is None:
+            throttle.reserve("192.0.2.1")
+            throttle.success("192.0.2.1", "alice")
+    assert [r[0] if r else None for r in replies[:10]] == [535] * 9 + [454]
+    assert replies[10:] == [None] * 35  # refused before any password check
+
+
+def test_attempts_under_way_count_against_the_limit() -> None:
+    """Parallel AUTH lines: each is reserved before its check, so no more checks than the limit start."""
+    throttle = AuthThrottle(max_failures=3, clock=Clock())
+    reserved = 0
+    for _ in range(10):
+        if throttle.before_auth("192.0.2.1") is None:
+            throttle.reserve("192.0.2.1")
+            reserved += 1
+    assert reserved == 3
+    throttle.success("192.0.2.1", "alice")  # one check ends well: one attempt is free again
     assert throttle.before_auth("192.0.2.1") is None
 
 
+def test_auth_records_are_bounded_and_forgotten() -> None:
+    clock = Clock()
+    throttle = AuthThrottle(max_failures=3, window=600, cooldown=900, clock=clock, max_keys=100)
+    for n in range(300):
+        _attempt(throttle, f"10.0.{n // 256}.{n % 256}", "x" * 10_000)
+    assert len(throttle._records) == 100
+    assert all(len(user) <= 256 for record in throttle._records.values() for _, user in record.failures)
+    clock.now += 600
+    assert throttle.failures("10.0.1.43") == 0 and "10.0.1.43" not in throttle._records
+
+
 def test_connection_limit_per_client() -> None:
-    limiter = ConnectionLimiter(max_per_client=2)
-    assert limiter.acquire("192.0.2.1") is None
-    assert limiter.acquire("192.0.2.1") is None
-    refused = limiter.acquire("192.0.2.1")
+    limiter = ConnectionLimiter()
+    for _ in range(2):
+        limiter.opened("192.0.2.1")
+        assert limiter.refusal("192.0.2.1", limit=2) is None
+    limiter.opened("192.0.2.1")
+    refused = limiter.refusal("192.0.2.1", limit=2)
     assert refused is not None and refused.reply == "421 4.7.0 Too many connections from your host, try again later"
-    assert limiter.acquire("192.0.2.2") is None
-    limiter.release("192.0.2.1")
-    assert limiter.acquire("192.0.2.1") is None
+    assert limiter.refusal("192.0.2.2", limit=2) is None
+    limiter.closed("192.0.2.1")
+    assert limiter.refusal("192.0.2.1", limit=2) is None
     for _ in range(3):
-        limiter.release("192.0.2.1")
+        limiter.closed("192.0.2.1")
     assert limiter.open_connections("192.0.2.1") == 0
 
 
-def test_connection_refusal_is_asked_without_counting() -> None:
-    limiter = ConnectionLimiter(max_per_client=1)
-    assert limiter.refusal("192.0.2.1") is None and limiter.open_connections("192.0.2.1") == 0
-    assert limiter.acquire("192.0.2.1") is None
-    refused = limiter.refusal("192.0.2.1")
+def test_connection_refusal_counts_nothing() -> None:
+    limiter = ConnectionLimiter()
+    limiter.opened("192.0.2.1")
+    for _ in range(3):
+        assert limiter.refusal("192.0.2.1", limit=1) is None
+        assert limiter.refusal("192.0.2.2", limit=1) is None
+    assert (limiter.open_connections("192.0.2.1"), limiter.open_connections("192.0.2.2")) == (1, 0)
+    limiter.opened("192.0.2.1")
+    refused = limiter.refusal("192.0.2.1", limit=1)
     assert refused is not None and refused.code == 421
-    assert limiter.acquire("192.0.2.1", force=True) is None  # what audit mode does with an overridden refusal
     assert limiter.open_connections("192.0.2.1") == 2

@@ -90,6 +90,34 @@ def test_missing_secret_is_refused_naming_the_field(tmp_path: Path) -> None:
     assert "spec.routing.default.smarthosts[0].credentialsSecret: Secret 'nope' not found" in result.stderr
 
 
+def test_smarthost_credentials_over_cleartext_are_refused(tmp_path: Path) -> None:
+    """tls: none with credentialsSecret would send AUTH PLAIN in clear text: refused unless allowInsecureAuth."""
+    creds = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "up"},
+        "stringData": {"username": "u", "password": "p"},
+    }
+    smarthost = {"host": "127.0.0.1", "port": free_port(), "tls": "none", "credentialsSecret": "up"}
+    manifest = tmp_path / "relay.yaml"
+
+    def check(host: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        spec = {"listeners": [{"name": "a", "port": free_port()}], "routing": {"default": {"smarthosts": [host]}}}
+        manifest.write_text(relay_manifest(spec, creds))
+        return subprocess.run(
+            [str(RELAY_BIN), "check", "-f", str(manifest)], capture_output=True, text=True, timeout=30
+        )
+
+    refused = check(smarthost)
+    assert refused.returncode == 2
+    assert (
+        "spec.routing.default.smarthosts[0]: credentialsSecret with tls none would send the password in clear text:"
+        " use tls starttls or implicit (or allowInsecureAuth: true, for test networks only)"
+    ) in refused.stderr
+    assert check({**smarthost, "allowInsecureAuth": True}).returncode == 0
+    assert check({**smarthost, "tls": "starttls"}).returncode == 0
+
+
 def test_quickstart_captures_mail_into_maildir(relay_factory: Any) -> None:
     spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["spec"]
     port = free_port()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import struct
 
 import pytest
 
-from tests.relay.smtp.conftest import RawClient, StartRelay
+from tests.relay.smtp.conftest import RawClient, StartRelay, listeners
 
 RECIPIENTS = [
     "victim@example.com",
@@ -110,6 +111,28 @@ async def test_nul_and_long_lines_and_8bit_verbs(start_relay: StartRelay, connec
     assert (await client.cmd("MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME"))[0] == 250
     assert (await client.cmd("RCPT TO:<" + "r" * 250 + "@example.org>")) == (501, "5.5.4 Address too long")
     assert await client.cmd("NOOP") == (250, "2.0.0 Ok")
+
+
+async def test_auth_answers_are_checked_like_command_lines(start_relay: StartRelay, connect) -> None:
+    """An over-long AUTH answer was a 451 internal error (aiosmtpd's readline), found by the SMTP fuzz test."""
+    spec = {"listeners": listeners({"name": "smtp", "auth": "optional", "allowInsecureAuth": True})}
+    relay = await start_relay(spec, users={"app": "pw"})
+    client: RawClient = await connect(relay.port())
+    await client.cmd("EHLO c")
+    answers = [
+        (b"x" * 70_000, (500, "5.5.6 Line too long")),  # beyond the stream limit
+        (b"QUJD" * 3100, (500, "5.5.6 Line too long")),  # beyond RFC 4954's 12288
+        (b"AGFwcAB3cm9uZw==\rNOOP", (500, "5.5.2 Bare CR or LF not allowed, use CRLF")),
+        (b"*", (501, "5.7.0 Authentication cancelled")),
+        (b"not base64!", (501, "5.5.2 Cannot decode base64")),
+    ]
+    for answer, expected in answers:
+        assert (await client.cmd("AUTH PLAIN"))[0] == 334
+        assert await client.cmd(answer) == expected, answer[:20]
+    assert relay.sample("smtp_relay_rejected_total", reason="internal_error") == 0
+    assert (await client.cmd("AUTH LOGIN"))[0] == 334
+    assert (await client.cmd(base64.b64encode(b"app")))[0] == 334
+    assert await client.cmd(base64.b64encode(b"pw")) == (235, "2.7.0 Authentication successful")
 
 
 async def test_size_declared_too_big_552_at_mail(start_relay: StartRelay, connect) -> None:

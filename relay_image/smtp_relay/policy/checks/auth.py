@@ -1,8 +1,9 @@
-"""The AUTH failure throttle against password guessing: tarpit, then 454 4.7.0 for a cool-down.
+"""The AUTH failure throttle against password guessing: refusal before any check, tarpit, then 454 4.7.0.
 
-Before AUTH, a client in its cool-down is refused without the exchange; a failed login is answered
-after the throttle's growing delay. A successful login clears the client's record (the engine's
-`auth_succeeded`).
+Before the AUTH exchange, and again just before the password is checked (when the attempt is
+reserved), an address in its cool-down or without attempts left is refused; a failed login is
+answered after the throttle's growing delay. A successful login forgets only that username's
+failures from that address (the engine's `auth_succeeded`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from collections.abc import Awaitable, Callable
 
 from smtp_relay.policy.chain import Accounting
 from smtp_relay.policy.ratelimit import AuthThrottle
-from smtp_relay.policy.verdict import Check, Facts, Verdict, reject
+from smtp_relay.policy.verdict import ACCEPT, Check, Facts, Verdict, reject
 
 
 def auth_throttle(throttle: AuthThrottle) -> Check:
-    """454 4.7.0 while the client is cooling down after too many failed logins."""
+    """454 4.7.0 while the client is cooling down or has no attempts left."""
 
     def check_auth_throttle(facts: Facts) -> Verdict | None:
         return throttle.before_auth(facts.client_ip)
@@ -23,14 +24,32 @@ def auth_throttle(throttle: AuthThrottle) -> Check:
     return Check("auth_throttle", "auth", check_auth_throttle)
 
 
+def reserve_attempt(throttle: AuthThrottle, facts: Facts, accounting: Accounting) -> Verdict:
+    """Reserve one password check, or refuse it (454 4.7.0) when the address has no attempt left.
+
+    Checking and reserving happen in one synchronous step, so parallel sessions cannot all pass the
+    check before any of them counts. In audit mode a refused attempt is logged and reserved anyway.
+    """
+    refused = throttle.before_auth(facts.client_ip)
+    if refused is not None and accounting.decide("auth_throttle", refused, facts) is not None:
+        return refused
+    throttle.reserve(facts.client_ip)
+    return ACCEPT
+
+
 async def failed_login(
-    throttle: AuthThrottle, facts: Facts, accounting: Accounting, sleep: Callable[[float], Awaitable[None]]
+    throttle: AuthThrottle,
+    facts: Facts,
+    username: str,
+    accounting: Accounting,
+    sleep: Callable[[float], Awaitable[None]],
 ) -> Verdict:
     """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay.
 
+    The failure is recorded before the delay, so a client that hangs up during it has still spent its attempt.
     In audit mode a throttled client gets the plain failure instead of the 454.
     """
-    verdict, delay = throttle.failure(facts.client_ip)
+    verdict, delay = throttle.failure(facts.client_ip, username)
     if delay > 0:
         await sleep(delay)
     if verdict.code == 454 and accounting.decide("auth_throttle", verdict, facts) is None:

@@ -1,18 +1,19 @@
-"""Checks when a client connects: is it on a DNS blocklist, does it hold too many connections?
+"""Checks when a client connects: does it hold too many connections, is it on a DNS blocklist?
 
-Both run before the greeting, so a refused client costs one TCP connection and one reply.
+Both run before the greeting, so a refused client costs one TCP connection and one reply; the
+connection limit even before a TLS handshake, so a flood of connections costs no cryptography.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from smtp_relay.config.spec import DnsblSpec
+from smtp_relay.config.spec import ClientsSpec, DnsblSpec
 from smtp_relay.policy.dnsbl import dnsbl_verdict
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.ratelimit import ConnectionLimiter
 from smtp_relay.policy.util import NetworkList, ip_in
-from smtp_relay.policy.verdict import SKIP, Check, Facts, Outcome, Verdict
+from smtp_relay.policy.verdict import Check, Facts, Outcome, Verdict
 
 
 def dnsbl(spec: DnsblSpec, lookups: Lookups) -> Check:
@@ -32,15 +33,16 @@ def dnsbl(spec: DnsblSpec, lookups: Lookups) -> Check:
     return Check("dnsbl", "connect", check_dnsbl, waits=True)
 
 
-def connection_limit(connections: ConnectionLimiter, trusted: NetworkList) -> Check:
-    """421 4.7.0 for a client holding too many connections; not for allowedNetworks (our own clients).
+def connection_limit(connections: ConnectionLimiter, trusted: NetworkList, clients: ClientsSpec) -> Check:
+    """421 4.7.0 for a client holding more connections than its limit (allowedNetworks have their own, larger one).
 
-    Counts nothing: the engine counts the connection once the whole stage has accepted it.
+    Counts nothing: the listener counts every connection from accept to close (PolicyEngine.connection_opened).
     """
+    per_client = clients.max_connections_per_client
+    per_trusted_client = clients.max_connections_per_trusted_client
 
     def check_connection_limit(facts: Facts) -> Verdict | None:
-        if ip_in(facts.client_ip, trusted):
-            return SKIP
-        return connections.refusal(facts.client_ip)
+        limit = per_trusted_client if ip_in(facts.client_ip, trusted) else per_client
+        return connections.refusal(facts.client_ip, limit)
 
     return Check("connection_limit", "connect", check_connection_limit)

@@ -23,13 +23,31 @@ async def test_a_listed_client_is_refused_at_connect(make_engine: EngineFactory,
     assert sample(registry, "smtp_relay_policy_verdicts_total", check="dnsbl", action="reject") == 1
 
 
-async def test_connections_per_client_are_limited_except_for_allowed_networks(make_engine: EngineFactory) -> None:
-    engine = make_engine(spec={"clients": {"allowedNetworks": ["10.0.0.0/8"]}}, max_connections_per_client=2)
-    for _ in range(2):
-        assert (await engine.on_connect(facts("192.0.2.1"))).action is Action.ACCEPT
-    refused = await engine.on_connect(facts("192.0.2.1"))
-    assert refused.reply == "421 4.7.0 Too many connections from your host, try again later"
-    for _ in range(5):
-        assert (await engine.on_connect(facts("10.1.2.3"))).action is Action.ACCEPT
-    engine.on_disconnect(facts("192.0.2.1"))
-    assert (await engine.on_connect(facts("192.0.2.1"))).action is Action.ACCEPT
+def test_connections_per_client_are_limited_and_allowed_networks_have_their_own_limit(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine(
+        spec={
+            "clients": {
+                "allowedNetworks": ["10.0.0.0/8"],
+                "maxConnectionsPerClient": 2,
+                "maxConnectionsPerTrustedClient": 5,
+            }
+        }
+    )
+
+    def accept(client_ip: str) -> Action:
+        """What the listener does at accept: count the socket, then ask."""
+        engine.connection_opened(client_ip)
+        return engine.on_accept(facts(client_ip)).action
+
+    assert [accept("192.0.2.1") for _ in range(3)] == [Action.ACCEPT, Action.ACCEPT, Action.DEFER]
+    assert (
+        engine.on_accept(facts("192.0.2.1")).reply == "421 4.7.0 Too many connections from your host, try again later"
+    )
+    assert engine.connections.open_connections("192.0.2.1") == 3  # a refused socket counts until it is closed
+    assert [accept("10.1.2.3") for _ in range(6)] == [Action.ACCEPT] * 5 + [Action.DEFER]
+    assert accept("192.0.2.2") is Action.ACCEPT  # only that client
+    engine.connection_closed("192.0.2.1")
+    engine.connection_closed("192.0.2.1")
+    assert engine.on_accept(facts("192.0.2.1")).action is Action.ACCEPT
