@@ -13,7 +13,8 @@ Facts checked here (opendkim 2.11.0~beta2, Debian 12, as root, no syslog):
   Authentication-Results header it would add, one `dkim=` result per signature (RSA and Ed25519 both:
   this build verifies ed25519-sha256, RFC 8463); that is what `verify_message` parses.
 * As a milter (`-f -x CONF`, `Socket inet:PORT@127.0.0.1`, `Mode s`) it signs mail from `InternalHosts`
-  (default 127.0.0.1) for `Domain` with `KeyFile`; the key file must not be readable by others.
+  (default 127.0.0.1) for `Domain` with `KeyFile`. It refuses a key in a folder others may write (/tmp
+  and so every temporary folder) unless `RequireSafeKeys no`.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class OpenDkimMilter:
             f"Domain {domain}\nSelector {selector}\nKeyFile {key}\n"
             "Canonicalization relaxed/relaxed\nOversignHeaders From\n"
             "Syslog no\nUMask 007\nSubDomains yes\n"
+            "RequireSafeKeys no\n"  # the throwaway key lives under /tmp, which others may write
             f"PidFile {folder / 'opendkim.pid'}\n"
         )
         self.log = folder / "opendkim.log"
