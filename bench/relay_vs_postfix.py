@@ -39,7 +39,7 @@ import dns.rrset
 import yaml
 
 from bench.common import BenchError, print_report
-from bench.dkim import DkimKeyFile, PostfixDkimTarget, relay_signed
+from bench.dkim_targets import DkimKeyFile, PostfixDkimTarget, relay_signed
 from bench.peers.ports import HOST, free_port
 from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
 from bench.peers.smtp_sink import SmtpSink, wait_for_banner

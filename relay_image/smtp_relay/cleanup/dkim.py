@@ -21,7 +21,7 @@ import base64
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
@@ -213,16 +213,20 @@ class DkimSigner:
             pending = await asyncio.to_thread(self.pending, message, now=now)
         if not pending:
             return message
+        # RSA goes to the threads first; Ed25519 signs here meanwhile; no task is created per message
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(_rsa_pool(), p.key.sign_digest, p.digest)
-                if p.key.algorithm == "rsa-sha256"
-                else _now(p.key.sign_digest, p.digest)
-                for p in pending
-            ),
-            return_exceptions=True,
-        )
+        in_threads = {
+            id(p): loop.run_in_executor(_rsa_pool(), p.key.sign_digest, p.digest)
+            for p in pending
+            if p.key.algorithm == "rsa-sha256"
+        }
+        results: list[bytes | BaseException] = []
+        for p in pending:
+            future = in_threads.get(id(p))
+            try:
+                results.append(p.key.sign_digest(p.digest) if future is None else await future)
+            except Exception as exc:
+                results.append(exc)
         fields = b""
         for p, result in zip(pending, results, strict=True):
             key = p.key
@@ -235,8 +239,3 @@ class DkimSigner:
         if not fields:
             self.metrics.dkim_unsigned.labels(reason="error").inc()
         return fields + message
-
-
-async def _now(func: Callable[[bytes], bytes], digest: bytes) -> bytes:
-    """`func(digest)` as an awaitable, for gathering with the signatures made in threads."""
-    return func(digest)
