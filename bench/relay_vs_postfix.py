@@ -39,6 +39,7 @@ import dns.rrset
 import yaml
 
 from bench.common import BenchError, print_report
+from bench.dkim_targets import DkimKeyFile, PostfixDkimTarget, relay_signed
 from bench.peers.ports import HOST, free_port
 from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
 from bench.peers.smtp_sink import SmtpSink, wait_for_banner
@@ -97,11 +98,11 @@ def _memory_kib(pid: int) -> tuple[int, int]:
 
 
 class PeakMemory(threading.Thread):
-    """Samples the summed RSS and PSS of a process tree every `interval` seconds and keeps the peaks."""
+    """Samples the summed RSS and PSS of process trees every `interval` seconds and keeps the peaks."""
 
-    def __init__(self, root: int, interval: float = 0.1) -> None:
+    def __init__(self, roots: Sequence[int], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.root = root
+        self.roots = roots
         self.interval = interval
         self.peak_rss_kib = 0
         self.peak_pss_kib = 0
@@ -109,7 +110,7 @@ class PeakMemory(threading.Thread):
 
     def sample(self) -> None:
         rss = pss = 0
-        for pid in process_tree(self.root):
+        for pid in (pid for root in self.roots for pid in process_tree(root)):
             one_rss, one_pss = _memory_kib(pid)
             rss += one_rss
             pss += one_pss
@@ -187,8 +188,8 @@ class Target(Protocol):
 
     def stop(self) -> None: ...
 
-    def root_pid(self) -> int:
-        """The process whose tree is the whole server (CPU and memory are summed over it)."""
+    def root_pids(self) -> list[int]:
+        """The processes whose trees are the whole server (CPU and memory are summed over them)."""
         ...
 
 
@@ -208,11 +209,11 @@ class PostfixTarget:
         self.instance.stop()
         shutil.rmtree(self.instance.workdir, ignore_errors=True)
 
-    def root_pid(self) -> int:
+    def root_pids(self) -> list[int]:
         pid = self.instance.master_pid()
         if pid is None:
             raise BenchError(f"postfix is not running:\n{self.instance.log_tail()}")
-        return pid
+        return [pid]
 
 
 def relay_manifest(
@@ -247,7 +248,7 @@ class RelayTarget:
         sink: SmtpSink,
         policy: Literal["off", "default"],
         extra_args: Sequence[str],
-        executable: str,
+        launcher: Sequence[str],
         dns_port: int,
         name: str = "relay",
     ) -> None:
@@ -257,9 +258,10 @@ class RelayTarget:
         self.manifest = self.workdir / "relay.yaml"
         self.manifest.write_text(yaml.safe_dump(relay_manifest(self.port, sink, policy, dns_port), sort_keys=False))
         self.log = self.workdir / "relay.log"
+        self.http_port = free_port()
         self.command = [
-            executable, "run", "-f", str(self.manifest), "--spool", str(self.workdir / "spool"),
-            "--host", HOST, "--http-port", str(free_port()), *extra_args,
+            *launcher, "run", "-f", str(self.manifest), "--spool", str(self.workdir / "spool"),
+            "--host", HOST, "--http-port", str(self.http_port), *extra_args,
         ]  # fmt: skip
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -290,10 +292,10 @@ class RelayTarget:
                 proc.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def root_pid(self) -> int:
+    def root_pids(self) -> list[int]:
         if self._proc is None or self._proc.poll() is not None:
             raise BenchError(f"relay is not running:\n{self.log_tail()}")
-        return self._proc.pid
+        return [self._proc.pid]
 
 
 # --- measurements ----------------------------------------------------------------------------------
@@ -347,9 +349,9 @@ def load_run(
     batches = max(1, -(-min_messages // batch))
     total = batch * batches
     base = sink.count()
-    root = target.root_pid()
-    memory = PeakMemory(root)
-    cpu_before = tree_cpu_seconds(root)
+    roots = target.root_pids()
+    memory = PeakMemory(roots)
+    cpu_before = sum(tree_cpu_seconds(root) for root in roots)
     memory.start()
     command = [
         SMTP_SOURCE, "-s", str(sessions), "-m", str(batch), "-l", str(size), "-d",
@@ -365,7 +367,7 @@ def load_run(
     wait_for_sink(sink, base + total, timeout=300)
     delivered = time.perf_counter() - started
     time.sleep(settle)  # queue clean-up after delivery is part of the cost; it is not part of the time
-    cpu = tree_cpu_seconds(root) - cpu_before
+    cpu = sum(tree_cpu_seconds(root) for root in roots) - cpu_before
     memory.finish()
     return Run(target.name, per_session, total, accepted, delivered, cpu, memory.peak_rss_kib, memory.peak_pss_kib)
 
@@ -474,6 +476,9 @@ class Settings:
     latency_seconds: float
     settle: float
     min_messages: int
+    dkim: bool = False
+    """`--dkim`: "relay+dkim" (the relay signing with RSA-2048) beside "relay", and "postfix+dkim"
+    (Postfix with the OpenDKIM milter) instead of "postfix"."""
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -497,6 +502,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         default=None,
         help="another build's smtp-relay (e.g. an older commit's venv): measured as target 'baseline', interleaved",
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="add the relay signing with RSA-2048 (relay+dkim) and sign Postfix's mail with OpenDKIM (postfix+dkim)",
+    )
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of each latency probe (0: skip)")
     parser.add_argument(
         "--min-messages",
@@ -511,6 +521,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if args.policy == "both" and "relay" in targets:
         at = targets.index("relay") + 1
         targets = (*targets[:at], "relay+pol", *targets[at:])
+    if args.dkim:
+        targets = tuple("postfix+dkim" if name == "postfix" else name for name in targets)
+        if "relay" in targets:
+            at = targets.index("relay") + 1
+            targets = (*targets[:at], "relay+dkim", *targets[at:])
     if args.baseline_relay:
         targets = ("baseline", *targets)
     per_session = args.messages or ([10, 50] if args.quick else [10, 100])
@@ -522,6 +537,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         relay_executable=relay, baseline_executable=args.baseline_relay, latency_seconds=latency,
         settle=0.2 if args.quick else 0.5,
         min_messages=args.min_messages if args.min_messages is not None else (0 if args.quick else 1000),
+        dkim=args.dkim,
     )  # fmt: skip
 
 
@@ -557,14 +573,20 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                 f"{per_session:>9} {target:<9} {acc:>10.0f} {e2e:>8.0f} {cpu:>7.2f} {per_cpu:>9.0f} "
                 f"{rss:>12.1f} {pss:>12.1f}"
             )
-        for relay in ("relay", "relay+pol"):
-            if relay in medians and "postfix" in medians:
-                ratio = [a / b if b else float("nan") for a, b in zip(medians[relay], medians["postfix"], strict=True)]
+        for relay, reference in (("relay", "postfix"), ("relay+pol", "postfix"), ("relay+dkim", "postfix+dkim")):
+            if relay in medians and reference in medians:
+                ratio = [a / b if b else float("nan") for a, b in zip(medians[relay], medians[reference], strict=True)]
                 acc, e2e, cpu, per_cpu, rss, pss = ratio
                 lines.append(
                     f"{per_session:>9} {'ratio':<9} {acc:>9.2f}x {e2e:>7.2f}x {cpu:>6.2f}x {per_cpu:>8.2f}x "
-                    f"{rss:>11.2f}x {pss:>11.2f}x   ({relay} / postfix)"
+                    f"{rss:>11.2f}x {pss:>11.2f}x   ({relay} / {reference})"
                 )
+        if "relay" in medians and "relay+dkim" in medians:
+            bare, signed = medians["relay"], medians["relay+dkim"]
+            lines.append(
+                f"{per_session:>9} {'dkim':<9} {signed[0] / bare[0]:>9.2f}x {signed[1] / bare[1]:>7.2f}x "
+                f"{'':>7} {signed[3] / bare[3]:>8.2f}x    (relay+dkim / relay: what RSA-2048 signing keeps)"
+            )
         if "relay" in medians and "baseline" in medians:
             now, before = medians["relay"], medians["baseline"]
             lines.append(
@@ -585,16 +607,45 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                 f"{lat.target:<9} {lat.rate:>7.0f} {len(lat.samples):>6} {lat.percentile(0.5) * 1e3:>7.2f} "
                 f"{lat.percentile(0.99) * 1e3:>7.2f} {max(lat.samples, default=float('nan')) * 1e3:>7.2f} {lat.late:>5}"
             )
+    lines += dkim_verdicts(runs, settings)
     return "\n".join(lines)
 
 
-def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int) -> Target:
+def dkim_verdicts(runs: Sequence[Run], settings: Settings) -> list[str]:
+    """PASS/MISS of the --dkim targets at the largest messages per session (end to end)."""
+    per_session = max(settings.per_session)
+
+    def e2e(target: str) -> float | None:
+        chosen = [r for r in runs if r.target == target and r.per_session == per_session]
+        return _median(chosen, lambda r: r.e2e_rate) if chosen else None
+
+    signed, bare, postfix = e2e("relay+dkim"), e2e("relay"), e2e("postfix+dkim")
+    lines = []
+    if signed is not None and bare is not None:
+        lines.append(_verdict(f"relay+dkim e2e / relay e2e at {per_session}/session", signed / bare, 0.8))
+    if signed is not None and postfix is not None:
+        lines.append(_verdict(f"relay+dkim e2e / postfix+dkim e2e at {per_session}/session", signed / postfix, 2.0))
+    return ["", "targets:", *lines] if lines else []
+
+
+def _verdict(what: str, value: float, target: float) -> str:
+    return f"  {what}: {value:.2f}x (target >= {target:.1f}x) {'PASS' if value >= target else 'MISS'}"
+
+
+def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int, key: DkimKeyFile | None) -> Target:
     if name == "postfix":
         return PostfixTarget(sink)
+    if name == "postfix+dkim":
+        assert key is not None
+        return PostfixDkimTarget(sink, key)
     policy: Literal["off", "default"] = "default" if name == "relay+pol" or settings.policy == "default" else "off"
     executable = settings.baseline_executable if name == "baseline" else settings.relay_executable
     assert executable is not None
-    return RelayTarget(sink, policy, settings.relay_args, executable, dns_port, name=name)
+    launcher = [executable]
+    if name == "relay+dkim":
+        assert key is not None
+        launcher = key.relay_launcher()
+    return RelayTarget(sink, policy, settings.relay_args, launcher, dns_port, name=name)
 
 
 def run(settings: Settings) -> str:
@@ -605,13 +656,16 @@ def run(settings: Settings) -> str:
     targets: list[Target] = []
     resolver = LoopbackDns([RECIPIENT.split("@")[1], SENDER.split("@")[1]])
     resolver.start()
+    key = DkimKeyFile(SENDER.split("@")[1]) if settings.dkim else None
     try:
         sink.start()
         for name in settings.targets:
-            target = make_target(name, sink, settings, resolver.port)
+            target = make_target(name, sink, settings, resolver.port, key)
             targets.append(target)
             target.start()
             load_run(target, sink, settings.sessions, 5, settings.size, settle=0.0)  # warm-up, not measured
+            if isinstance(target, RelayTarget) and name == "relay+dkim" and relay_signed(target.http_port) < 5:
+                raise BenchError(f"relay+dkim did not sign its warm-up messages:\n{target.log_tail()}")
         runs: list[Run] = []
         for round_no in range(settings.rounds):
             for per_session in settings.per_session:
@@ -652,6 +706,8 @@ def run(settings: Settings) -> str:
         sink.stop()
         resolver.stop()
         shutil.rmtree(sink_dir, ignore_errors=True)
+        if key is not None:
+            key.remove()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.peers.clamd",
     "tests.peers.rspamd",
     "tests.peers.spamd",
+    "tests.peers.opendkim",
 ]

@@ -1,4 +1,4 @@
-"""The hand-off at the end of DATA: trace header, the policy's last word, then the spool (or the quarantine).
+"""The hand-off at the end of DATA: trace header, the policy's last word, DKIM, then the spool (or the quarantine).
 
 The message is committed through the `MessageSink` the server was given, so the listener never knows
 how the queue stores it; the 250 goes out only once the sink has made the message durable.
@@ -64,6 +64,9 @@ async def hand_off(session: SessionState, content: bytes) -> None:
             return
         if decision.add_headers:
             message = prepend_headers(message, decision.add_headers)
+    signer = session._setup.signer
+    if signer is not None:  # last: the signature covers the final headers
+        message = await signer.sign_message(message, now=now)
     # Shielded: a client hanging up mid-commit must not leave a half-written spool entry behind.
     commit = asyncio.ensure_future(relay.sink(envelope, message))
     try:

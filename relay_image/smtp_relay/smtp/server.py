@@ -12,6 +12,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from smtp_relay.cleanup.dkim import DkimSigner
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import Listener
 from smtp_relay.policy.admission import Admission
@@ -67,18 +68,19 @@ class RelayServer:
         self._idle.set()
         self.draining = False
 
-    @staticmethod
-    def _build(config: RelayConfig) -> SessionSetup:
+    def _build(self, config: RelayConfig) -> SessionSetup:
         needs_tls = any(lst.tls != "none" for lst in config.spec.listeners)
         if needs_tls and config.tls is None:
             raise ValueError("a listener uses TLS but the config has no TLS certificate")
         tls = server_context(config.tls) if config.tls is not None else None
+        signer = DkimSigner(config.sending_domains, metrics=self.metrics)  # raises DkimKeyError for a bad key
         return SessionSetup(
             config=config,
             admission=Admission.from_spec(config.spec),
             tls=tls,
             max_size=config.spec.policy.max_message_bytes,
             users=UserTable.from_users(config.users),
+            signer=signer if signer.active else None,
         )
 
     @property
@@ -133,7 +135,7 @@ class RelayServer:
         """Apply a reload: new sessions get the new config; listeners follow the spec; sessions are untouched.
 
         Sockets are bound before returning, so bound_ports() is right at once and clients that connect
-        before the server task runs wait in the backlog. A bad TLS certificate raises and changes nothing.
+        before the server task runs wait in the backlog. A bad TLS certificate or DKIM key raises and changes nothing.
         """
         setup = self._build(config)
         self._setup = setup

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from aiosmtpd.smtp import SMTP
 
+from smtp_relay.cleanup.dkim import DkimSigner
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import Listener
 from smtp_relay.model.envelope import Envelope
@@ -53,6 +54,8 @@ class SessionSetup:
     tls: ssl.SSLContext | None
     max_size: int
     users: UserTable
+    signer: DkimSigner | None = None
+    """The DKIM signer of the config's SendingDomains (None: no domain has keys)."""
 
 
 class SessionHost(Protocol):

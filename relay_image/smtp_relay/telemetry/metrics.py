@@ -69,3 +69,21 @@ class RelayMetrics:
             registry=r,
         )
         self.draining = Gauge("smtp_relay_draining", "1 while the relay refuses new mail to drain.", registry=r)
+        self.dkim_signed = Counter(
+            "smtp_relay_dkim_signed_messages",
+            "Messages DKIM-signed, by signing domain (d=) and algorithm (one count per signature).",
+            ["domain", "algorithm"],
+            registry=r,
+        )
+        self.dkim_unsigned = Counter(
+            "smtp_relay_dkim_unsigned_messages",
+            "Accepted messages sent without a signature of ours, by reason (no_sending_domain, unverified, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.dkim_failures = Counter(
+            "smtp_relay_dkim_signing_failures",
+            "Signatures that failed to be made (the message went on without them), by domain and algorithm.",
+            ["domain", "algorithm"],
+            registry=r,
+        )

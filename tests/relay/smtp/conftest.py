@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from bench.peers.ports import free_port
 
+from smtp_relay.config.domains import SendingDomains
 from smtp_relay.config.manifest import parse_spec
 from smtp_relay.config.resolved import RelayConfig, TlsMaterial
 from smtp_relay.model.envelope import Envelope
+from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.smtp.server import RelayServer
 from smtp_relay.telemetry.metrics import RelayMetrics
 from tests.harness.metrics import sample as registry_sample
@@ -48,7 +50,11 @@ class MemorySink:
 
 
 def make_config(
-    spec: dict[str, Any], *, cert: IssuedCert | None = None, users: dict[str, str] | None = None
+    spec: dict[str, Any],
+    *,
+    cert: IssuedCert | None = None,
+    users: dict[str, str] | None = None,
+    sending_domains: SendingDomains | None = None,
 ) -> RelayConfig:
     """A resolved config as `resolve` makes it, with the Secrets given inline."""
     spec = dict(spec)
@@ -57,7 +63,14 @@ def make_config(
     if users is not None:
         spec.setdefault("clients", {}).setdefault("users", {"secretName": "relay-users"})
     tls = TlsMaterial(cert_pem=cert.cert_pem, key_pem=cert.key_pem) if cert is not None else None
-    return RelayConfig(name="test", namespace="default", spec=parse_spec(spec), tls=tls, users=users or {})
+    return RelayConfig(
+        name="test",
+        namespace="default",
+        spec=parse_spec(spec),
+        tls=tls,
+        users=users or {},
+        sending_domains=sending_domains,
+    )
 
 
 def listeners(*items: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,7 +96,8 @@ StartRelay = Callable[..., Awaitable[Relay]]
 
 @pytest.fixture
 async def start_relay() -> AsyncIterator[StartRelay]:
-    """`await start_relay(spec_dict, cert=..., users=...)` starts a relay; all are closed at teardown."""
+    """`await start_relay(spec_dict, cert=..., users=..., sending_domains=..., policy=...)` starts a relay;
+    all are closed at teardown."""
     started: list[RelayServer] = []
 
     async def _start(
@@ -92,12 +106,16 @@ async def start_relay() -> AsyncIterator[StartRelay]:
         cert: IssuedCert | None = None,
         users: dict[str, str] | None = None,
         sink: MemorySink | None = None,
+        sending_domains: SendingDomains | None = None,
+        policy: PolicyEngine | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> Relay:
         spec = dict(spec)
         spec.setdefault("listeners", listeners({"name": "smtp"}))
-        metrics = RelayMetrics()
+        metrics = metrics or RelayMetrics()
         sink = sink or MemorySink()
-        server = RelayServer(make_config(spec, cert=cert, users=users), sink, hostname="relay.test", metrics=metrics)
+        config = make_config(spec, cert=cert, users=users, sending_domains=sending_domains)
+        server = RelayServer(config, sink, hostname="relay.test", metrics=metrics, policy=policy)
         await server.start()
         started.append(server)
         return Relay(server, sink, metrics)
