@@ -18,7 +18,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, strip_trailing_lines
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from smtp_relay.policy.spam_builtin import _from_address as from_address  # the policy's cheap From parser
+from smtp_relay.policy.spam_builtin import from_address  # the policy's cheap From parser
 
 RELAXED: Final = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 

@@ -121,7 +121,7 @@ _SIMPLE_FROM = re.compile(rf"[ \t]*(?:[A-Za-z0-9 \t-]*<({_ATOM_ADDRESS})>|({_ATO
 """`Name <local@domain>` or `local@domain` with plain atoms: the forms nearly all mail has."""
 
 
-def _from_address(sender: str) -> str:
+def from_address(sender: str) -> str:
     """The address of a From header, as email.utils.parseaddr finds it (which is slow), for plain forms."""
     simple = _SIMPLE_FROM.fullmatch(sender)
     if simple is not None:
@@ -138,7 +138,7 @@ def _header_rules(message: Message) -> Iterator[str]:
     if sender is None:
         yield "MISSING_FROM"
     else:
-        address = _from_address(sender)
+        address = from_address(sender)
         local, at, domain = address.rpartition("@")
         if not at or not local or "." not in domain.strip("[]").strip("."):
             yield "FROM_NO_DOMAIN"

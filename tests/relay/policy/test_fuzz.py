@@ -22,7 +22,7 @@ from smtp_relay.cleanup.headers import HeaderInjectionError, prepend_headers
 from smtp_relay.config.spec import AttachmentsSpec
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 from smtp_relay.policy.mime import _parse_single_part, parse_message
-from smtp_relay.policy.spam_builtin import _SIMPLE_FROM, _from_address, score_builtin
+from smtp_relay.policy.spam_builtin import _SIMPLE_FROM, from_address, score_builtin
 from tests.relay.policy.samples import zip_of
 
 FUZZ = settings(
@@ -209,10 +209,10 @@ FROM_PIECES = st.lists(
     )
 )
 def test_from_address_fast_path_agrees_with_parseaddr(sender: str) -> None:
-    assert _from_address(sender) == email.utils.parseaddr(sender)[1]
+    assert from_address(sender) == email.utils.parseaddr(sender)[1]
 
 
 def test_from_address_fast_path_covers_the_plain_forms() -> None:
     for sender in ("Jane Doe <jane.doe@example.com>", "jane@example.com", "<jane@example.com>", " x-y <a+b@c.d> "):
         assert _SIMPLE_FROM.fullmatch(sender) is not None, sender
-        assert _from_address(sender) == email.utils.parseaddr(sender)[1]
+        assert from_address(sender) == email.utils.parseaddr(sender)[1]
