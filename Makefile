@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CRD_DIRS := crds charts/relayfleet/crds
 
-.PHONY: run test lint peers venv crds bench clean
+.PHONY: run send test lint peers venv crds bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,21 +19,25 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/smtp-relay run -f examples/quickstart.yaml --spool var/spool
 
+## make send: one test message to the relay of `make run` (another terminal), then the captured file
+send:
+	python3 examples/send_test_message.py
+
 ## make peers: install the Debian programs the tests talk to (postfix, swaks, nsd, ...)
 peers:
 	bash .ci/install-peers.sh
 
 ## make test: install everything (Python deps and Debian peers), then run the whole suite
 test: $(STAMP) peers
-	$(BIN)/ruff check relay_image operator tests bench
-	$(BIN)/ruff format --check relay_image operator tests bench
+	$(BIN)/ruff check relay_image operator tests bench examples
+	$(BIN)/ruff format --check relay_image operator tests bench examples
 	$(BIN)/mypy
 	PYTHONPATH=operator $(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay_image operator tests bench
-	$(BIN)/ruff format --check relay_image operator tests bench
+	$(BIN)/ruff check relay_image operator tests bench examples
+	$(BIN)/ruff format --check relay_image operator tests bench examples
 	$(BIN)/mypy
 	PYTHONPATH=operator $(BIN)/lint-imports
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
+import sys
 import threading
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -336,3 +337,20 @@ def test_reload_when_the_mounted_manifest_changes_without_a_signal(relay_factory
 
     wait_for(limited, timeout=15, interval=0.5)
     assert "config reloaded" in relay.log.read_text()
+
+
+def test_the_quick_start_sender_reaches_the_quickstart_relay(relay_factory: Any) -> None:
+    """README's second step (`make send`) works against `make run`'s manifest, with nothing but the stdlib."""
+    spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["spec"]
+    port = free_port()
+    spec["listeners"][0]["port"] = port
+    relay = relay_factory(spec)
+    sent = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "send_test_message.py"),
+         "--port", str(port), "--spool", str(relay.spool)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert "relay answered: 250" in sent.stdout
+    assert "captured: " + str(relay.spool / "capture" / "new") in sent.stdout
+    assert "Subject: hello from relayfleet's quick start" in sent.stdout
