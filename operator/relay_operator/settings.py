@@ -20,6 +20,17 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` as a matchLabels map; refuses an entry without `=` or with an empty key."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"not a label selector of k=v pairs: {text!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the operator needs beyond each SmtpRelay's spec."""
@@ -39,6 +50,17 @@ class Settings:
 
     network_policy: bool = False
     """RELAYFLEET_NETWORK_POLICY: also render a NetworkPolicy admitting only the listener and admin ports."""
+
+    operator_namespace: str = ""
+    """RELAYFLEET_OPERATOR_NAMESPACE: the operator's own namespace (the chart sets it from the downward
+    API); the NetworkPolicy admits the admin port from operator pods of this namespace (empty: of any)."""
+
+    operator_pod_labels: str = "app.kubernetes.io/name=relayfleet-operator"
+    """RELAYFLEET_OPERATOR_POD_LABELS: labels of the operator's pods (`k=v,k=v`), for the NetworkPolicy."""
+
+    monitoring_namespaces: str = "kubernetes.io/metadata.name=monitoring"
+    """RELAYFLEET_MONITORING_NAMESPACES: namespace labels (`k=v,k=v`) of the monitoring stack, admitted to
+    the admin port by the NetworkPolicy (Prometheus scrapes /metrics there)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +83,11 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"RELAYFLEET_{field.name.upper()}: {exc}") from None
         settings = cls(**values)  # type: ignore[arg-type]
+        for name in ("operator_pod_labels", "monitoring_namespaces"):
+            try:
+                parse_labels(getattr(settings, name))
+            except ValueError as exc:
+                raise ValueError(f"RELAYFLEET_{name.upper()}: {exc}") from None
         if settings.resync_seconds <= 0 or settings.termination_grace_seconds < 0:
             raise ValueError("RELAYFLEET_RESYNC_SECONDS must be > 0 and RELAYFLEET_TERMINATION_GRACE_SECONDS >= 0")
         return settings

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtp_relay.admin.auth import AdminToken
 from smtp_relay.admin.http import AdminServer
 from smtp_relay.admin.quarantine_api import add_quarantine_routes
 from smtp_relay.cleanup.headers import policy_headers
@@ -72,6 +73,10 @@ class RelayOptions:
     """False: deliver-only, no SMTP listener; the process exits 0 once its spool is empty."""
     port_file: Path | None = None
     """Where to write the real HTTP port once started (the supervisor reads it)."""
+    admin_token_file: Path | None = None
+    """The admin API's bearer token (admin.auth); None: the protected routes answer 403."""
+    drain_liveness_timeout: float = 3600.0
+    """Seconds after a POST /drain nobody undid before /livez answers 503 (0: never)."""
 
 
 class Relay:
@@ -118,8 +123,11 @@ class Relay:
             self.metrics,
             self.status,
             self.start_drain,
+            self.end_drain,
+            token=AdminToken(options.admin_token_file),
             host=options.http_host or options.host,
             port=options.http_port,
+            drain_liveness_timeout=options.drain_liveness_timeout,
             extra_routes=lambda app: add_quarantine_routes(app, self.quarantine, self.accept),
         )
         self._ready = False
@@ -150,6 +158,15 @@ class Relay:
             self.metrics.draining.set(1)
             self.server.stop_accepting()
         return {"draining": True, "queue": _stats_dict(self.scheduler.stats())}
+
+    async def end_drain(self) -> Mapping[str, Any]:
+        """POST /undrain: accept mail again, unless the process is stopping (then it stays draining)."""
+        if self._draining and not self._stop.is_set():
+            log.info("undrain: accepting new mail again")
+            self._draining = False
+            self.metrics.draining.set(0)
+            self.server.resume_accepting()
+        return {"draining": self._draining, "queue": _stats_dict(self.scheduler.stats())}
 
     async def start(self) -> None:
         recovered = await self.spool.open()

@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("RELAY_GRACE_SECONDS", "300")),
         help="seconds to keep delivering after SIGTERM (default 300)",
     )
+    run.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=os.environ.get("RELAY_ADMIN_TOKEN_FILE") or None,
+        help="bearer token of the admin API (queue, drain, quarantine); without it those routes answer 403",
+    )
+    run.add_argument(
+        "--drain-liveness-timeout",
+        type=float,
+        default=float(os.environ.get("RELAY_DRAIN_LIVENESS_TIMEOUT", "3600")),
+        help="seconds after a POST /drain nobody undid before /livez fails (0: never; default 3600)",
+    )
     run.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (several processes, one port)")
     run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "INFO"))
     run.add_argument(
@@ -114,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if needs_supervisor(args.spool, args.workers):
             return _supervise(args, source)
 
-    from smtp_relay.app import Relay, RelayOptions  # imported late: `check` needs none of the I/O stack
+    from smtp_relay.admin.auth import AdminTokenError  # imported late: `check` needs none of the I/O stack
+    from smtp_relay.app import Relay, RelayOptions
 
     options = RelayOptions(
         spool_dir=args.spool,
@@ -127,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         shared_dir=args.shared_dir,
         listen=not args.no_listen,
         port_file=args.port_file,
+        admin_token_file=args.admin_token_file,
+        drain_liveness_timeout=args.drain_liveness_timeout,
     )
     try:
         relay = Relay(source, options)
+    except AdminTokenError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_BAD_MANIFEST
     except ManifestError as exc:
         print(f"{args.file}: refused:\n{exc}", file=sys.stderr)
         return EXIT_BAD_MANIFEST
@@ -144,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
     """`--workers N`: check the manifest here (exit 2 before any process or spool exists), then supervise."""
+    from smtp_relay.admin.auth import AdminTokenError
     from smtp_relay.admin.supervisor import Supervisor, SupervisorOptions
 
     try:
@@ -162,9 +181,16 @@ def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
         hostname=args.hostname,
         grace=args.grace,
         log_level=args.log_level,
+        admin_token_file=args.admin_token_file,
+        drain_liveness_timeout=args.drain_liveness_timeout,
     )
     try:
-        return _run(Supervisor(options).run())
+        supervisor = Supervisor(options)
+    except AdminTokenError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_BAD_MANIFEST
+    try:
+        return _run(supervisor.run())
     except OSError as exc:
         logging.getLogger("smtp_relay").error("cannot start: %s", exc)
         return 1

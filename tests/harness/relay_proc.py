@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -52,6 +53,15 @@ class RelayProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def admin_token_file(self) -> Path:
+        """The admin API's token, written before the first start (as the operator's Secret mount would be)."""
+        return self.workdir / "admin-token"
+
+    @property
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    @property
     def spool(self) -> Path:
         return self.workdir / "spool"
 
@@ -60,6 +70,8 @@ class RelayProcess:
         return self.workdir / "relay.log"
 
     def start(self, wait: bool = True) -> None:
+        if not self.admin_token_file.exists():
+            self.admin_token_file.write_text(secrets.token_urlsafe(32) + "\n")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -75,6 +87,8 @@ class RelayProcess:
                     "relay.test",
                     "--log-level",
                     "DEBUG",
+                    "--admin-token-file",
+                    str(self.admin_token_file),
                     *self.extra_args,
                 ],
                 stdout=log,
@@ -115,8 +129,11 @@ class RelayProcess:
             time.sleep(0.05)
         raise AssertionError(f"relay not ready after {timeout}s:\n{self.log.read_text()}")
 
-    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+    def http(self, path: str, method: str = "GET", *, token: str | None = "") -> tuple[int, str]:
+        """One admin request with the relay's token ("" default; None: no Authorization header; or this token)."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token or self.admin_token}")
         try:
             with urllib.request.urlopen(request, timeout=5) as reply:
                 return reply.status, reply.read().decode()

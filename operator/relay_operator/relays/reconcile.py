@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay_operator.kube import ApiError, Kube, Outcome
+from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
 from relay_operator.relays.status import compute_status, status_changed
@@ -151,6 +152,9 @@ async def reconcile(
         return result
 
     assert spec is not None
+    if await _ensure_admin_token(kube, owner, create_first=fresh):
+        result.outcomes[f"Secret/{admin_token_secret_name(owner)}"] = "created"
+        events.info("Created", f"Secret/{admin_token_secret_name(owner)} created (the relays' admin token)")
     statefulset: dict[str, Any] | None = None
     for item in await _apply_children(kube, build_children(owner, spec, settings), events, create_first=fresh):
         if item is None:
@@ -165,6 +169,20 @@ async def reconcile(
         kube, owner, body, spec, [], statefulset, write=write_status_patch
     )
     return result
+
+
+async def _ensure_admin_token(kube: Kube, owner: Owner, create_first: bool) -> bool:
+    """Create the admin-token Secret unless it exists (never overwritten); True when it was created."""
+    name = admin_token_secret_name(owner)
+    if not create_first and await kube.get("Secret", owner.namespace, name) is not None:
+        return False
+    try:
+        await kube.create(build_admin_token_secret(owner, new_admin_token()))
+    except ApiError as exc:
+        if exc.status == 409:  # created meanwhile (another reconcile): that token stands
+            return False
+        raise
+    return True
 
 
 def _reported(body: Mapping[str, Any]) -> set[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
+from smtp_relay.admin.auth import AdminToken
 from smtp_relay.admin.fleet import Worker, orphan_spools, read_port, worker_spool
 from smtp_relay.admin.supervisor_http import SupervisorAdmin
 from smtp_relay.telemetry.metrics import RelayMetrics
@@ -57,6 +58,10 @@ class SupervisorOptions:
     hostname: str = ""
     grace: float = 300.0
     log_level: str = "INFO"
+    admin_token_file: Path | None = None
+    """The admin token: the supervisor checks it and sends it to its workers, which check it too."""
+    drain_liveness_timeout: float = 3600.0
+    """Of the supervisor's /livez after a POST /drain (the workers' own never fail: nobody probes them)."""
 
 
 class Supervisor:
@@ -84,7 +89,13 @@ class Supervisor:
         )
         self._stop = asyncio.Event()
         self.admin = SupervisorAdmin(
-            self.workers, self.metrics, self._stop.is_set, host=options.host, port=options.http_port
+            self.workers,
+            self.metrics,
+            self._stop.is_set,
+            token=AdminToken(options.admin_token_file),
+            host=options.host,
+            port=options.http_port,
+            drain_liveness_timeout=options.drain_liveness_timeout,
         )
         self._fleet_started = False
         self._fleet_up = asyncio.Event()
@@ -158,7 +169,11 @@ class Supervisor:
             "--parent-pid",
             str(os.getpid()),
             "--reuse-port" if worker.listen else "--no-listen",
+            "--drain-liveness-timeout",
+            "0",
         ]
+        if o.admin_token_file is not None:
+            command += ["--admin-token-file", str(o.admin_token_file)]
         if o.hostname:
             command += ["--hostname", o.hostname]
         if o.secrets_dir is not None:

@@ -5,8 +5,12 @@ the public one (`--host`/`--http-port`) with the relay's routes, but fleet-wide:
 - /metrics merges the workers' expositions with the supervisor's own (restarts, processes running);
 - /queue adds their queues up and lists every worker; /readyz is 200 only when every listening worker
   is ready and nothing stops or drains;
-- POST /drain drains every worker, and each worker (re)started later during the drain;
+- POST /drain drains every worker, and each worker (re)started later during the drain; POST /undrain
+  (or DELETE /drain) ends that on every worker;
 - /quarantine* goes to worker 0: the quarantine folder is shared, a release goes to its spool.
+
+The supervisor checks the admin token like a relay does and sends it on to its workers, which check it
+too (their ports are on loopback, but any local process could reach them).
 
 A worker that is stopping or restarting does not answer: its figures are missing from the sums for that
 moment, and /readyz says which one is not ready.
@@ -25,6 +29,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from smtp_relay.admin.auth import AdminToken
 from smtp_relay.admin.fleet import Worker
 from smtp_relay.admin.http import AdminServer
 from smtp_relay.admin.merging import merge_metrics, merge_queues
@@ -39,8 +44,9 @@ WorkerReply = tuple[int, bytes, str]
 class WorkerClient:
     """HTTP requests to the workers' admin ports (one client session for the supervisor's life)."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: AdminToken) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._token = token
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -55,7 +61,8 @@ class WorkerClient:
         if worker.port is None or self._session is None:
             return None
         try:
-            async with self._session.request(method, f"http://127.0.0.1:{worker.port}{path}", data=body) as reply:
+            url = f"http://127.0.0.1:{worker.port}{path}"
+            async with self._session.request(method, url, data=body, headers=self._token.header()) as reply:
                 return reply.status, await reply.read(), reply.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:  # it is stopping or restarting: its figures are missing
             log.debug("worker %s: %s %s failed: %s", worker.name, method, path, exc)
@@ -85,14 +92,26 @@ class SupervisorAdmin(AdminServer):
         metrics: RelayMetrics,
         stopping: Callable[[], bool],
         *,
+        token: AdminToken,
         host: str,
         port: int,
+        drain_liveness_timeout: float = 3600.0,
     ) -> None:
         # No local status: the /readyz and /queue handlers are overridden below, they ask the workers.
-        super().__init__(metrics, lambda: {}, self.drain, host=host, port=port, extra_routes=self._add_quarantine_proxy)
+        super().__init__(
+            metrics,
+            lambda: {},
+            self.drain,
+            self.undrain,
+            token=token,
+            host=host,
+            port=port,
+            drain_liveness_timeout=drain_liveness_timeout,
+            extra_routes=self._add_quarantine_proxy,
+        )
         self._workers = workers
         self._stopping = stopping
-        self._client = WorkerClient()
+        self._client = WorkerClient(token)
         self.draining = False
         """Set by the first POST /drain; a worker started from then on is drained as soon as it serves."""
 
@@ -146,6 +165,17 @@ class SupervisorAdmin(AdminServer):
             self._metrics.draining.set(1)
         answers = await self._client.json_from_each(self._workers, "POST", "/drain")
         return {"draining": True, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}
+
+    async def undrain(self) -> Mapping[str, Any]:
+        """POST /undrain: every worker accepts again (unless the supervisor is stopping)."""
+        if self._stopping():
+            return {"draining": True, "reason": "stopping"}
+        if self.draining:
+            log.info("supervisor: undrain, forwarded to every worker")
+            self.draining = False
+            self._metrics.draining.set(0)
+        answers = await self._client.json_from_each(self._workers, "POST", "/undrain")
+        return {"draining": False, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}
 
     async def merged_metrics(self) -> bytes:
         """The supervisor's own figures and every answering worker's, merged into one exposition."""

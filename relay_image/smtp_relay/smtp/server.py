@@ -177,6 +177,11 @@ class RelayServer:
         self.draining = True
         self.metrics.draining.set(1)
 
+    def resume_accepting(self) -> None:
+        """Undrain: new connections and transactions are accepted again."""
+        self.draining = False
+        self.metrics.draining.set(0)
+
     async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109 (the lead's contract)
         """Return when no session is open, or after timeout seconds."""
         with contextlib.suppress(TimeoutError):

@@ -7,6 +7,7 @@ the StatefulSet controller by writing the StatefulSet's status; a real cluster d
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -152,6 +153,7 @@ def paths(ns: str, name: str) -> dict[str, str]:
         "Headless": f"/api/v1/namespaces/{ns}/services/{name}-pods",
         "StatefulSet": f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
         "PodDisruptionBudget": f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+        "AdminToken": f"/api/v1/namespaces/{ns}/secrets/{name}-admin-token",
     }
 
 
@@ -211,7 +213,7 @@ def scenario(api: Api, ns: str) -> None:
     # 1. every child exists, owned, with the right content
     children = wait_for(lambda: all(get(api, p[k]) for k in p) and {k: get(api, v) for k, v in p.items()})
     uid = children["relay"]["metadata"]["uid"]
-    for kind in ("ConfigMap", "Service", "Headless", "StatefulSet", "PodDisruptionBudget"):
+    for kind in ("ConfigMap", "Service", "Headless", "StatefulSet", "PodDisruptionBudget", "AdminToken"):
         (ref,) = children[kind]["metadata"]["ownerReferences"]
         assert (ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == (uid, True, True), kind
         assert children[kind]["metadata"]["labels"]["app.kubernetes.io/instance"] == name
@@ -223,6 +225,14 @@ def scenario(api: Api, ns: str) -> None:
     pod = sts["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert "/etc/relay/secrets/outbound-users" in mounts
+    # the relays' admin API answers only the token the operator generated and mounted
+    token = base64.b64decode(children["AdminToken"]["data"]["token"]).decode()
+    assert len(token) >= 32
+    (token_volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == f"{name}-admin-token"]
+    command = pod["containers"][0]["command"]
+    token_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == token_volume["name"])
+    assert token_mount["readOnly"] is True
+    assert command[command.index("--admin-token-file") + 1] == f"{token_mount['mountPath']}/token"
     assert [x["port"] for x in children["Service"]["spec"]["ports"]] == [2525, 587]
     status = wait_for(lambda: (get(api, p["relay"]) or {}).get("status", {}).get("selector") and get(api, p["relay"]))
     assert status["status"]["endpoint"] == f"{name}.{ns}.svc:2525"
@@ -240,6 +250,7 @@ def scenario(api: Api, ns: str) -> None:
     ok(api, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
     wait_for(lambda: [x["port"] for x in ok(api, "GET", p["Service"])["spec"]["ports"]] == [2525, 587, 2526])
     assert pod_checksum(ok(api, "GET", p["StatefulSet"])) != checksum
+    assert base64.b64decode(ok(api, "GET", p["AdminToken"])["data"]["token"]).decode() == token, "never regenerated"
 
     # 3. kubectl scale -> the StatefulSet follows -> status reports it
     api.kubectl("scale", "-n", ns, "smr", name, "--replicas=5")

@@ -6,6 +6,7 @@ which is how idempotency (no write when nothing changed) is proven.
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from typing import Any
@@ -135,8 +136,13 @@ async def test_reconcile_creates_children_then_changes_nothing() -> None:
     kube, events = MemoryKube(), Events()
     body = await stored_relay(kube, {})
     result = await rec.reconcile(body, kube, Settings(), events)
-    assert sorted(result.outcomes.values()) == ["created"] * 5
+    assert sorted(result.outcomes.values()) == ["created"] * 6
+    assert result.outcomes["Secret/outbound-admin-token"] == "created"
     assert ("Normal", "Created", "StatefulSet/outbound created") in events.seen
+    token_path = "/api/v1/namespaces/mail/secrets/outbound-admin-token"
+    token = kube.objects[token_path]["data"]["token"]
+    assert len(base64.b64decode(token)) >= 32
+    assert kube.objects[token_path]["metadata"]["ownerReferences"][0]["name"] == "outbound"
     assert result.status["phase"] == "Progressing"
     stored = await kube.get("SmtpRelay", NS, "outbound")
     assert stored is not None and stored["status"]["selector"].endswith("instance=outbound")
@@ -145,6 +151,7 @@ async def test_reconcile_creates_children_then_changes_nothing() -> None:
     again = await rec.reconcile(stored, kube, Settings(), events)
     assert set(again.outcomes.values()) == {"unchanged"}
     assert kube.writes == writes, "a rerun must not write anything"
+    assert kube.objects[token_path]["data"]["token"] == token, "the token is never regenerated"
 
 
 async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_the_caller() -> None:
@@ -152,8 +159,8 @@ async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_t
     body = await stored_relay(kube, {})
     kube.log.clear()
     result = await rec.reconcile(body, kube, Settings(), events, fresh=True, write_status_patch=False)
-    assert sorted(result.outcomes.values()) == ["created"] * 5
-    assert [method for method, _ in kube.log] == ["POST"] * 5, "no GET before the creates, no status PATCH"
+    assert sorted(result.outcomes.values()) == ["created"] * 6
+    assert [method for method, _ in kube.log] == ["POST"] * 6, "no GET before the creates, no status PATCH"
     config = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/configmaps"))
     sts = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/statefulsets"))
     assert config < sts, "the ConfigMap is created before the StatefulSet"
@@ -165,7 +172,7 @@ async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_t
     kube.log.clear()
     again = await rec.reconcile(body, kube, Settings(), events, fresh=True)
     assert set(again.outcomes.values()) == {"unchanged"}
-    assert sorted(method for method, _ in kube.log) == ["GET"] * 5 + ["PATCH"] + ["POST"] * 5
+    assert sorted(method for method, _ in kube.log) == ["GET"] * 5 + ["PATCH"] + ["POST"] * 6
 
 
 async def test_spec_change_patches_only_what_changed_and_keeps_foreign_edits() -> None:

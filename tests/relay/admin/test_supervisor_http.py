@@ -14,9 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from smtp_relay.admin.auth import AdminToken
 from smtp_relay.admin.fleet import Worker
 from smtp_relay.admin.supervisor_http import SupervisorAdmin
 from smtp_relay.telemetry.metrics import RelayMetrics
+
+TOKEN = "supervisor-test-token-0123456789"
 
 
 @dataclass
@@ -26,15 +29,27 @@ class FakeWorker:
     queue: dict[str, Any]
     ready: bool = True
     drains: int = 0
+    undrains: int = 0
     asked: list[str] = field(default_factory=list)
+    authorizations: set[str] = field(default_factory=set)
+    """Every Authorization header the supervisor sent (it must pass the admin token on)."""
 
     def app(self) -> web.Application:
         async def status(_request: web.Request) -> web.Response:
-            return web.json_response({"ready": self.ready and not self.drains, "queue": self.queue})
+            return web.json_response({"ready": self.ready and self.drains <= self.undrains, "queue": self.queue})
 
         async def drain(_request: web.Request) -> web.Response:
             self.drains += 1
             return web.json_response({"draining": True, "queue": self.queue})
+
+        async def undrain(_request: web.Request) -> web.Response:
+            self.undrains += 1
+            return web.json_response({"draining": False, "queue": self.queue})
+
+        @web.middleware
+        async def record_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.authorizations.add(request.headers.get("Authorization", ""))
+            return await handler(request)  # type: ignore[no-any-return]
 
         async def metrics(_request: web.Request) -> web.Response:
             text = "# HELP smtp_relay_received_messages_total M.\n# TYPE smtp_relay_received_messages_total counter\n"
@@ -44,9 +59,10 @@ class FakeWorker:
             self.asked.append(f"{request.method} {request.path_qs} {(await request.read()).decode()}")
             return web.json_response({"messages": []}, status=201)
 
-        app = web.Application()
+        app = web.Application(middlewares=[record_auth])
         app.router.add_get("/queue", status)
         app.router.add_post("/drain", drain)
+        app.router.add_post("/undrain", undrain)
         app.router.add_get("/metrics", metrics)
         app.router.add_route("*", "/quarantine/{tail:.*}", quarantine)
         return app
@@ -60,10 +76,13 @@ class Fleet:
     stop: asyncio.Event
     """The supervisor's stop event: set once SIGTERM came."""
 
-    async def get(self, path: str, method: str = "GET", body: bytes = b"") -> tuple[int, str]:
+    async def get(
+        self, path: str, method: str = "GET", body: bytes = b"", token: str | None = TOKEN
+    ) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         async with (
             aiohttp.ClientSession() as session,
-            session.request(method, f"http://127.0.0.1:{self.admin.port}{path}", data=body) as reply,
+            session.request(method, f"http://127.0.0.1:{self.admin.port}{path}", data=body, headers=headers) as reply,
         ):
             return reply.status, await reply.text()
 
@@ -79,7 +98,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         await server.start_server()
     workers = [Worker(str(i), tmp_path / f"worker-{i}", True, port=s.port) for i, s in enumerate(servers)]
     stop = asyncio.Event()
-    admin = SupervisorAdmin(workers, RelayMetrics(), stop.is_set, host="127.0.0.1", port=0)
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(TOKEN + "\n")
+    token = AdminToken(token_file)
+    admin = SupervisorAdmin(workers, RelayMetrics(), stop.is_set, token=token, host="127.0.0.1", port=0)
     await admin.start()
     yield Fleet(fakes, workers, admin, stop)
     await admin.close()
@@ -132,3 +154,26 @@ async def test_quarantine_goes_to_worker_0_and_is_503_while_it_is_down(fleet: Fl
     assert fleet.fakes[1].asked == []
     fleet.workers[0].port = None
     assert await fleet.get("/quarantine/abc") == (503, "worker 0 is not running, try again\n")
+
+
+async def test_the_supervisor_checks_the_token_and_passes_it_to_its_workers(fleet: Fleet) -> None:
+    for method, path in [("GET", "/queue"), ("POST", "/drain"), ("POST", "/undrain"), ("GET", "/quarantine/x")]:
+        assert (await fleet.get(path, method=method, token=None))[0] == 401, path
+        assert (await fleet.get(path, method=method, token="wrong-token-wrong-token"))[0] == 401, path
+    assert [f.drains for f in fleet.fakes] == [0, 0], "a refused drain reached no worker"
+    assert (await fleet.get("/readyz", token=None))[0] == 200
+    assert (await fleet.get("/metrics", token=None))[0] == 200
+    assert (await fleet.get("/queue"))[0] == 200
+    assert all(f.authorizations == {f"Bearer {TOKEN}"} for f in fleet.fakes)
+
+
+async def test_undrain_reaches_every_worker_and_readiness_returns(fleet: Fleet) -> None:
+    assert (await fleet.get("/drain", method="POST"))[0] == 200
+    assert await fleet.get("/readyz") == (503, "not ready: draining\n")
+    assert (await fleet.get("/livez"))[1].startswith("ok: drained by POST /drain since ")
+    status, body = await fleet.get("/undrain", method="POST")
+    assert status == 200 and json.loads(body)["draining"] is False
+    assert [f.undrains for f in fleet.fakes] == [1, 1]
+    assert await fleet.get("/readyz") == (200, "ready\n")
+    assert await fleet.get("/livez") == (200, "ok\n")
+    assert "smtp_relay_draining 0.0" in (await fleet.get("/metrics"))[1]

@@ -23,5 +23,5 @@ def build_children(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> lis
     if settings.service_monitor:
         children.append(build_servicemonitor(owner))
     if settings.network_policy:
-        children.append(build_networkpolicy(owner, spec))
+        children.append(build_networkpolicy(owner, spec, settings))
     return children

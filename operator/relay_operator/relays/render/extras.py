@@ -17,7 +17,11 @@ from relay_operator.relays.render.common import (
     selector_labels,
 )
 from relay_operator.relays.render.services import SERVICE_ROLE
+from relay_operator.settings import Settings, parse_labels
 from smtp_relay.config.spec import SmtpRelaySpec
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""Set by the apiserver on every namespace (1.22+): selects one namespace by its name."""
 
 
 def build_pdb(owner: Owner) -> Manifest:
@@ -44,10 +48,20 @@ def build_servicemonitor(owner: Owner) -> Manifest:
     }
 
 
-def build_networkpolicy(owner: Owner, spec: SmtpRelaySpec) -> Manifest:
-    """NetworkPolicy `<name>`: SMTP from anywhere (the relay's own policy decides), admin port from
-    the namespace only (metrics, drain). Egress stays open: MX delivery goes anywhere."""
+def build_networkpolicy(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> Manifest:
+    """NetworkPolicy `<name>`: SMTP from anywhere (the relay's own policy decides); the admin port only
+    from the operator's pods (drain, queue figures) and the monitoring namespaces (metrics). The admin
+    API needs its token as well: the policy narrows who can even try. Egress stays open: MX delivery
+    goes anywhere."""
     smtp: list[dict[str, Any]] = [{"port": lst.port, "protocol": "TCP"} for lst in spec.listeners]
+    operator_pods: dict[str, Any] = {"podSelector": {"matchLabels": parse_labels(settings.operator_pod_labels)}}
+    operator_pods["namespaceSelector"] = (
+        {"matchLabels": {NAMESPACE_NAME_LABEL: settings.operator_namespace}} if settings.operator_namespace else {}
+    )
+    admin_from = [operator_pods]
+    monitoring = parse_labels(settings.monitoring_namespaces)
+    if monitoring:  # empty: no monitoring peer (an empty namespaceSelector would admit every namespace)
+        admin_from.append({"namespaceSelector": {"matchLabels": monitoring}})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -57,7 +71,7 @@ def build_networkpolicy(owner: Owner, spec: SmtpRelaySpec) -> Manifest:
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"ports": smtp},
-                {"from": [{"podSelector": {}}], "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}]},
+                {"from": admin_from, "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}]},
             ],
         },
     }

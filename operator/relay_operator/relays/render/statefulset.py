@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay_operator.relays.render.admin_token import ADMIN_TOKEN_DIR, ADMIN_TOKEN_FILE, admin_token_secret_name
 from relay_operator.relays.render.common import (
     ADMIN_PORT,
     ADMIN_PORT_NAME,
@@ -35,6 +36,7 @@ RUN_AS = 65532
 RELAY_COMMAND = [
     *("smtp-relay", "run", "-f", f"{CONFIG_DIR}/relay.yaml", "--secrets-dir", SECRETS_DIR),
     *("--spool", SPOOL_DIR, "--host", "0.0.0.0", "--http-port", str(ADMIN_PORT)),
+    *("--admin-token-file", ADMIN_TOKEN_FILE),
 ]
 RESTART_CHECKSUM = f"{ANNOTATION_PREFIX}/restart-checksum"
 """Pod-template annotation: digest of the settings a running relay cannot reload."""
@@ -60,6 +62,7 @@ def _container(spec: SmtpRelaySpec, settings: Settings) -> dict[str, Any]:
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "spool", "mountPath": SPOOL_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True},
     ]
     mounts += [
         {"name": volume_name("secret", s), "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True}
@@ -105,6 +108,7 @@ def _volumes(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner)}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        {"name": "admin-token", "secret": {"secretName": admin_token_secret_name(owner), "defaultMode": 0o440}},
     ]
     if spec.queue.storage is None:
         volumes.append({"name": "spool", "emptyDir": {}})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay_operator.relays.render.extras import build_networkpolicy, build_pdb, build_servicemonitor
 from relay_operator.relays.render.services import build_headless_service, build_service
+from relay_operator.settings import Settings
 from tests.operator.relays.render.specs import FULL, OWNER
 
 
@@ -26,8 +29,38 @@ def test_servicemonitor_scrapes_the_headless_service() -> None:
 
 
 def test_networkpolicy_admits_listener_ports() -> None:
-    policy = build_networkpolicy(OWNER, FULL)
+    policy = build_networkpolicy(OWNER, FULL, Settings())
     smtp, admin = policy["spec"]["ingress"]
     assert [p["port"] for p in smtp["ports"]] == [2525, 587]
     assert "from" not in smtp
     assert admin["ports"] == [{"port": 9025, "protocol": "TCP"}]
+
+
+def test_networkpolicy_admits_the_admin_port_only_from_the_operator_and_monitoring() -> None:
+    settings = Settings(
+        operator_namespace="relayfleet",
+        operator_pod_labels="app.kubernetes.io/name=relayfleet-operator,app.kubernetes.io/instance=rf",
+        monitoring_namespaces="team=observability",
+    )
+    _, admin = build_networkpolicy(OWNER, FULL, settings)["spec"]["ingress"]
+    assert admin["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "relayfleet"}},
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/name": "relayfleet-operator", "app.kubernetes.io/instance": "rf"}
+            },
+        },
+        {"namespaceSelector": {"matchLabels": {"team": "observability"}}},
+    ]
+    assert {"podSelector": {}} not in admin["from"], "not every pod of the namespace"
+
+
+def test_networkpolicy_without_monitoring_labels_admits_no_namespace_wholesale() -> None:
+    _, admin = build_networkpolicy(OWNER, FULL, Settings(monitoring_namespaces=""))["spec"]["ingress"]
+    assert all(peer.get("podSelector", {}).get("matchLabels") for peer in admin["from"])
+    assert all(peer.get("namespaceSelector") != {"matchLabels": {}} for peer in admin["from"])
+
+
+def test_bad_label_settings_are_refused_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="RELAYFLEET_MONITORING_NAMESPACES"):
+        Settings.from_env({"RELAYFLEET_MONITORING_NAMESPACES": "monitoring"})

@@ -33,6 +33,8 @@ def test_statefulset_runs_the_relay_hardened() -> None:
         "0.0.0.0",
         "--http-port",
         "9025",
+        "--admin-token-file",
+        "/etc/relay/admin/token",
     ]
     assert container["image"] == SETTINGS.relay_image
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
@@ -65,6 +67,17 @@ def test_secrets_are_mounted_read_only_once_each() -> None:
     assert volumes["config"]["configMap"]["name"] == "outbound-config"
     assert "emptyDir" in volumes["tmp"] and mounts["/tmp"]["name"] == "tmp"
     assert len({m["name"] for m in container["volumeMounts"]}) == len(container["volumeMounts"])
+
+
+def test_the_admin_token_secret_is_mounted_where_the_relay_reads_it() -> None:
+    sts = build_statefulset(OWNER, FULL, SETTINGS)
+    (container,) = pod(sts)["containers"]
+    mount = {m["mountPath"]: m for m in container["volumeMounts"]}["/etc/relay/admin"]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in pod(sts)["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "outbound-admin-token"
+    token_file = container["command"][container["command"].index("--admin-token-file") + 1]
+    assert token_file == f"{mount['mountPath']}/token"
 
 
 def test_spool_is_a_claim_template_with_storage_else_an_empty_dir() -> None:
@@ -115,6 +128,6 @@ def test_long_secret_names_get_valid_volume_names() -> None:
     name = "a" * 60 + ".example"
     spec = parse_spec({"tls": {"secretName": name}, "listeners": [{"name": "s", "port": 465, "tls": "implicit"}]})
     volumes = pod(build_statefulset(OWNER, spec, SETTINGS))["volumes"]
-    (secret,) = [v for v in volumes if "secret" in v]
+    (secret,) = [v for v in volumes if "secret" in v and v["name"] != "admin-token"]
     assert len(secret["name"]) <= 63 and "." not in secret["name"]
     assert secret["secret"]["secretName"] == name
