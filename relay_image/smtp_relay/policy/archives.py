@@ -275,24 +275,23 @@ class _Inflating(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         while True:
             d = self._decompressor
-            if isinstance(d, zlib._Decompress):
-                out = d.decompress(self._feed, len(buffer))
-                self._feed = d.unconsumed_tail
-                done = d.eof
+            out = b"" if d.eof else d.decompress(self._feed, len(buffer))
+            if self._kind == "gzip":  # zlib keeps the input it has not used yet; bz2 and lzma buffer it themselves
+                self._feed = getattr(d, "unconsumed_tail", b"")
+                starved = not self._feed
             else:
-                out = d.decompress(self._feed, len(buffer))
                 self._feed = b""
-                done = d.eof
+                starved = bool(getattr(d, "needs_input", True))
             if out:
                 self._budget.charge(len(out))
                 buffer[: len(out)] = out
                 return len(out)
-            if done:
+            if d.eof:
                 rest = d.unused_data.lstrip(b"\x00")
                 if not rest:
                     return 0
                 self._feed, self._decompressor = rest, self._new()
-            elif not self._feed and (isinstance(d, zlib._Decompress) or d.needs_input):
+            elif starved:
                 return 0  # truncated: what was there has been read
 
 
@@ -386,9 +385,13 @@ def _read_rar(payload: bytes, budget: Budget) -> Listing:
     at_start = payload.startswith(_RAR)
     try:
         archive = rarfile.RarFile(io.BytesIO(payload))
-        if archive.needs_password() and not archive.infolist():
-            raise Unreadable("encrypted rar archive whose file names cannot be read")
         infos = archive.infolist()
+        if not infos:
+            raise Unreadable(
+                "encrypted rar archive whose file names cannot be read"
+                if archive.needs_password()
+                else "damaged rar archive (no members)"
+            )
     except Unreadable:
         raise
     except Exception as exc:
