@@ -33,6 +33,8 @@ ARCHIVE_MAX_MEMBERS: Final = 2000
 """Members listed over all archives of one message; more is "too large to inspect"."""
 HEAD_BYTES: Final = 4096
 """How much of a member is read when only its magic bytes matter."""
+READ_CHUNK: Final = 256 * 1024
+"""Slice in which a whole member is inflated (and charged to the budget)."""
 SEVEN_ZIP_MAX_HEADER: Final = 8 * 1024 * 1024
 """Largest decoded 7z header py7zr may inflate (its own limit is 256 MiB)."""
 RAR_SFX_WINDOW: Final = 2 * 1024 * 1024
@@ -235,9 +237,12 @@ def _read_charged(stream: _Readable, name: str, budget: Budget) -> tuple[bytes, 
     budget.charge(len(head))
     if not wants_whole(name, head):
         return head, len(head) < HEAD_BYTES
-    rest = stream.read(max(budget.bytes_left, 0) + 1)
-    budget.charge(len(rest))
-    return head + rest, True
+    whole = bytearray(head)
+    # In slices: one big read would copy (and hold the GIL for) tens of MB at a time, stalling the event loop.
+    while chunk := stream.read(min(READ_CHUNK, max(budget.bytes_left, 0) + 1)):
+        budget.charge(len(chunk))
+        whole += chunk
+    return bytes(whole), True
 
 
 def gzip_name(payload: bytes) -> str | None:

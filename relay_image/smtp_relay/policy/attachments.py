@@ -38,8 +38,8 @@ Reason = Literal["extension", "executable", "macro", "archive", "malformed", "st
 
 ARCHIVE_MAX_DEPTH: Final = 3
 """Archives inside archives are opened up to this depth; deeper nesting is itself a finding."""
-INLINE_ARCHIVE_BUDGET: Final = 1024 * 1024
-"""Bytes an inspection on the event loop may inflate before it moves to the worker pool (about 3 ms of zlib)."""
+INLINE_ARCHIVE_BUDGET: Final = 256 * 1024
+"""Bytes an inspection on the event loop may inflate before it moves to the worker pool (about 1 ms of zlib)."""
 MAX_UUENCODE_SCAN: Final = 1024 * 1024
 """How much of each part is searched for uuencode "begin" lines."""
 
