@@ -49,6 +49,9 @@ _GZIP: Final = b"\x1f\x8b\x08"
 _BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
 _XZ: Final = b"\xfd7zXZ\x00"
 
+_MAGICS: Final[tuple[tuple[bytes | tuple[bytes, ...], Kind], ...]] = (
+    (ZIP_MAGICS, "zip"), (_GZIP, "gzip"), (_XZ, "xz"), (_SEVEN_ZIP, "7z"), (_RAR, "rar")
+)  # fmt: skip
 ARCHIVE_EXTENSIONS: Final = frozenset(
     {"zip", "gz", "tgz", "bz2", "tbz", "tbz2", "xz", "txz", "tar", "7z", "rar", "z", "zst", "lz", "lzma", "cab", "arj"}
 )
@@ -71,10 +74,10 @@ class Budget:
     `NeedsWorker`, and the caller inspects the message again in its worker pool with a full budget.
     """
 
-    def __init__(self, bytes_left: int | None = None, members_left: int | None = None) -> None:
+    def __init__(self, bytes_left: int | None = None, *, inline: bool = False) -> None:
         self.bytes_left = ARCHIVE_BUDGET if bytes_left is None else bytes_left
-        self.members_left = ARCHIVE_MAX_MEMBERS if members_left is None else members_left
-        self.inline = False
+        self.members_left = ARCHIVE_MAX_MEMBERS
+        self.inline = inline
 
     def charge(self, nbytes: int = 0, members: int = 0) -> None:
         self.bytes_left -= nbytes
@@ -117,26 +120,19 @@ class Listing:
 
 def wants_whole(name: str, head: bytes) -> bool:
     """Should the whole member be read: it is (or is named as) an archive or an OLE2 document."""
-    if head.startswith((*ZIP_MAGICS, OLE2_MAGIC)) or kind_of(head, name, whole=False) is not None:
+    if head.startswith((*ZIP_MAGICS, OLE2_MAGIC)) or kind_of(head, whole=False) is not None:
         return True
     base = name.rsplit("/", 1)[-1].lower()
     return "." in base and base.rsplit(".", 1)[-1] in ARCHIVE_EXTENSIONS
 
 
-def kind_of(payload: bytes, name: str = "", *, whole: bool = True) -> Kind | None:
+def kind_of(payload: bytes, *, whole: bool = True) -> Kind | None:
     """Which archive the bytes are; `whole`: `payload` is the entire file (so trailers can be looked for)."""
-    if payload.startswith(ZIP_MAGICS):
-        return "zip"
-    if payload.startswith(_GZIP):
-        return "gzip"
+    for magic, kind in _MAGICS:
+        if payload.startswith(magic):
+            return kind
     if _BZIP2.match(payload):
         return "bzip2"
-    if payload.startswith(_XZ):
-        return "xz"
-    if payload.startswith(_SEVEN_ZIP):
-        return "7z"
-    if payload.startswith(_RAR):
-        return "rar"
     if _is_tar(payload):
         return "tar"
     if whole and payload.rfind(_EOCD) >= 0:
@@ -148,10 +144,10 @@ def kind_of(payload: bytes, name: str = "", *, whole: bool = True) -> Kind | Non
 
 def read_archive(payload: bytes, name: str, budget: Budget) -> Listing | None:
     """The archive's members, or None when the bytes are no archive. Raises Exhausted, NeedsWorker, Unreadable."""
-    kind = kind_of(payload, name)
+    kind = kind_of(payload)
     if kind is None:
         return None
-    at_start = kind_of(payload, name, whole=False) is not None
+    at_start = kind_of(payload, whole=False) is not None
     try:
         if kind == "zip":
             return _read_zip(payload, budget)

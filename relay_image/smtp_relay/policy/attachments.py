@@ -108,8 +108,7 @@ def inspect_attachments(
 
     `parsed` is `parse_message(data)` when the caller already has it.
     """
-    budget = Budget(INLINE_ARCHIVE_BUDGET) if inline else Budget()
-    budget.inline = inline
+    budget = Budget(INLINE_ARCHIVE_BUDGET, inline=True) if inline else Budget()
     try:
         if too_complex(data):
             return AttachmentFinding("", "structure", f"more than {MAX_MULTIPARTS} multipart or message parts")
@@ -259,7 +258,7 @@ def _check_archive(
     if not spec.inspect_archives and not (spec.block_macros and payload.startswith(archives.ZIP_MAGICS)):
         return None  # only a zip (OOXML) can carry macros; other archives are not opened at all
     if depth > ARCHIVE_MAX_DEPTH:
-        if archives.kind_of(payload, name) is not None:
+        if archives.kind_of(payload) is not None:
             return AttachmentFinding(name, "archive", f"archives nested deeper than {ARCHIVE_MAX_DEPTH} levels")
         return None
     try:

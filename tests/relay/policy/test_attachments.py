@@ -190,8 +190,8 @@ def test_zip_bomb_of_nested_zips_is_bounded_in_time(monkeypatch: pytest.MonkeyPa
     budgets: list[attachments.Budget] = []
 
     class CountedBudget(archives.Budget):
-        def __init__(self, *args: int) -> None:
-            super().__init__(*args)
+        def __init__(self, *args: int, inline: bool = False) -> None:
+            super().__init__(*args, inline=inline)
             budgets.append(self)
 
     monkeypatch.setattr(attachments, "Budget", CountedBudget)
