@@ -48,6 +48,7 @@ _RAR: Final = b"Rar!\x1a\x07"
 _GZIP: Final = b"\x1f\x8b\x08"
 _BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
 _XZ: Final = b"\xfd7zXZ\x00"
+_TAR_CHECKSUM: Final = re.compile(rb"[ \x00]*[0-7]{1,8}[ \x00]*")
 
 _MAGICS: Final[tuple[tuple[bytes | tuple[bytes, ...], Kind], ...]] = (
     (ZIP_MAGICS, "zip"), (_GZIP, "gzip"), (_XZ, "xz"), (_SEVEN_ZIP, "7z"), (_RAR, "rar")
@@ -332,6 +333,8 @@ def _is_tar(head: bytes) -> bool:
         return False
     if head[257:262] == b"ustar":
         return True
+    if not _TAR_CHECKSUM.fullmatch(head[148:156]):  # cheap: most data fails here, before tarfile's parse
+        return False
     try:
         tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")  # checks the header checksum
     except tarfile.HeaderError:

@@ -20,6 +20,7 @@ compound file's directory, so it may flag a document that merely contains those 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email import errors as email_errors
@@ -84,11 +85,14 @@ def blocked_extensions(spec: AttachmentsSpec) -> frozenset[str]:
     The spec's default (config.spec) predates the gateway list; a list the manifest writes out stays
     exactly what it says, so a site can still allow a type the gateways block.
     """
-    configured = frozenset(ext.lower() for ext in spec.block_extensions)
+    return _blocked(tuple(spec.block_extensions))
+
+
+@functools.lru_cache(maxsize=64)
+def _blocked(configured: tuple[str, ...]) -> frozenset[str]:
+    listed = frozenset(ext.lower() for ext in configured)
     default = AttachmentsSpec.model_fields["block_extensions"].default
-    if configured == frozenset(ext.lower() for ext in default):
-        return configured | GATEWAY_BLOCK_EXTENSIONS
-    return configured
+    return listed | GATEWAY_BLOCK_EXTENSIONS if listed == frozenset(ext.lower() for ext in default) else listed
 
 
 @dataclass(frozen=True)
@@ -246,8 +250,8 @@ def _check_content(
         if spec.block_macros and any(marker in payload for marker in _OLE2_VBA_MARKERS):
             return AttachmentFinding(name, "macro", "Office (OLE2) document with a VBA project")
         return None
-    if not complete:
-        return None
+    if not complete or not (is_attachment or archives.kind_of(payload, whole=False)):
+        return None  # a body shown as text is no archive, unless it starts like one: skip the trailer search
     return _check_archive(name, payload, spec, blocked, budget, depth=depth)
 
 

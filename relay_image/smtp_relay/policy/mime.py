@@ -30,6 +30,7 @@ MAX_NESTING_DEPTH: Final = 64
 _MULTIPART_HEADER = re.compile(
     rb"^content-type[ \t]*:[ \t]*(?:\r?\n[ \t]+)?(?:multipart|message)/", re.IGNORECASE | re.MULTILINE
 )
+_AMBIGUOUS_HEADERS: Final = ("content-type", "content-disposition", "content-transfer-encoding")
 _HEADER_FIELD = re.compile(r"[\041-\071\073-\176]+:")
 """A header field's first line, as the stdlib feed parser's headerRE has it (with a non-empty name)."""
 
@@ -40,8 +41,10 @@ def too_complex(data: bytes) -> bool:
     Parsing and walking them costs quadratic time, and the stdlib parser recurses once per attached
     message: 3,000 nested message/rfc822 parts raise RecursionError.
     """
+    if data.count(b"/") <= MAX_MULTIPARTS:  # each such header has a "/": the usual case, at memchr speed
+        return False
     lowered = data.lower()
-    if lowered.count(b"multipart/") + lowered.count(b"message/") <= MAX_MULTIPARTS:  # the usual case, memchr speed
+    if lowered.count(b"multipart/") + lowered.count(b"message/") <= MAX_MULTIPARTS:
         return False
     found = itertools.islice(_MULTIPART_HEADER.finditer(data), MAX_MULTIPARTS + 1)
     return sum(1 for _ in found) > MAX_MULTIPARTS
@@ -124,21 +127,27 @@ def structure_problem(message: Message) -> str | None:
 
 
 def _part_problem(part: Message, ancestors: tuple[str, ...]) -> str | None:
-    for header in ("content-type", "content-disposition", "content-transfer-encoding"):
-        values = {" ".join(str(v).split()).lower() for v in part.get_all(header, [])}
-        if len(values) > 1:
-            return f"conflicting {header} headers"
+    raw = [(key.lower(), str(value)) for key, value in part.raw_items() if key.lower() in _AMBIGUOUS_HEADERS]
+    if not raw:  # the usual single-part case: nothing to disagree about, and no parameter parse
+        return None
+    if len({key for key, _ in raw}) < len(raw):
+        for header in _AMBIGUOUS_HEADERS:
+            if len({" ".join(v.split()).lower() for key, v in raw if key == header}) > 1:
+                return f"conflicting {header} headers"
+    text = " ".join(value for _, value in raw).lower()
     content_type = str(part.get("content-type", "")).strip().lower()
-    boundaries = _param_values(part, "boundary", "content-type")
+    boundaries = _param_values(part, "boundary", "content-type") if "boundary" in text else []
     if len(set(boundaries)) > 1:
         return "conflicting boundary parameters"
     if content_type.startswith("multipart/") and not (boundaries and boundaries[0]):
         return "multipart part without a boundary"
-    if boundaries and boundaries[0]:
+    if boundaries:
         mine = boundaries[0]
         for outer in ancestors:
             if outer and (mine.startswith(outer) or outer.startswith(mine)):
                 return "nested multipart reuses an enclosing boundary"
+    if "name" not in text:
+        return None
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
         extensions = {extension_of(value)[0] for value in _param_values(part, param, header)}
         if len(extensions) > 1:  # an ASCII fallback spelling of the same name agrees on the extension
