@@ -1,14 +1,17 @@
-"""Malware attachment inspection: blocked extensions, executables by magic bytes, Office macros, zip contents.
+"""Malware attachment inspection: blocked extensions, executables by magic bytes, Office macros, archive contents.
 
 Pure (no I/O). The walk uses the shared MIME parser (`mime.parse_message`), but never trusts it alone: every part
 is inspected inside its own guard, file names are gathered from the parsed headers *and* from the raw
 header text (RFC 2231 continuations and RFC 2047 encoded words decoded here), base64 is also decoded
 leniently, and when the MIME structure itself is broken (missing boundaries, ...) the raw message is
 searched for attachment names as well. Whatever cannot be inspected but looks like an attachment is
-reported as ``malformed``: a parser error must never let an attachment through.
+reported as ``malformed``: a parser error must never let an attachment through. A message that readers
+may disagree about (`mime.structure_problem`: duplicate boundaries or names, nesting) is ``structure``.
 
-Archives are bounded (depth, member count, decompressed bytes), so a zip bomb costs at most
-``ARCHIVE_BUDGET`` bytes of inflation and then counts as a finding itself.
+Archives (`archives`: zip, gzip, bzip2, xz, tar, 7z, rar) are bounded by depth, member count and
+decompressed bytes; running out of that budget is itself a finding ("too large to inspect"), refused
+or quarantined like any other. An inspection on the event loop (``inline``) gets a small budget and,
+when it runs out, raises `NeedsWorker` so the DATA stage repeats it in its worker pool.
 
 Legacy Office (OLE2) macro detection is a byte search for the UTF-16 names of the VBA storages and
 streams (``_VBA_PROJECT``, ``Macros``, ``VBA``) after checking the OLE2 signature; it does not parse the
@@ -17,33 +20,46 @@ compound file's directory, so it may flag a document that merely contains those 
 
 from __future__ import annotations
 
-import io
+import functools
 import re
-import zipfile
 from dataclasses import dataclass
 from email import errors as email_errors
 from email.message import Message
 from typing import Final, Literal
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy.client_view import decoded_bodies, extension_of, part_names, raw_names
-from smtp_relay.policy.mime import MAX_MULTIPARTS, parse_message, too_complex
+from smtp_relay.policy import archives
+from smtp_relay.policy.archives import ARCHIVE_EXTENSIONS, HEAD_BYTES, OLE2_MAGIC, Budget, Exhausted, NeedsWorker
+from smtp_relay.policy.client_view import decoded_bodies, extensions_of, part_names, raw_names
+from smtp_relay.policy.mime import MAX_MULTIPARTS, parse_message, structure_problem, too_complex
 
-Reason = Literal["extension", "executable", "macro", "archive", "malformed"]
+__all__ = ["AttachmentFinding", "NeedsWorker", "blocked_extensions", "inspect_attachments"]
+
+Reason = Literal["extension", "executable", "macro", "archive", "malformed", "structure"]
 
 ARCHIVE_MAX_DEPTH: Final = 3
-"""Zips inside zips are opened up to this depth; deeper nesting is itself a finding."""
-ARCHIVE_BUDGET: Final = 64 * 1024 * 1024
-"""Decompressed bytes read from all archives of one message; more is treated as a zip bomb."""
-ARCHIVE_MAX_MEMBERS: Final = 2000
-"""Members listed over all archives of one message; more is treated as a zip bomb."""
+"""Archives inside archives are opened up to this depth; deeper nesting is itself a finding."""
+INLINE_ARCHIVE_BUDGET: Final = 256 * 1024
+"""Bytes an inspection on the event loop may inflate before it moves to the worker pool (about 1 ms of zlib)."""
 MAX_UUENCODE_SCAN: Final = 1024 * 1024
 """How much of each part is searched for uuencode "begin" lines."""
-HEAD_BYTES: Final = 4096
-"""How much of an archive member is read when only its magic bytes matter."""
 
-_OLE2_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-_ZIP_MAGICS: Final = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+GATEWAY_BLOCK_EXTENSIONS: Final = frozenset(
+    [
+        # Windows executables, installers and libraries
+        *("exe", "com", "scr", "pif", "cpl", "dll", "msi", "msp", "mst", "msc", "msix", "msixbundle"),
+        *("appx", "appxbundle", "application", "gadget", "xll", "jar", "jnlp"),
+        # scripts Windows runs on a double click
+        *("bat", "cmd", "js", "jse", "vb", "vbs", "vbe", "wsf", "wsh", "wsc", "sct", "ps1", "hta", "reg", "inf", "scf"),
+        # shortcuts, help files, and containers that mount or open as a folder
+        *("lnk", "url", "chm", "iso", "img", "vhd", "vhdx", "one", "ade", "adp", "mde", "ins", "isp", "shb", "diagcab"),
+    ]
+)
+"""The default block list: the types mail gateways refuse by default. Sources: Microsoft Defender for
+Office 365's common attachments filter (hta, lnk, iso, img, msc, msix, xll, reg, scf, wsf, wsh, ...) and
+Google Workspace's blocked file types (cpl, chm, vhd, appx, appxbundle, jse, ps1, msp, ...); .one
+(OneNote) and .url after their use by Qakbot and other loaders in 2023."""
+
 _MACHO_MAGICS: Final = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")
 _LNK_MAGIC: Final = b"L\x00\x00\x00\x01\x14\x02\x00"
 # UTF-16LE directory entry names of the VBA project in Word/Excel/PowerPoint binary documents.
@@ -63,6 +79,22 @@ _STRUCTURE_DEFECTS: Final = (
 )
 
 
+def blocked_extensions(spec: AttachmentsSpec) -> frozenset[str]:
+    """The extensions refused: the spec's list, and the gateways' list when the spec keeps its default.
+
+    The spec's default (config.spec) predates the gateway list; a list the manifest writes out stays
+    exactly what it says, so a site can still allow a type the gateways block.
+    """
+    return _blocked(tuple(spec.block_extensions))
+
+
+@functools.lru_cache(maxsize=64)
+def _blocked(configured: tuple[str, ...]) -> frozenset[str]:
+    listed = frozenset(ext.lower() for ext in configured)
+    default = AttachmentsSpec.model_fields["block_extensions"].default
+    return listed | GATEWAY_BLOCK_EXTENSIONS if listed == frozenset(ext.lower() for ext in default) else listed
+
+
 @dataclass(frozen=True)
 class AttachmentFinding:
     """Why a message is refused: the offending file (path inside archives joined by '/') and the rule."""
@@ -72,36 +104,32 @@ class AttachmentFinding:
     detail: str
 
 
-class _Budget:
-    """Shared limits for one message, so many small archives cannot add up to a bomb either."""
-
-    def __init__(self) -> None:
-        self.bytes_left = ARCHIVE_BUDGET
-        self.members_left = ARCHIVE_MAX_MEMBERS
-
-
-class _Exhausted(Exception):
-    """The archive budget ran out."""
-
-
 def inspect_attachments(
-    data: bytes, spec: AttachmentsSpec, *, parsed: Message | None = None
+    data: bytes, spec: AttachmentsSpec, *, parsed: Message | None = None, inline: bool = False
 ) -> AttachmentFinding | None:
-    """The first blocked attachment of the message, or None. Never raises: failure is a finding.
+    """The first blocked attachment of the message, or None. Never raises (failure is a finding), except
+    `NeedsWorker` when `inline` and the archives outgrow the event loop's budget.
 
     `parsed` is `parse_message(data)` when the caller already has it.
     """
+    budget = Budget(INLINE_ARCHIVE_BUDGET, inline=True) if inline else Budget()
     try:
         if too_complex(data):
-            return AttachmentFinding("", "malformed", f"more than {MAX_MULTIPARTS} multipart parts")
-        return _inspect(data, spec, parsed if parsed is not None else parse_message(data))
+            return AttachmentFinding("", "structure", f"more than {MAX_MULTIPARTS} multipart or message parts")
+        return _inspect(data, spec, parsed if parsed is not None else parse_message(data), budget)
+    except NeedsWorker:
+        raise
+    except RecursionError:
+        return AttachmentFinding("", "structure", "parts nested too deeply to inspect")
     except Exception as exc:  # a bug or a parser crash must not let the message through
         return AttachmentFinding("", "malformed", f"message could not be inspected ({type(exc).__name__})")
 
 
-def _inspect(data: bytes, spec: AttachmentsSpec, message: Message) -> AttachmentFinding | None:
-    blocked = frozenset(ext.lower() for ext in spec.block_extensions)
-    budget = _Budget()
+def _inspect(data: bytes, spec: AttachmentsSpec, message: Message, budget: Budget) -> AttachmentFinding | None:
+    problem = structure_problem(message)
+    if problem is not None:
+        return AttachmentFinding("", "structure", problem)
+    blocked = blocked_extensions(spec)
     broken = False
     for part in message.walk():
         if any(isinstance(d, _STRUCTURE_DEFECTS) for d in getattr(part, "defects", ())):
@@ -119,7 +147,7 @@ def _inspect(data: bytes, spec: AttachmentsSpec, message: Message) -> Attachment
 
 
 def _inspect_part(
-    part: Message, spec: AttachmentsSpec, blocked: frozenset[str], budget: _Budget
+    part: Message, spec: AttachmentsSpec, blocked: frozenset[str], budget: Budget
 ) -> AttachmentFinding | None:
     if part.is_multipart():
         return None
@@ -155,10 +183,18 @@ def _inspect_part(
 
 
 def _check_name(name: str, blocked: frozenset[str]) -> AttachmentFinding | None:
-    ext, previous = extension_of(name)
-    if ext and ext in blocked:
-        double = f" (double extension .{previous}.{ext})" if previous else ""
-        return AttachmentFinding(name, "extension", f"blocked extension .{ext}{double}")
+    """A blocked last extension, or one hidden behind archive suffixes ("evil.exe.gz", "evil.exe.zip")."""
+    extensions = extensions_of(name)
+    for index in range(len(extensions) - 1, -1, -1):
+        ext = extensions[index]
+        if ext in blocked:
+            if index < len(extensions) - 1:  # behind archive suffixes: "evil.exe.gz"
+                double = " (double extension ." + ".".join(extensions[index:]) + ")"
+            else:  # "invoice.pdf.exe"
+                double = f" (double extension .{extensions[index - 1]}.{ext})" if index > 0 else ""
+            return AttachmentFinding(name, "extension", f"blocked extension .{ext}{double}")
+        if ext not in ARCHIVE_EXTENSIONS:
+            return None
     return None
 
 
@@ -200,102 +236,70 @@ def _check_content(
     payload: bytes,
     spec: AttachmentsSpec,
     blocked: frozenset[str],
-    budget: _Budget,
+    budget: Budget,
     *,
     depth: int,
     is_attachment: bool,
+    complete: bool = True,
 ) -> AttachmentFinding | None:
+    """Executable magic, OLE2 macros, then (for a whole file, not a member's head) archive contents."""
     kind = _executable_kind(payload[:HEAD_BYTES], is_attachment=is_attachment)
     if kind is not None:
         return AttachmentFinding(name, "executable", kind)
-    if payload.startswith(_OLE2_MAGIC):
+    if payload.startswith(OLE2_MAGIC):
         if spec.block_macros and any(marker in payload for marker in _OLE2_VBA_MARKERS):
             return AttachmentFinding(name, "macro", "Office (OLE2) document with a VBA project")
         return None
-    if payload.startswith(_ZIP_MAGICS):
-        return _check_zip(name, payload, spec, blocked, budget, depth=depth)
-    return None
+    if not complete or not (is_attachment or archives.kind_of(payload, whole=False)):
+        return None  # a body shown as text is no archive, unless it starts like one: skip the trailer search
+    return _check_archive(name, payload, spec, blocked, budget, depth=depth)
 
 
-def _check_zip(
-    name: str, payload: bytes, spec: AttachmentsSpec, blocked: frozenset[str], budget: _Budget, *, depth: int
+def _check_archive(
+    name: str, payload: bytes, spec: AttachmentsSpec, blocked: frozenset[str], budget: Budget, *, depth: int
 ) -> AttachmentFinding | None:
     """Macros in OOXML, then (with inspect_archives) every member's name and content, recursively."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
-        members = archive.infolist()
-    except Exception:
-        return _check_broken_zip(name, payload, spec, blocked)
+    if not spec.inspect_archives and not (spec.block_macros and payload.startswith(archives.ZIP_MAGICS)):
+        return None  # only a zip (OOXML) can carry macros; other archives are not opened at all
     if depth > ARCHIVE_MAX_DEPTH:
-        return AttachmentFinding(name, "archive", f"archives nested deeper than {ARCHIVE_MAX_DEPTH} levels")
-    with archive:
-        budget.members_left -= len(members)
-        if budget.members_left < 0:
-            return AttachmentFinding(name, "archive", "too many archive members to inspect (zip bomb?)")
-        if spec.block_macros:
-            for info in members:
-                if info.filename.lower().replace("\\", "/").rsplit("/", 1)[-1] == "vbaproject.bin":
-                    return AttachmentFinding(name, "macro", f"Office document with macros ({info.filename})")
+        if archives.kind_of(payload) is not None:
+            return AttachmentFinding(name, "archive", f"archives nested deeper than {ARCHIVE_MAX_DEPTH} levels")
+        return None
+    try:
+        listing = archives.read_archive(payload, name, budget)
+    except Exhausted:
+        return AttachmentFinding(name, "archive", "archive too large to inspect (beyond the inspection budget)")
+    except archives.Unreadable as exc:
         if not spec.inspect_archives:
             return None
-        for info in members:
-            inner = f"{name}/{info.filename}" if name else info.filename
-            finding = _check_name(info.filename, blocked)
-            if finding is not None:
-                return AttachmentFinding(inner, "extension", f"{finding.detail} inside an archive")
-        for info in members:
-            if info.is_dir():
-                continue
-            inner = f"{name}/{info.filename}" if name else info.filename
-            try:
-                content = _read_member(archive, info, budget)
-            except _Exhausted:
-                return AttachmentFinding(inner, "archive", "archive expands beyond the inspection budget (zip bomb?)")
-            except Exception as exc:
-                if info.flag_bits & 0x1:
-                    continue  # encrypted: its name was checked, its content cannot be
-                return AttachmentFinding(inner, "malformed", f"archive member could not be read ({type(exc).__name__})")
-            finding = _check_content(inner, content, spec, blocked, budget, depth=depth + 1, is_attachment=True)
-            if finding is not None:
-                return finding
+        return AttachmentFinding(name, "archive" if "encrypted" in str(exc) else "malformed", str(exc))
+    if listing is None:
+        return None
+    if spec.block_macros and listing.kind == "zip":
+        for member in listing.members:
+            if member.name.lower().replace("\\", "/").rsplit("/", 1)[-1] == "vbaproject.bin":
+                return AttachmentFinding(name, "macro", f"Office document with macros ({member.name})")
+    if not spec.inspect_archives:
+        return None
+    for member in listing.members:
+        finding = _check_name(member.name, blocked)
+        if finding is not None:
+            return AttachmentFinding(_join(name, member.name), "extension", f"{finding.detail} inside an archive")
+    if listing.damaged:
+        if listing.at_start:
+            return AttachmentFinding(name, "malformed", f"damaged {listing.kind} archive that cannot be inspected")
+        return None
+    for member in listing.members:
+        if member.content is None:
+            continue  # a directory, encrypted, or a format listed by names only (7z, rar)
+        inner = _join(name, member.name)
+        finding = _check_content(
+            inner, member.content, spec, blocked, budget, depth=depth + 1, is_attachment=True, complete=member.complete
+        )
+        if finding is not None:
+            return finding
     return None
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
-    """The member's head, or all of it when it is itself a zip or an OLE2 file; charged to the budget."""
-    with archive.open(info) as stream:
-        head = stream.read(min(HEAD_BYTES, max(budget.bytes_left, 0) + 1))
-        budget.bytes_left -= len(head)
-        if budget.bytes_left < 0:
-            raise _Exhausted
-        if not (head.startswith(_ZIP_MAGICS) or head.startswith(_OLE2_MAGIC)):
-            return head
-        rest = stream.read(budget.bytes_left + 1)
-        budget.bytes_left -= len(rest)
-        if budget.bytes_left < 0:
-            raise _Exhausted
-        return head + rest
-
-
-def _check_broken_zip(
-    name: str, payload: bytes, spec: AttachmentsSpec, blocked: frozenset[str]
-) -> AttachmentFinding | None:
-    """A zip the zipfile module refuses: read the member names from the local headers as repair tools do."""
-    names = []
-    for match in re.finditer(rb"PK\x03\x04", payload):
-        start = match.start()
-        header = payload[start : start + 30]
-        if len(header) < 30:
-            break
-        length = int.from_bytes(header[26:28], "little")
-        names.append(payload[start + 30 : start + 30 + length].decode("utf-8", "replace"))
-    for member in names:
-        if spec.block_macros and member.lower().endswith("vbaproject.bin"):
-            return AttachmentFinding(name, "macro", f"Office document with macros ({member})")
-        if spec.inspect_archives:
-            finding = _check_name(member, blocked)
-            if finding is not None:
-                return AttachmentFinding(f"{name}/{member}", "extension", f"{finding.detail} inside an archive")
-    if spec.inspect_archives:
-        return AttachmentFinding(name, "malformed", "damaged zip archive that cannot be inspected")
-    return None
+def _join(outer: str, inner: str) -> str:
+    return f"{outer}/{inner}" if outer else inner

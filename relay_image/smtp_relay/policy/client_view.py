@@ -122,12 +122,17 @@ def raw_names(data: bytes) -> Iterator[str]:
 
 def extension_of(name: str) -> tuple[str, str]:
     """(last extension, the extension before it) as Windows sees them: case, trailing dots, spaces ignored."""
+    parts = extensions_of(name)
+    if not parts:
+        return "", ""
+    return parts[-1], (parts[-2] if len(parts) > 1 else "")
+
+
+def extensions_of(name: str) -> list[str]:
+    """Every extension of the file's base name, last one last ("a.exe.gz" → ["exe", "gz"]), as Windows sees them."""
     base = _INVISIBLE.sub("", name).replace("\\", "/").rsplit("/", 1)[-1]
     base = base.split(":", 1)[0].rstrip(" .\t").lower()
-    parts = base.split(".")
-    if len(parts) < 2:
-        return "", ""
-    return parts[-1].strip(), (parts[-2].strip() if len(parts) > 2 else "")
+    return [part.strip() for part in base.split(".")[1:]]
 
 
 # --- bodies ------------------------------------------------------------------------------------

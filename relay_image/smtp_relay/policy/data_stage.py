@@ -4,7 +4,10 @@ count the message.
 The first refusal decides, in that order; a quarantine verdict holds the message unless a later
 check refuses it outright. Once something refuses, the scanners are not asked (except in audit mode,
 which wants every verdict counted). The message is parsed once for both local content checks, on
-the event loop when it is small and in a thread when it is big. For an accepted message, the SPF
+the event loop when it is small and in the content worker pool (a few threads, shared by all sessions)
+when it is big; an inline attachment inspection whose archives outgrow their small inline budget
+(`attachments.NeedsWorker`) is repeated in the pool. A message that cannot be parsed at all is
+refused with 554 5.6.0. For an accepted message, the SPF
 result, the tags (SPF fail, DNSBL listing in tag mode) and the spam report go to the header
 composer the engine was given (cleanup's), which this stage does not import.
 """
@@ -13,16 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from typing import TypeVar
 
-from smtp_relay.config.spec import PolicySpec
+from smtp_relay.config.spec import AttachmentsSpec, PolicySpec
 from smtp_relay.model.envelope import Envelope
-from smtp_relay.policy.attachments import inspect_attachments
+from smtp_relay.policy.attachments import AttachmentFinding, NeedsWorker, inspect_attachments
 from smtp_relay.policy.chain import Accounting
-from smtp_relay.policy.checks.content import attachment_outcome, count_message, spam_verdict, virus_outcome
+from smtp_relay.policy.checks.content import (
+    attachment_outcome,
+    count_message,
+    malformed_message,
+    spam_verdict,
+    virus_outcome,
+)
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.mime import parse_message
@@ -38,7 +49,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INLINE_BYTES = 256 * 1024
-"""Messages up to this size are parsed on the event loop; bigger ones in a thread, so the loop stays responsive."""
+"""Messages up to this size are parsed on the event loop; bigger ones in the content pool."""
+CONTENT_WORKERS = 2
+"""Threads of the content pool: parsing and inspecting is CPU work, so more than the cores buys nothing, and
+a flood of big messages waits its turn instead of starving the process."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def content_pool() -> ThreadPoolExecutor:
+    """The process's bounded pool for content checks (created on first use, shared across reloads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=CONTENT_WORKERS, thread_name_prefix="content")
+        return _pool
+
+
+async def run_in_pool(func: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(content_pool(), func)
 
 
 class _Findings:
@@ -98,19 +128,25 @@ class DataStage:
         findings = _Findings(self.accounting, facts)
         attachments = policy.attachments
         # Parse once for both local content checks: parsing is most of their cost.
-        parsed = (
-            await self._cpu(len(data), lambda: parse_message(data))
-            if attachments.enabled or policy.spam.engine == "builtin"
-            else None
-        )
-        if attachments.enabled:
-            finding = await self._cpu(len(data), lambda: inspect_attachments(data, attachments, parsed=parsed))
+        parsed = None
+        unparsed = False
+        if attachments.enabled or policy.spam.engine == "builtin":
+            try:
+                parsed = await self._cpu(len(data), lambda: parse_message(data))
+            except Exception as exc:  # RecursionError or a parser bug: a 5xx, never a 4xx that senders retry
+                log.info("policy: message from %s could not be parsed: %r", facts.client_ip, exc)
+                findings.note("attachments", malformed_message(f"message could not be parsed ({type(exc).__name__})"))
+                unparsed = True
+        if attachments.enabled and not unparsed:
+            finding = await self._inspect(data, attachments, parsed)
             if finding is not None:
                 findings.note("attachments", *attachment_outcome(finding, attachments.action))
             else:
                 findings.note("attachments", None)
 
-        virus, spam = await self._scan(facts, data, envelope, parsed, scan=audit or findings.refusal is None)
+        scan = audit or findings.refusal is None
+        score = not (unparsed and policy.spam.engine == "builtin")  # the builtin engine would parse it again
+        virus, spam = await self._scan(facts, data, envelope, parsed, scan=scan, score=score)
         if virus is not None:
             findings.note("virus", *virus_outcome(virus, policy.virus))
         report = spam if isinstance(spam, SpamReport) else None
@@ -132,20 +168,30 @@ class DataStage:
         return DataDecision(ACCEPT, headers, findings.quarantine, fired)
 
     async def _cpu(self, size: int, func: Callable[[], T]) -> T:
-        """Run a CPU-bound check inline for small messages, in a thread for big ones."""
+        """Run a CPU-bound check inline for small messages, in the content pool for big ones."""
         if size <= INLINE_BYTES:
             return func()
-        return await asyncio.to_thread(func)
+        return await run_in_pool(func)
+
+    async def _inspect(self, data: bytes, spec: AttachmentsSpec, parsed: Message | None) -> AttachmentFinding | None:
+        """Inline with a small archive budget for a small message; in the pool (full budget) otherwise or when
+        that ran out."""
+        if len(data) <= INLINE_BYTES:
+            try:
+                return inspect_attachments(data, spec, parsed=parsed, inline=True)
+            except NeedsWorker:
+                log.debug("policy: attachments of a %d-byte message inspected off the event loop", len(data))
+        return await run_in_pool(lambda: inspect_attachments(data, spec, parsed=parsed))
 
     # --- scanners ----------------------------------------------------------------------------------
 
     async def _scan(
-        self, facts: Facts, data: bytes, envelope: Envelope, parsed: Message | None, *, scan: bool
+        self, facts: Facts, data: bytes, envelope: Envelope, parsed: Message | None, *, scan: bool, score: bool = True
     ) -> tuple[VirusResult | ScannerError | None, SpamReport | ScannerError | None]:
         """The virus scanner's and the spam engine's answers (None: not asked), both asked at once."""
         clamd = self.scanners.clamd
         virus_task = self._timed("clamd", clamd.scan(data)) if scan and clamd is not None else None
-        scored = scan and self.policy.spam.engine != "off"
+        scored = scan and score and self.policy.spam.engine != "off"
         spam_task = self._score_spam(facts, data, envelope, parsed) if scored else None
         if virus_task is not None and spam_task is not None:
             return await asyncio.gather(virus_task, spam_task)  # the scanners work concurrently

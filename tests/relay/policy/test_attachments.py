@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy import attachments, mime
+from smtp_relay.policy import archives, attachments, mime
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 from smtp_relay.policy.mime import parse_message
 from tests.relay.policy.samples import (
@@ -168,13 +168,13 @@ def test_too_deeply_nested_archives_are_refused() -> None:
 
 
 def test_too_many_members_is_a_bomb() -> None:
-    members = {f"f{i}.txt": b"" for i in range(attachments.ARCHIVE_MAX_MEMBERS + 1)}
+    members = {f"f{i}.txt": b"" for i in range(archives.ARCHIVE_MAX_MEMBERS + 1)}
     finding = check(message(("many.zip", zip_of(members, compression=zipfile.ZIP_STORED))))
     assert finding is not None and finding.reason == "archive"
 
 
 def test_archive_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(attachments, "ARCHIVE_BUDGET", 1024 * 1024)
+    monkeypatch.setattr(archives, "ARCHIVE_BUDGET", 1024 * 1024)
     inner = zip_of({"zeros.bin": bytes(2 * 1024 * 1024)}, compression=zipfile.ZIP_STORED)
     finding = check(message(("bomb.zip", zip_of({"inner.zip": inner}))))
     assert finding is not None and finding.reason == "archive"
@@ -187,22 +187,22 @@ def test_zip_bomb_of_nested_zips_is_bounded_in_time(monkeypatch: pytest.MonkeyPa
     The bound is the work done, read from the message's inspection budget: 512 GiB of zeros inside,
     less than one MiB inflated and a few dozen members listed before the depth limit refuses it.
     """
-    budgets: list[attachments._Budget] = []
+    budgets: list[attachments.Budget] = []
 
-    class CountedBudget(attachments._Budget):
-        def __init__(self) -> None:
-            super().__init__()
+    class CountedBudget(archives.Budget):
+        def __init__(self, *args: int, inline: bool = False) -> None:
+            super().__init__(*args, inline=inline)
             budgets.append(self)
 
-    monkeypatch.setattr(attachments, "_Budget", CountedBudget)
+    monkeypatch.setattr(attachments, "Budget", CountedBudget)
     data = zip_of({"zeros.bin": bytes(8 * 1024 * 1024)})
     for _ in range(4):
         data = zip_of({f"{i}.zip": data for i in range(16)})
     finding = check(message(("42.zip", data)))
     assert finding is not None and finding.reason == "archive"
     [budget] = budgets
-    assert attachments.ARCHIVE_BUDGET - budget.bytes_left < 1024 * 1024  # not even the innermost 8 MiB file
-    assert attachments.ARCHIVE_MAX_MEMBERS - budget.members_left <= 100
+    assert archives.ARCHIVE_BUDGET - budget.bytes_left < 1024 * 1024  # not even the innermost 8 MiB file
+    assert archives.ARCHIVE_MAX_MEMBERS - budget.members_left <= 100
 
 
 def test_docm_with_vba_project() -> None:
@@ -255,14 +255,16 @@ def test_attachment_in_forwarded_message() -> None:
     assert finding is not None and finding.filename == "tool.exe"
 
 
-def test_missing_boundary_does_not_hide_attachment_names() -> None:
+@pytest.mark.parametrize("boundary", [b"", b"; boundary=", b'; boundary=""'])
+def test_multipart_without_a_boundary_is_malformed(boundary: bytes) -> None:
+    """Readers guess where its parts are, each differently: refused whatever the parts hold."""
     data = (
-        b"From: ann@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n\r\n"
-        b'--XYZ\r\nContent-Type: application/octet-stream;\r\n name="payload.exe"\r\n'
+        b"From: ann@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed"
+        + boundary
+        + b'\r\n\r\n--XYZ\r\nContent-Type: application/octet-stream;\r\n name="payload.exe"\r\n'
         b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--XYZ--\r\n"
     )
-    finding = check(data)
-    assert finding is not None and finding.reason == "extension"
+    assert check(data) == AttachmentFinding("", "structure", "multipart part without a boundary")
 
 
 def test_wrong_boundary_does_not_hide_attachment_names() -> None:
@@ -292,7 +294,7 @@ def test_base64_split_by_padding_is_decoded_leniently() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"\r\n", b"\x00" * 100, b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n", b"\xff\xfe"]
+    "data", [b"", b"\r\n", b"\x00" * 100, b"Content-Type: text/plain; boundary=\r\n\r\n--\r\n", b"\xff\xfe"]
 )
 def test_empty_and_garbage_without_attachments_pass(data: bytes) -> None:
     assert check(data) is None
@@ -310,8 +312,8 @@ def test_parsed_tree_can_be_shared() -> None:
 
 
 def nested_multiparts(depth: int) -> bytes:
-    opening = "".join(f'--b{i}\r\nContent-Type: multipart/mixed; boundary="b{i + 1}"\r\n\r\n' for i in range(depth))
-    head = 'From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+    opening = "".join(f'--b{i}x\r\nContent-Type: multipart/mixed; boundary="b{i + 1}x"\r\n\r\n' for i in range(depth))
+    head = 'From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b0x"\r\n\r\n'
     return (head + opening).encode()
 
 
@@ -320,12 +322,21 @@ def test_nesting_bomb_is_refused_quickly(parser_inputs: list[int]) -> None:
     finding = check(nested_multiparts(3000))
     assert parser_inputs == []
     assert finding is not None
-    assert finding.reason == "malformed"
+    assert finding.reason == "structure"
     assert "multipart" in finding.detail
 
 
 def test_moderate_nesting_is_walked() -> None:
-    data = nested_multiparts(mime.MAX_MULTIPARTS - 2)  # 99 multipart headers in all: within the limit
-    data += b"--b98\r\nContent-Type: application/octet-stream; name=deep.exe\r\n\r\nx\r\n"
+    depth = mime.MAX_NESTING_DEPTH - 1
+    data = nested_multiparts(depth)  # the leaf below is at MAX_NESTING_DEPTH: within the limit
+    data += f"--b{depth}x\r\nContent-Type: application/octet-stream; name=deep.exe\r\n\r\nx\r\n".encode()
     finding = check(data)
     assert finding is not None and finding.filename == "deep.exe"
+
+
+def test_nesting_deeper_than_the_limit_is_malformed() -> None:
+    depth = mime.MAX_NESTING_DEPTH
+    data = nested_multiparts(depth) + f"--b{depth}x\r\nContent-Type: text/plain\r\n\r\nx\r\n".encode()
+    assert data.count(b"multipart/") <= mime.MAX_MULTIPARTS  # refused for its depth, not its part count
+    finding = check(data)
+    assert finding == AttachmentFinding("", "structure", f"parts nested deeper than {mime.MAX_NESTING_DEPTH} levels")

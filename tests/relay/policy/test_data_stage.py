@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from email.message import Message
+from typing import Any
+
 import pytest
 from bench.peers.ports import closed_port
 from prometheus_client import CollectorRegistry
 
+from smtp_relay.policy import data_stage
+from smtp_relay.policy.attachments import AttachmentFinding
 from smtp_relay.policy.verdict import Action
 from tests.harness.metrics import sample
 from tests.peers.clamd import Clamd, eicar
+from tests.relay.policy.samples import zip_of
 from tests.relay.policy.transactions import GTUBE, EngineFactory, envelope, facts, message
 
 pytestmark = pytest.mark.peers
@@ -77,6 +84,57 @@ async def test_a_blocked_attachment_is_quarantined_and_released(make_engine: Eng
     assert (entry.id, entry.reason, entry.envelope) == (entry_id, decision.quarantine_reason, envelope())
     assert entry.verdicts and "tool.exe" in entry.verdicts[0]
     assert store.release(entry_id) == (envelope(), data)
+
+
+@pytest.mark.parametrize("action", ["reject", "quarantine"])
+async def test_ambiguous_mime_is_refused_with_5_6_0_whatever_the_action(
+    make_engine: EngineFactory, action: str
+) -> None:
+    engine = make_engine({"attachments": {"action": action}})
+    data = message().replace(b"Content-Type: text/plain", b'Content-Type: multipart/mixed; boundary="a"; boundary="b"')
+    decision = await engine.on_data(facts(mail_from="alice@pass.spf.test"), data, envelope())
+    assert (
+        decision.verdict.reply
+        == "554 5.6.0 Message rejected: malformed MIME structure (conflicting boundary parameters)"
+    )
+    assert decision.quarantine_reason is None
+
+
+async def test_a_parser_crash_is_a_5xx_not_a_4xx(make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RecursionError (or any parser bug) outside the inspection's own guard: 554 5.6.0, so senders do not retry."""
+
+    def crash(data: bytes) -> Message:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(data_stage, "parse_message", crash)
+    engine = make_engine({"spam": {"engine": "builtin"}})
+    decision = await engine.on_data(facts(mail_from="alice@pass.spf.test"), message(), envelope())
+    assert decision.verdict.code == 554 and decision.verdict.status == "5.6.0"
+    assert "could not be parsed (RecursionError)" in decision.verdict.text
+
+
+async def test_big_messages_and_big_archives_are_inspected_in_the_content_pool(make_engine: EngineFactory) -> None:
+    engine = make_engine()
+    threads: list[str] = []
+    inspect = data_stage.inspect_attachments
+
+    def spy(*args: Any, **kwargs: Any) -> AttachmentFinding | None:
+        threads.append(threading.current_thread().name)
+        return inspect(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_stage, "inspect_attachments", spy)
+        small = message(attachment=("a.zip", zip_of({"a.txt": b"x"})))
+        big = message(attachment=("big.bin", bytes(data_stage.INLINE_BYTES)))
+        bomb = message(attachment=("a.zip", zip_of({"b.zip": zip_of({"z": bytes(4 << 20)}, compression=0)})))
+        for data in (small, big, bomb):
+            decision = await engine.on_data(facts(mail_from="alice@pass.spf.test"), data, envelope())
+            assert decision.verdict.code == 250, decision.verdict.reply
+    main = threading.current_thread().name
+    assert len(threads) == 4
+    assert threads[0] == main  # small: inline
+    assert threads[1].startswith("content_")  # big: the pool
+    assert threads[2] == main and threads[3].startswith("content_")  # inline until the budget ran out, then the pool
 
 
 @pytest.mark.parametrize(("action", "code"), [("reject", 554), ("quarantine", 250)])

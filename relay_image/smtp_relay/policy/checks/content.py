@@ -35,10 +35,21 @@ def hold_or_reject(check: str, action: Literal["reject", "quarantine"], text: st
 
 
 def attachment_outcome(finding: AttachmentFinding, action: Literal["reject", "quarantine"]) -> ContentVerdict:
-    """The blocked attachment, named in the reply (inside an archive: its path)."""
+    """The blocked attachment, named in the reply (inside an archive: its path).
+
+    A message whose MIME structure readers may disagree about is refused with 554 5.6.0 whatever the
+    action: holding it would only defer the question of what it contains to whoever releases it.
+    """
+    if finding.reason == "structure":
+        return malformed_message(finding.detail), None
     what = f"{finding.filename} ({finding.reason}: {finding.detail})" if finding.filename else finding.detail
     text = f"Message rejected: blocked attachment {reply_text(what, 200)}"
     return hold_or_reject("attachments", action, text, f"attachment: {what}")
+
+
+def malformed_message(detail: str) -> Verdict:
+    """554 5.6.0: the structure is broken, so a retry cannot help (never a 4xx)."""
+    return reject(554, "5.6.0", f"Message rejected: malformed MIME structure ({reply_text(detail, 200)})", "mime")
 
 
 def virus_outcome(result: VirusResult | ScannerError, spec: VirusSpec) -> ContentVerdict:
