@@ -304,7 +304,9 @@ def test_scale_subresource(crd_api: KubeApi) -> None:
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "s"}}, "template": POD_TEMPLATE},
         },
     )
-    assert ok(crd_api, "GET", f"{STS}/s/scale")["status"] == {"replicas": 0, "selector": "app=s"}
+    # the StatefulSet controller creates the pod asynchronously: the Scale follows the status it settles on
+    timed_wait(lambda: (ok(crd_api, "GET", f"{STS}/s").get("status") or {}).get("replicas") == 1)
+    assert ok(crd_api, "GET", f"{STS}/s/scale")["status"] == {"replicas": 1, "selector": "app=s"}
 
 
 def test_json_patch_failed_test_is_422_and_merge_patch_null_deletes(crd_api: KubeApi) -> None:
