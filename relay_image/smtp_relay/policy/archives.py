@@ -25,6 +25,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
+import rarfile  # imported with the relay (~40 ms), not on the event loop at the first rar; py7zr is lazy (below)
+
 Kind = Literal["zip", "gzip", "bzip2", "xz", "tar", "7z", "rar"]
 
 ARCHIVE_BUDGET: Final = 64 * 1024 * 1024
@@ -384,8 +386,6 @@ def _seven_zip_members(payload: bytes, budget: Budget) -> list[Member]:
 
 
 def _read_rar(payload: bytes, budget: Budget) -> Listing:
-    import rarfile
-
     at_start = payload.startswith(_RAR)
     try:
         archive = rarfile.RarFile(io.BytesIO(payload))
