@@ -109,7 +109,10 @@ def _declared_entries(payload: bytes) -> int:
     entries = int.from_bytes(payload[end + 10 : end + 12], "little")
     zip64 = payload.rfind(b"PK\x06\x06", 0, end)
     if entries == 0xFFFF and zip64 >= 0:
-        entries = int.from_bytes(payload[zip64 + 32 : zip64 + 40], "little")
+        return int.from_bytes(payload[zip64 + 32 : zip64 + 40], "little")
+    directory = end - int.from_bytes(payload[end + 12 : end + 16], "little")
+    if entries and payload[directory : directory + 4] != b"PK\x01\x02":
+        return 0  # no directory where the record says: the signature is a chance match in other data
     return entries
 
 

@@ -56,8 +56,9 @@ def test_junk_zip_nested_in_a_zip_by_archive_name() -> None:
     assert finding is not None and finding.filename == "outer.zip/inner.zip/evil.hta"
 
 
-def test_binary_with_a_stray_end_record_signature_passes() -> None:
-    assert check(message(("photo.jpg", b"\xff\xd8\xff\xe0" + bytes(100) + b"PK\x05\x06" + bytes(40)))) is None
+@pytest.mark.parametrize("record", [bytes(18), b"\xff" * 18])  # a stray record declaring 0 or 65535 entries
+def test_binary_with_a_stray_end_record_signature_passes(record: bytes) -> None:
+    assert check(message(("photo.jpg", b"\xff\xd8\xff\xe0" + bytes(100) + b"PK\x05\x06" + record + bytes(40)))) is None
 
 
 # --- gzip, tar, 7z, rar -------------------------------------------------------------------------
