@@ -1,10 +1,7 @@
 """Archive listings for the attachment check: zip, gzip/bzip2/xz, tar, 7z and rar, each bounded by one budget.
 
-Pure (no I/O beyond in-memory streams). An archive is recognised where the tools that open it would
-find it, not only by its first bytes: zip by its end-of-central-directory record wherever the archive
-starts (junk or a stub before `PK` does not hide it: unzip, 7-Zip and Python's zipfile all read it),
-rar by its signature within the self-extractor window rarfile scans, a single-file compressor
-(gzip, bzip2, xz) by its magic, tar by a header whose checksum holds.
+Pure (no I/O beyond in-memory streams). Archives are recognised by `archive_formats.kind_of`, where
+the tools that open them would find them (a zip behind junk, a rar behind a self-extractor stub).
 
 What is read: zip and tar members' names and the first bytes of each (whole when they look like
 archives themselves, for the next level), the gzip header's FNAME and the decompressed file, 7z and
@@ -22,125 +19,30 @@ import re
 import tarfile
 import zipfile
 import zlib
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
-Kind = Literal["zip", "gzip", "bzip2", "xz", "tar", "7z", "rar"]
+import rarfile  # imported with the relay (~40 ms), not on the event loop at the first rar; py7zr is lazy (below)
 
-ARCHIVE_BUDGET: Final = 64 * 1024 * 1024
-"""Decompressed bytes read from all archives of one message; more is "too large to inspect"."""
-ARCHIVE_MAX_MEMBERS: Final = 2000
-"""Members listed over all archives of one message; more is "too large to inspect"."""
-HEAD_BYTES: Final = 4096
-"""How much of a member is read when only its magic bytes matter."""
-READ_CHUNK: Final = 256 * 1024
-"""Slice in which a whole member is inflated (and charged to the budget)."""
+from smtp_relay.policy.archive_formats import (
+    ARCHIVE_EXTENSIONS,
+    EOCD,
+    RAR_MAGIC,
+    ZIP_MAGICS,
+    Budget,
+    Exhausted,
+    Kind,
+    Listing,
+    Member,
+    NeedsWorker,
+    Readable,
+    Unreadable,
+    is_tar,
+    kind_of,
+    read_charged,
+)
+
 SEVEN_ZIP_MAX_HEADER: Final = 8 * 1024 * 1024
 """Largest decoded 7z header py7zr may inflate (its own limit is 256 MiB)."""
-RAR_SFX_WINDOW: Final = 2 * 1024 * 1024
-"""How far into a file a rar signature is looked for (rarfile's own self-extractor limit)."""
-
-ZIP_MAGICS: Final = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-OLE2_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-_EOCD: Final = b"PK\x05\x06"
-_SEVEN_ZIP: Final = b"7z\xbc\xaf\x27\x1c"
-_RAR: Final = b"Rar!\x1a\x07"
-_GZIP: Final = b"\x1f\x8b\x08"
-_BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
-_XZ: Final = b"\xfd7zXZ\x00"
-_TAR_CHECKSUM: Final = re.compile(rb"[ \x00]*[0-7]{1,8}[ \x00]*")
-
-_MAGICS: Final[tuple[tuple[bytes | tuple[bytes, ...], Kind], ...]] = (
-    (ZIP_MAGICS, "zip"), (_GZIP, "gzip"), (_XZ, "xz"), (_SEVEN_ZIP, "7z"), (_RAR, "rar")
-)  # fmt: skip
-ARCHIVE_EXTENSIONS: Final = frozenset(
-    {"zip", "gz", "tgz", "bz2", "tbz", "tbz2", "xz", "txz", "tar", "7z", "rar", "z", "zst", "lz", "lzma", "cab", "arj"}
-)
-"""Names that promise an archive: members with them are read whole (for the next level), and an
-extension before one of them counts as the file's (`evil.exe.gz` is an executable)."""
-
-
-class Exhausted(Exception):
-    """The message's inspection budget ran out."""
-
-
-class Unreadable(Exception):
-    """The archive could not be listed; the text says why (no content, no secrets)."""
-
-
-class Budget:
-    """Shared limits for one message, so many small archives cannot add up to a bomb either.
-
-    `inline` budgets are the small ones of an inspection on the event loop: running out there raises
-    `NeedsWorker`, and the caller inspects the message again in its worker pool with a full budget.
-    """
-
-    def __init__(self, bytes_left: int | None = None, *, inline: bool = False) -> None:
-        self.bytes_left = ARCHIVE_BUDGET if bytes_left is None else bytes_left
-        self.members_left = ARCHIVE_MAX_MEMBERS
-        self.inline = inline
-
-    def charge(self, nbytes: int = 0, members: int = 0) -> None:
-        self.bytes_left -= nbytes
-        self.members_left -= members
-        if self.bytes_left < 0 or self.members_left < 0:
-            raise NeedsWorker if self.inline else Exhausted
-
-    def heavy(self) -> None:
-        """A step too costly for the event loop whatever its size (7z headers, a first py7zr import)."""
-        if self.inline:
-            raise NeedsWorker
-
-
-class NeedsWorker(Exception):
-    """An inline inspection outgrew its budget: run it again off the event loop (policy.data_stage)."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One file of an archive: its name and, when readable, its head (or all of it; see module doc)."""
-
-    name: str
-    content: bytes | None = None
-    encrypted: bool = False
-    is_dir: bool = False
-    complete: bool = True
-    """`content` is the whole file, not only its head (a head is never an archive: see `wants_whole`)."""
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What an archive holds. `damaged`: listed from local headers only, its content unknown."""
-
-    kind: Kind
-    members: list[Member]
-    damaged: bool = False
-    at_start: bool = True
-    """The archive begins at the first byte (not found behind junk): when it cannot be read, that is a finding."""
-
-
-def wants_whole(name: str, head: bytes) -> bool:
-    """Should the whole member be read: it is (or is named as) an archive or an OLE2 document."""
-    if head.startswith((*ZIP_MAGICS, OLE2_MAGIC)) or kind_of(head, whole=False) is not None:
-        return True
-    base = name.rsplit("/", 1)[-1].lower()
-    return "." in base and base.rsplit(".", 1)[-1] in ARCHIVE_EXTENSIONS
-
-
-def kind_of(payload: bytes, *, whole: bool = True) -> Kind | None:
-    """Which archive the bytes are; `whole`: `payload` is the entire file (so trailers can be looked for)."""
-    for magic, kind in _MAGICS:
-        if payload.startswith(magic):
-            return kind
-    if _BZIP2.match(payload):
-        return "bzip2"
-    if _is_tar(payload):
-        return "tar"
-    if whole and payload.rfind(_EOCD) >= 0:
-        return "zip"
-    if whole and payload.find(_RAR, 0, RAR_SFX_WINDOW) >= 0:
-        return "rar"
-    return None
 
 
 def read_archive(payload: bytes, name: str, budget: Budget) -> Listing | None:
@@ -173,7 +75,7 @@ def open_zip(payload: bytes) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(payload))
     except zipfile.BadZipFile:
-        end = payload.rfind(_EOCD)
+        end = payload.rfind(EOCD)
         if end < 0 or len(payload) - end <= 65557:
             raise
         comment = int.from_bytes(payload[end + 20 : end + 22], "little")
@@ -182,6 +84,7 @@ def open_zip(payload: bytes) -> zipfile.ZipFile:
 
 def _read_zip(payload: bytes, budget: Budget) -> Listing:
     at_start = payload.startswith(ZIP_MAGICS)
+    budget.afford(_declared_entries(payload))  # before zipfile builds an object per entry of the directory
     try:
         archive = open_zip(payload)
         infos = archive.infolist()
@@ -198,11 +101,26 @@ def _read_zip(payload: bytes, budget: Budget) -> Listing:
     return Listing("zip", out, at_start=at_start)
 
 
+def _declared_entries(payload: bytes) -> int:
+    """How many entries the zip's end record (or its zip64 record) says the central directory has."""
+    end = payload.rfind(EOCD)
+    if end < 0 or len(payload) < end + 22:
+        return 0
+    entries = int.from_bytes(payload[end + 10 : end + 12], "little")
+    zip64 = payload.rfind(b"PK\x06\x06", 0, end)
+    if entries == 0xFFFF and zip64 >= 0:
+        return int.from_bytes(payload[zip64 + 32 : zip64 + 40], "little")
+    directory = end - int.from_bytes(payload[end + 12 : end + 16], "little")
+    if entries and payload[directory : directory + 4] != b"PK\x01\x02":
+        return 0  # no directory where the record says: the signature is a chance match in other data
+    return entries
+
+
 def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget) -> tuple[bytes, bool] | None:
     """The member's head, or all of it when it is an archive or OLE2 file; None when it cannot be read."""
     try:
         with archive.open(info) as stream:
-            return _read_charged(stream, info.filename, budget)
+            return read_charged(stream, info.filename, budget)
     except (Exhausted, NeedsWorker):
         raise
     except Exception:
@@ -222,24 +140,6 @@ def _local_header_names(payload: bytes) -> list[str]:
 
 
 # --- gzip, bzip2, xz and tar ---------------------------------------------------------------------------
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-def _read_charged(stream: _Readable, name: str, budget: Budget) -> tuple[bytes, bool]:
-    """The member's head, or all of it when `wants_whole`; and whether that is all of it."""
-    head = stream.read(min(HEAD_BYTES, max(budget.bytes_left, 0) + 1))
-    budget.charge(len(head))
-    if not wants_whole(name, head):
-        return head, len(head) < HEAD_BYTES
-    whole = bytearray(head)
-    # In slices: one big read would copy (and hold the GIL for) tens of MB at a time, stalling the event loop.
-    while chunk := stream.read(min(READ_CHUNK, max(budget.bytes_left, 0) + 1)):
-        budget.charge(len(chunk))
-        whole += chunk
-    return bytes(whole), True
 
 
 def gzip_name(payload: bytes) -> str | None:
@@ -304,12 +204,12 @@ def _read_compressed(kind: Kind, payload: bytes, name: str, budget: Budget) -> L
         head = stream.peek(512)[:512]
     except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
         raise Unreadable(f"damaged {kind} data ({type(exc).__name__})") from None
-    if _is_tar(head):
+    if is_tar(head):
         return Listing(kind, _tar_members(stream, "r|", budget))
     inner = inner_name(name, gzip_name(payload) if kind == "gzip" else None)
     budget.charge(members=1)
     try:
-        content, complete = _read_charged(stream, inner, budget)
+        content, complete = read_charged(stream, inner, budget)
     except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
         raise Unreadable(f"damaged {kind} data ({type(exc).__name__})") from None
     return Listing(kind, [Member(inner, content, complete=complete)])
@@ -328,21 +228,7 @@ def inner_name(outer: str, stored: str | None) -> str:
     )
 
 
-def _is_tar(head: bytes) -> bool:
-    if len(head) < 512:
-        return False
-    if head[257:262] == b"ustar":
-        return True
-    if not _TAR_CHECKSUM.fullmatch(head[148:156]):  # cheap: most data fails here, before tarfile's parse
-        return False
-    try:
-        tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")  # checks the header checksum
-    except tarfile.HeaderError:
-        return False
-    return True
-
-
-def _tar_members(fileobj: _Readable, mode: Literal["r:", "r|"], budget: Budget) -> list[Member]:
+def _tar_members(fileobj: Readable, mode: Literal["r:", "r|"], budget: Budget) -> list[Member]:
     """Names and heads of a tar's members, streaming: the data between headers is read, never kept."""
     out = []
     try:
@@ -350,7 +236,7 @@ def _tar_members(fileobj: _Readable, mode: Literal["r:", "r|"], budget: Budget) 
             for info in archive:
                 budget.charge(members=1)
                 extracted = archive.extractfile(info) if info.isfile() else None
-                content, complete = _read_charged(extracted, info.name, budget) if extracted else (None, True)
+                content, complete = read_charged(extracted, info.name, budget) if extracted else (None, True)
                 out.append(Member(info.name, content, is_dir=info.isdir(), complete=complete))
     except (Exhausted, NeedsWorker):
         raise
@@ -384,9 +270,7 @@ def _seven_zip_members(payload: bytes, budget: Budget) -> list[Member]:
 
 
 def _read_rar(payload: bytes, budget: Budget) -> Listing:
-    import rarfile
-
-    at_start = payload.startswith(_RAR)
+    at_start = payload.startswith(RAR_MAGIC)
     try:
         archive = rarfile.RarFile(io.BytesIO(payload))
         infos = archive.infolist()

@@ -28,8 +28,18 @@ from email.message import Message
 from typing import Final, Literal
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy import archives
-from smtp_relay.policy.archives import ARCHIVE_EXTENSIONS, HEAD_BYTES, OLE2_MAGIC, Budget, Exhausted, NeedsWorker
+from smtp_relay.policy.archive_formats import (
+    ARCHIVE_EXTENSIONS,
+    HEAD_BYTES,
+    OLE2_MAGIC,
+    ZIP_MAGICS,
+    Budget,
+    Exhausted,
+    NeedsWorker,
+    Unreadable,
+    kind_of,
+)
+from smtp_relay.policy.archives import read_archive
 from smtp_relay.policy.client_view import decoded_bodies, extensions_of, part_names, raw_names
 from smtp_relay.policy.mime import MAX_MULTIPARTS, parse_message, structure_problem, too_complex
 
@@ -250,7 +260,7 @@ def _check_content(
         if spec.block_macros and any(marker in payload for marker in _OLE2_VBA_MARKERS):
             return AttachmentFinding(name, "macro", "Office (OLE2) document with a VBA project")
         return None
-    if not complete or not (is_attachment or archives.kind_of(payload, whole=False)):
+    if not complete or not (is_attachment or kind_of(payload, whole=False)):
         return None  # a body shown as text is no archive, unless it starts like one: skip the trailer search
     return _check_archive(name, payload, spec, blocked, budget, depth=depth)
 
@@ -259,17 +269,17 @@ def _check_archive(
     name: str, payload: bytes, spec: AttachmentsSpec, blocked: frozenset[str], budget: Budget, *, depth: int
 ) -> AttachmentFinding | None:
     """Macros in OOXML, then (with inspect_archives) every member's name and content, recursively."""
-    if not spec.inspect_archives and not (spec.block_macros and payload.startswith(archives.ZIP_MAGICS)):
+    if not spec.inspect_archives and not (spec.block_macros and payload.startswith(ZIP_MAGICS)):
         return None  # only a zip (OOXML) can carry macros; other archives are not opened at all
     if depth > ARCHIVE_MAX_DEPTH:
-        if archives.kind_of(payload) is not None:
+        if kind_of(payload) is not None:
             return AttachmentFinding(name, "archive", f"archives nested deeper than {ARCHIVE_MAX_DEPTH} levels")
         return None
     try:
-        listing = archives.read_archive(payload, name, budget)
+        listing = read_archive(payload, name, budget)
     except Exhausted:
         return AttachmentFinding(name, "archive", "archive too large to inspect (beyond the inspection budget)")
-    except archives.Unreadable as exc:
+    except Unreadable as exc:
         if not spec.inspect_archives:
             return None
         return AttachmentFinding(name, "archive" if "encrypted" in str(exc) else "malformed", str(exc))

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy import archives, attachments, mime
+from smtp_relay.policy import archive_formats, attachments, mime
 from smtp_relay.policy.attachments import AttachmentFinding, NeedsWorker, blocked_extensions, inspect_attachments
 from tests.relay.policy.archive_samples import (
     gzip_of,
@@ -56,8 +56,9 @@ def test_junk_zip_nested_in_a_zip_by_archive_name() -> None:
     assert finding is not None and finding.filename == "outer.zip/inner.zip/evil.hta"
 
 
-def test_binary_with_a_stray_end_record_signature_passes() -> None:
-    assert check(message(("photo.jpg", b"\xff\xd8\xff\xe0" + bytes(100) + b"PK\x05\x06" + bytes(40)))) is None
+@pytest.mark.parametrize("record", [bytes(18), b"\xff" * 18])  # a stray record declaring 0 or 65535 entries
+def test_binary_with_a_stray_end_record_signature_passes(record: bytes) -> None:
+    assert check(message(("photo.jpg", b"\xff\xd8\xff\xe0" + bytes(100) + b"PK\x05\x06" + record + bytes(40)))) is None
 
 
 # --- gzip, tar, 7z, rar -------------------------------------------------------------------------
@@ -149,13 +150,22 @@ def test_damaged_archives_at_their_start_are_malformed() -> None:
 
 
 def test_gzip_bomb_is_too_large_to_inspect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archives, "ARCHIVE_BUDGET", 4 * 1024 * 1024)
+    monkeypatch.setattr(archive_formats, "ARCHIVE_BUDGET", 4 * 1024 * 1024)
     bomb = message(("zeros.tar.gz", gzip_of(bytes(8 * 1024 * 1024))))
     assert len(bomb) < 64 * 1024
     finding = check(bomb)
     assert finding == AttachmentFinding(
         "zeros.tar.gz", "archive", "archive too large to inspect (beyond the inspection budget)"
     )
+
+
+def test_zip_declaring_more_entries_than_the_budget_is_refused_before_listing() -> None:
+    """Its end record is read first: zipfile would build an object per entry of a huge directory."""
+    archive = bytearray(zip_of({"a.txt": b"x"}))
+    end = archive.rfind(b"PK\x05\x06")
+    archive[end + 8 : end + 12] = (60000).to_bytes(2, "little") * 2  # entries on this disk, entries in all
+    finding = check(message(("many.zip", bytes(archive))))
+    assert finding is not None and finding.reason == "archive" and "too large" in finding.detail
 
 
 def test_inline_inspection_hands_big_archives_to_the_worker() -> None:

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from smtp_relay.config.spec import AttachmentsSpec
-from smtp_relay.policy import archives, attachments, mime
+from smtp_relay.policy import archive_formats, attachments, mime
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 from smtp_relay.policy.mime import parse_message
 from tests.relay.policy.samples import (
@@ -168,13 +168,13 @@ def test_too_deeply_nested_archives_are_refused() -> None:
 
 
 def test_too_many_members_is_a_bomb() -> None:
-    members = {f"f{i}.txt": b"" for i in range(archives.ARCHIVE_MAX_MEMBERS + 1)}
+    members = {f"f{i}.txt": b"" for i in range(archive_formats.ARCHIVE_MAX_MEMBERS + 1)}
     finding = check(message(("many.zip", zip_of(members, compression=zipfile.ZIP_STORED))))
     assert finding is not None and finding.reason == "archive"
 
 
 def test_archive_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archives, "ARCHIVE_BUDGET", 1024 * 1024)
+    monkeypatch.setattr(archive_formats, "ARCHIVE_BUDGET", 1024 * 1024)
     inner = zip_of({"zeros.bin": bytes(2 * 1024 * 1024)}, compression=zipfile.ZIP_STORED)
     finding = check(message(("bomb.zip", zip_of({"inner.zip": inner}))))
     assert finding is not None and finding.reason == "archive"
@@ -189,7 +189,7 @@ def test_zip_bomb_of_nested_zips_is_bounded_in_time(monkeypatch: pytest.MonkeyPa
     """
     budgets: list[attachments.Budget] = []
 
-    class CountedBudget(archives.Budget):
+    class CountedBudget(archive_formats.Budget):
         def __init__(self, *args: int, inline: bool = False) -> None:
             super().__init__(*args, inline=inline)
             budgets.append(self)
@@ -201,8 +201,8 @@ def test_zip_bomb_of_nested_zips_is_bounded_in_time(monkeypatch: pytest.MonkeyPa
     finding = check(message(("42.zip", data)))
     assert finding is not None and finding.reason == "archive"
     [budget] = budgets
-    assert archives.ARCHIVE_BUDGET - budget.bytes_left < 1024 * 1024  # not even the innermost 8 MiB file
-    assert archives.ARCHIVE_MAX_MEMBERS - budget.members_left <= 100
+    assert archive_formats.ARCHIVE_BUDGET - budget.bytes_left < 1024 * 1024  # not even the innermost 8 MiB file
+    assert archive_formats.ARCHIVE_MAX_MEMBERS - budget.members_left <= 100
 
 
 def test_docm_with_vba_project() -> None:
