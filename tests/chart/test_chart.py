@@ -60,3 +60,15 @@ def test_chart_ships_the_generated_crds_and_least_privilege_rbac() -> None:
         assert "*" not in rule.get("verbs", []) and "*" not in rule.get("resources", []), rule
     secrets = [r for r in role["rules"] if "secrets" in r.get("resources", [])]
     assert secrets and all("delete" not in r["verbs"] for r in secrets)
+
+
+def test_the_charts_kubernetes_floor_is_the_version_the_emulator_serves() -> None:
+    """The CRDs' CEL rules use isCIDR/isIP (CRDs may from 1.31): the chart declares that floor, and the API
+    emulator every operator test runs against reports exactly that version."""
+    from tests.kube.emulator import KubeEmulator
+
+    chart = yaml.safe_load((ROOT / "charts/relayfleet/Chart.yaml").read_text())
+    floor = chart["kubeVersion"].removeprefix(">=").removesuffix("-0")
+    assert floor == KubeEmulator().kubernetes_version
+    crds = "".join(p.read_text() for p in (ROOT / "crds").glob("*.yaml"))
+    assert "isCIDR" in crds or "isIP" in crds, "drop the floor (and this test) when no rule needs the 1.31 library"

@@ -22,7 +22,7 @@ from tests.peers.kube import KubeApi
 
 Json = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS = ROOT / "tests" / "operator" / "crds" / "corpus"
+CORPUS = ROOT / "tests" / "operator" / "crdgen" / "corpus"
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 SCHEMA: Json = {
     "type": "object",
@@ -244,6 +244,8 @@ def _documents() -> list[tuple[str, Json, bool, str]]:
 
 
 DOCUMENTS = _documents()
+assert any(name.startswith("examples-") for name, *_ in DOCUMENTS)
+assert sum(1 for name, *_ in DOCUMENTS if not name.startswith("examples-")) >= 10, f"corpus not found at {CORPUS}"
 # test_corpus.py names the CRD side's reason in jsonschema's words; the apiserver says it this way.
 APISERVER_WORDS = {
     "is a required property": "Required value",

@@ -11,14 +11,14 @@ import re
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d|w)$"
 """The duration syntax accepted everywhere: an integer and one unit."""
 
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|K|M|G|T)?$"
-"""The subset of Kubernetes quantities that makes sense for byte sizes."""
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+"""The subset of Kubernetes quantities that makes sense for byte sizes. Only suffixes Kubernetes accepts:
+`K` is not one (resource.Quantity knows `k` and `Ki`), so a value valid here is valid in a PVC too."""
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _QUANTITY_UNITS = {
     "": 1,
     "k": 1000,
-    "K": 1000,
     "M": 1000**2,
     "G": 1000**3,
     "T": 1000**4,
@@ -47,7 +47,8 @@ def parse_quantity(text: str | int) -> int:
         return text
     match = _QUANTITY_RE.match(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not a size: use a number with an optional suffix Ki, Mi, Gi, k, M, G")
+        suffixes = "Ki, Mi, Gi, Ti, k, M, G, T (Kubernetes quantities: not K)"
+        raise ValueError(f"{text!r} is not a size: use a number with an optional suffix {suffixes}")
     suffix = match.group(2) or ""
     number = text.strip()[: len(text.strip()) - len(suffix)]
     return int(float(number) * _QUANTITY_UNITS[suffix])

@@ -38,8 +38,20 @@ RELAY_COMMAND = [
     *("--spool", SPOOL_DIR, "--host", "0.0.0.0", "--http-port", str(ADMIN_PORT)),
     *("--admin-token-file", ADMIN_TOKEN_FILE),
 ]
+UNPRIVILEGED_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
+"""A safe (namespaced) sysctl since Kubernetes 1.22: set to 0 in the pod, a non-root relay binds 25/465/587
+on every runtime, also those (containerd 1.x, CRI-O) that do not lower it themselves."""
+GRACE_MARGIN_SECONDS = 30
+"""Of the pod's terminationGracePeriodSeconds kept back from the relay's drain (`--grace`) for its last
+writes (journal, spool close) before the kubelet's SIGKILL."""
 RESTART_CHECKSUM = f"{ANNOTATION_PREFIX}/restart-checksum"
 """Pod-template annotation: digest of the settings a running relay cannot reload."""
+
+
+def relay_grace_seconds(termination_grace_seconds: int) -> int:
+    """The relay's `--grace`, derived from the pod's termination grace: one source, a margin kept back."""
+    margin = min(GRACE_MARGIN_SECONDS, termination_grace_seconds // 5)
+    return max(0, termination_grace_seconds - margin)
 
 
 def referenced_secrets(spec: SmtpRelaySpec) -> list[str]:
@@ -74,7 +86,7 @@ def _container(spec: SmtpRelaySpec, settings: Settings) -> dict[str, Any]:
         "name": "relay",
         "image": spec.image or settings.relay_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": RELAY_COMMAND,
+        "command": [*RELAY_COMMAND, "--grace", str(relay_grace_seconds(settings.termination_grace_seconds))],
         "ports": ports,
         "livenessProbe": {
             "httpGet": {"path": "/livez", "port": ADMIN_PORT_NAME},
@@ -133,17 +145,20 @@ def _claim_templates(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
 
 def build_statefulset(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> Manifest:
     """StatefulSet `<name>`: relay pods, hardened, with spool, config and Secrets mounted."""
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if any(lst.port < 1024 for lst in spec.listeners):
+        pod_security["sysctls"] = [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}]
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security,
         "containers": [_container(spec, settings)],
         "volumes": _volumes(owner, spec),
     }

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from relay_operator.relays.render.statefulset import build_statefulset, referenced_secrets, restart_checksum
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay_operator.relays.render.statefulset import (
+    RUN_AS,
+    build_statefulset,
+    referenced_secrets,
+    relay_grace_seconds,
+    restart_checksum,
+)
 from relay_operator.settings import Settings
 from smtp_relay.config.manifest import parse_spec
 from tests.operator.relays.render.specs import FULL, MINIMAL, OWNER, SETTINGS, pod
@@ -35,6 +49,8 @@ def test_statefulset_runs_the_relay_hardened() -> None:
         "9025",
         "--admin-token-file",
         "/etc/relay/admin/token",
+        "--grace",
+        "570",
     ]
     assert container["image"] == SETTINGS.relay_image
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
@@ -131,3 +147,40 @@ def test_long_secret_names_get_valid_volume_names() -> None:
     (secret,) = [v for v in volumes if "secret" in v and v["name"] != "admin-token"]
     assert len(secret["name"]) <= 63 and "." not in secret["name"]
     assert secret["secret"]["secretName"] == name
+
+
+def test_the_relays_grace_is_derived_from_the_pods_with_a_margin() -> None:
+    for tgps, grace in [(600, 570), (30, 24), (5, 4), (0, 0)]:
+        assert relay_grace_seconds(tgps) == grace
+        sts = build_statefulset(OWNER, FULL, Settings(termination_grace_seconds=tgps))
+        (container,) = pod(sts)["containers"]
+        assert pod(sts)["terminationGracePeriodSeconds"] == tgps
+        assert container["command"][container["command"].index("--grace") + 1] == str(grace)
+
+
+def test_privileged_ports_get_the_unprivileged_port_sysctl_only_when_needed() -> None:
+    low = parse_spec({"listeners": [{"name": "smtp", "port": 25}, {"name": "alt", "port": 2525}]})
+    assert pod(build_statefulset(OWNER, low, SETTINGS))["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}
+    ]
+    high = parse_spec({"listeners": [{"name": "alt", "port": 2525}]})
+    assert "sysctls" not in pod(build_statefulset(OWNER, high, SETTINGS))["securityContext"]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare(1)")
+def test_the_sysctl_lets_the_relays_uid_bind_port_25(tmp_path: Path) -> None:
+    """In a fresh network namespace, as the relay pods' uid: EACCES without the sysctl, bound with it."""
+    (sysctl,) = pod(build_statefulset(OWNER, parse_spec({"listeners": [{"name": "smtp", "port": 25}]}), SETTINGS))[
+        "securityContext"
+    ]["sysctls"]
+    bind = "import socket; socket.socket().bind(('127.0.0.1', 25)); print('bound')"
+    as_relay = (
+        f'setpriv --reuid {RUN_AS} --regid {RUN_AS} --clear-groups {sys.base_exec_prefix}/bin/python3 -c "{bind}"'
+    )
+    set_sysctl = f"sysctl -qw {sysctl['name']}={sysctl['value']}"
+    without = subprocess.run(["unshare", "-n", "sh", "-c", as_relay], capture_output=True, text=True, timeout=30)
+    assert without.returncode != 0 and "Permission denied" in without.stderr
+    with_it = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f"{set_sysctl} && {as_relay}"], capture_output=True, text=True, timeout=30
+    )
+    assert with_it.returncode == 0 and with_it.stdout.strip() == "bound", with_it.stderr
