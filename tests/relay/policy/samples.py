@@ -7,6 +7,9 @@ import zipfile
 from email.message import EmailMessage
 from email.policy import SMTP
 
+from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
+
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(13) + b"\x00\x00\x00\x00"
 ELF = b"\x7fELF\x02\x01\x01" + bytes(57)
@@ -72,3 +75,12 @@ def raw_attachment_message(part_headers: str, payload_b64: str) -> bytes:
         f"--BOUNDARY\r\n{part_headers}\r\nContent-Transfer-Encoding: base64\r\n\r\n{payload_b64}\r\n"
         "--BOUNDARY--\r\n"
     ).encode()
+
+
+SPEC = AttachmentsSpec()
+"""The attachment policy as a spec that does not mention it gets it."""
+
+
+def check(data: bytes, spec: AttachmentsSpec = SPEC) -> AttachmentFinding | None:
+    """The attachment check's finding for one message (None: it passes)."""
+    return inspect_attachments(data, spec)

@@ -19,14 +19,7 @@ from tests.relay.policy.archive_samples import (
     seven_zip_of,
     tar_of,
 )
-from tests.relay.policy.samples import PDF, message, pe_executable, zip_of
-
-SPEC = AttachmentsSpec()
-
-
-def check(data: bytes, spec: AttachmentsSpec = SPEC) -> AttachmentFinding | None:
-    return inspect_attachments(data, spec)
-
+from tests.relay.policy.samples import PDF, SPEC, check, message, pe_executable, zip_of
 
 # --- zip wherever it starts -------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from tests.relay.policy.samples import (
     PDF,
     PNG,
     SHEBANG,
+    SPEC,
+    check,
     message,
     ole2_document,
     ooxml,
@@ -24,12 +26,6 @@ from tests.relay.policy.samples import (
     raw_attachment_message,
     zip_of,
 )
-
-SPEC = AttachmentsSpec()
-
-
-def check(data: bytes, spec: AttachmentsSpec = SPEC) -> AttachmentFinding | None:
-    return inspect_attachments(data, spec)
 
 
 def b64(data: bytes) -> str:
