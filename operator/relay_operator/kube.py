@@ -9,6 +9,7 @@ written at all.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import ssl
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from relay_operator.merge import merge_patch
+from relay_operator.merge import adopt_equal_quantities, merge_patch
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +259,28 @@ class Kube:
             raise
         return True
 
+    async def _wait_gone(self, kind: str, namespace: str, name: str, uid: str, patience: float = 60.0) -> None:
+        """Until the object of `uid` is gone: an Orphan delete leaves it in place under the `orphan`
+        finalizer until the garbage collector has released its dependents, and a create before that is 409."""
+        deadline = asyncio.get_running_loop().time() + patience
+        delay = 0.05
+        while True:
+            current = await self.get(kind, namespace, name)
+            if current is None or current["metadata"].get("uid") != uid:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise ApiError(409, f"{kind} {namespace}/{name} is still being deleted after {patience:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     async def apply(self, desired: Mapping[str, Any], create_first: bool = False) -> tuple[Outcome, dict[str, Any]]:
         """Create `desired`, or patch only the fields of it that differ; no write when none do.
 
         A change in an immutable field (a StatefulSet's volumeClaimTemplates, e.g. when spool storage
         is switched on) recreates the object with orphan propagation: the pods keep running and are
-        adopted by the new object, which then rolls them.
+        adopted by the new object, which then rolls them. The create waits until the old object is really
+        gone (the `orphan` finalizer holds it until the garbage collector is done), never a 409 loop.
+        Quantities are compared by amount (`adopt_equal_quantities`): the apiserver returns them canonical.
 
         `create_first` (the object most likely does not exist yet, e.g. its owner was just created):
         POST without a GET first; only a 409 costs the GET and the comparison.
@@ -279,10 +296,12 @@ class Kube:
         observed = await self.get(kind, namespace, name)
         if observed is None:
             return "created", await self.create(desired)
+        desired = adopt_equal_quantities(desired, observed)  # the apiserver returns them canonical
         frozen = IMMUTABLE.get(kind, ())
         desired_spec, observed_spec = desired.get("spec") or {}, observed.get("spec") or {}
         if any(merge_patch({f: desired_spec.get(f)}, {f: observed_spec.get(f)}) for f in frozen):
             await self.delete(kind, namespace, name, propagation="Orphan")
+            await self._wait_gone(kind, namespace, name, str(observed["metadata"].get("uid", "")))
             return "recreated", await self.create(desired)
         patch = merge_patch({k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}, observed)
         if patch is None:

@@ -7,12 +7,25 @@ added, a nodePort the apiserver assigned, an env var injected by a webhook) is n
 - `merge_patch(desired, observed)`: the rendered fields that differ. A JSON merge patch can only
   replace a list whole, so each rendered list item is laid over its observed twin, which keeps the
   fields inside items that we do not render (defaults, injected values).
+- `adopt_equal_quantities(desired, observed)`: the apiserver returns quantities canonical (`1024Mi` is
+  read back as `1Gi`, `0.5` as `500m`); where the rendered and the observed quantity are the same amount,
+  the observed spelling is taken, so an equal value is neither patched on every reconcile nor, in an
+  immutable field, a reason to recreate the object.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+_SUFFIX_SCALE = {
+    **{suffix: Decimal(1024) ** power for power, suffix in enumerate(["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])},
+    **{suffix: Decimal(10) ** exp for suffix, exp in [("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6)]},
+    **{suffix: Decimal(10) ** exp for suffix, exp in [("G", 9), ("T", 12), ("P", 15), ("E", 18)]},
+}
 
 
 def _key(item: Any) -> Any:
@@ -75,3 +88,36 @@ def merge_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict
         else:
             patch[key] = overlay(value, current)
     return patch or None
+
+
+def quantity_amount(value: Any) -> Decimal | None:
+    """The amount of a Kubernetes quantity (`1Gi`, `500m`, `1e3`, 2); None when `value` is not one."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
+        return None
+    number, suffix = match.group(1), match.group(2) or ""
+    try:
+        if suffix[:1] in ("e", "E"):
+            return Decimal(number) * Decimal(10) ** int(suffix[1:])
+        return Decimal(number) * _SUFFIX_SCALE[suffix]
+    except (InvalidOperation, KeyError):
+        return None
+
+
+def adopt_equal_quantities(desired: Any, observed: Any, under_resources: bool = False) -> Any:
+    """`desired` with each quantity under a `resources` key spelled as `observed` spells the same amount."""
+    if isinstance(desired, Mapping) and isinstance(observed, Mapping):
+        return {
+            key: adopt_equal_quantities(value, observed.get(key), under_resources or key == "resources")
+            for key, value in desired.items()
+        }
+    if isinstance(desired, list) and isinstance(observed, list):
+        twins = _twins(desired, observed)
+        return [adopt_equal_quantities(d, o, under_resources) for d, o in zip(desired, twins, strict=True)]
+    if under_resources and desired != observed:
+        amount = quantity_amount(desired)
+        if amount is not None and amount == quantity_amount(observed):
+            return observed
+    return desired
