@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from crdgen.rules import NAME_RULES
 from crdgen.structural import structural
-from smtp_relay.config.spec import API_GROUP, API_VERSION, SendingDomainSpec, SmtpRelaySpec
+from smtp_relay.config.domain_spec import SendingDomainSpec
+from smtp_relay.config.spec import API_GROUP, API_VERSION, SmtpRelaySpec
 
 Schema = dict[str, Any]
 
@@ -129,6 +131,8 @@ def _crd(
     }
     if "default" not in spec:
         root["required"] = ["spec"]
+    if kind in NAME_RULES:
+        root["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in NAME_RULES[kind]]
     subresources: Schema = {"status": {}}
     if scale:
         subresources["scale"] = {

@@ -27,9 +27,6 @@ from tests.kube.fielderr import FieldError, StatusError, bad_request, invalid, n
 
 Json = dict[str, Any]
 DIRECTIVES = ("Ignore", "Warn", "Strict")
-# Finding: the repository's own CRDs have CEL rules over unbounded lists of unbounded strings that a 1.31
-# apiserver refuses for their estimated cost; the suite's fixtures exempt them until crdgen adds limits.
-KNOWN_COSTLY_CRDS = frozenset({"smtprelays.relayfleet.io", "sendingdomains.relayfleet.io"})
 
 
 def _value_at(obj: Any, path: str) -> Any:
@@ -98,11 +95,11 @@ class Admission:
 
     # -- CRDs --
 
-    def register_crd(self, crd: Json, check_cost: bool = True) -> None:
+    def register_crd(self, crd: Json) -> None:
         """Refuse a CRD whose rules the apiserver would refuse; remember each version's schema."""
         spec = crd.get("spec") or {}
         name = (crd.get("metadata") or {}).get("name", "")
-        errors = cel_cost.crd_errors(crd, self.minor, check_cost)
+        errors = cel_cost.crd_errors(crd, self.minor)
         if errors:
             raise new_invalid("CustomResourceDefinition", "apiextensions.k8s.io", name, errors)
         plural = (spec.get("names") or {}).get("plural")

@@ -384,8 +384,8 @@ def _message(what: str, cost: int, limit: int) -> str:
             "maxProperties, and maxLength where arrays, maps, and strings are declared)")  # fmt: skip
 
 
-def crd_errors(crd: Json, minor: int = 31, check_cost: bool = True) -> list[FieldError]:
-    """The refusals of a CRD's rules: parse errors, undeclared functions, and (``check_cost``) their cost."""
+def crd_errors(crd: Json, minor: int = 31) -> list[FieldError]:
+    """The refusals of a CRD's rules: parse errors, undeclared functions, and their cost."""
     errors: list[FieldError] = []
     for i, version in enumerate((crd.get("spec") or {}).get("versions") or []):
         schema = (version.get("schema") or {}).get("openAPIV3Schema")
@@ -394,8 +394,6 @@ def crd_errors(crd: Json, minor: int = 31, check_cost: bool = True) -> list[Fiel
         prefix = f"spec.versions[{i}].schema.openAPIV3Schema"
         costs, compile_errors = version_rule_costs(schema, prefix, minor)
         errors += compile_errors
-        if not check_cost:
-            continue
         errors += [
             forbidden(c.path, _message("estimated rule cost", c.cost, RULE_LIMIT)) for c in costs if c.cost > RULE_LIMIT
         ]

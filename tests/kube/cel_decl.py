@@ -34,10 +34,12 @@ def decl_type(s: Json, root: bool = False) -> Decl | None:
     if s.get("x-kubernetes-int-or-string"):
         return Decl("dyn", REQUEST - 2, 1)
     if root:
-        s = {**s, "properties": {"kind": {"type": "string"}, "apiVersion": {"type": "string"},
+        # Structural.WithTypeAndObjectMeta: these four always win over what the schema declares there (a CRD's
+        # root declares `metadata: {type: object}`, and its rules still see metadata.name as an unbounded string).
+        s = {**s, "properties": {**(s.get("properties") or {}),
+             "kind": {"type": "string"}, "apiVersion": {"type": "string"},
              "metadata": {"type": "object", "properties": {"name": {"type": "string"},
-                                                           "generateName": {"type": "string"}}},
-             **(s.get("properties") or {})}}  # fmt: skip
+                                                           "generateName": {"type": "string"}}}}}  # fmt: skip
     kind = s.get("type")
     if kind == "array":
         items = s.get("items")

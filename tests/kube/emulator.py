@@ -379,8 +379,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _closing: bool = attrs.field(default=False, init=False)
     # The Kubernetes version served at /version; built-in schemas, messages and CEL libraries follow it.
     kubernetes_version: str = "1.31.0"
-    # CRDs (by name) whose CEL rules are not refused for their estimated cost (see tests/kube/cel_cost.py).
-    cel_cost_exempt: frozenset[str] = frozenset()
     # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
     validate_custom_resources: bool = True
     # Strictness switches (see control.py): False lets a suite keep the older, forgiving behaviour.
@@ -1012,8 +1010,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise fail(
                 422, "Invalid", "CustomResourceDefinition needs spec.group, spec.names.plural/kind and spec.versions"
             )
-        name = (crd.get("metadata") or {}).get("name", "")
-        self._admission.register_crd(crd, check_cost=name not in self.cel_cost_exempt)
+        self._admission.register_crd(crd)
         for version in spec["versions"]:
             res = kmock.resource(spec["group"], version["name"], names["plural"])
             if not version.get("served", True):

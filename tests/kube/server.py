@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import aiohttp.web
 import yaml
 
-from tests.kube.admission import KNOWN_COSTLY_CRDS
 from tests.kube.control import ADMIN_TOKEN
 from tests.kube.emulator import KubeEmulator, parse_route
 
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def serve() -> None:
-        emulator = KubeEmulator(cel_cost_exempt=KNOWN_COSTLY_CRDS)
+        emulator = KubeEmulator()
         register_crds(emulator, args.crd)
         handler = None
         if args.stats_path:

@@ -30,30 +30,12 @@ import kopf
 import pytest
 from kmock import KubernetesError
 
-from tests.kube.admission import KNOWN_COSTLY_CRDS
 from tests.kube.audit import Audit
 from tests.kube.emulator import KubeEmulator
 from tests.kube.server import TOKEN, ThreadedServer, write_kubeconfig
 from tests.peers.tls import IssuedCert, ThrowawayCA
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-# Findings awaiting a fix outside tests/kube: tests that need the emulator to accept what a real apiserver
-# refuses, and the KubeEmulator switches they get (every other test runs against the strict emulator).
-# Tests that still rely on a forgiving emulator, by test name: the switches they get until the product or the
-# test is fixed (each entry is a finding; remove it with the fix).
-LENIENT_TESTS: dict[str, dict[str, Any]] = {
-    # It posts an SmtpRelay with duplicate listener names to see the operator degrade it; a 1.31 apiserver
-    # refuses that spec with 422 (the CRD's CEL rule), so the operator never sees it.
-    "test_invalid_spec_is_degraded_on_the_emulator": {"validate_custom_resources": False},
-}
-
-# Suites that still rely on a forgiving emulator, by test file: the KubeEmulator switches they get until the
-# product or the test is fixed (each entry is a finding; remove it with the fix).
-LENIENT: dict[str, dict[str, Any]] = {
-    # Acts as the StatefulSet controller by hand (writes its status, creates the spool claims itself, which a
-    # running controller has already created: 409 AlreadyExists).
-    "tests/operator/handlers/test_e2e.py": {"statefulset_controller": False},
-}
 
 
 @dataclass
@@ -110,18 +92,12 @@ def _tls(cert: IssuedCert) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def kube_api(
-    tmp_path: Path, request: pytest.FixtureRequest, test_ca: ThrowawayCA, server_cert: IssuedCert
-) -> Iterator[KubeApi]:
+def kube_api(tmp_path: Path, test_ca: ThrowawayCA, server_cert: IssuedCert) -> Iterator[KubeApi]:
     """An emulated Kubernetes API on 127.0.0.1 (free ports), stopped after the test.
 
     Fails the test if the emulator itself crashed on a request (an API error such as 404 is not a crash).
     """
-    emulator = KubeEmulator(cel_cost_exempt=KNOWN_COSTLY_CRDS)
-    test_file = Path(str(request.node.path)).resolve().relative_to(Path(str(request.config.rootpath)).resolve())
-    options = {**LENIENT.get(test_file.as_posix(), {}), **LENIENT_TESTS.get(request.node.originalname, {})}
-    for option, value in options.items():
-        setattr(emulator, option, value)
+    emulator = KubeEmulator()
     with ThreadedServer(emulator, tls=_tls(server_cert)) as server:
         kubeconfig = tmp_path / "kubeconfig"
         write_kubeconfig(kubeconfig, server.tls_url, ca_pem=test_ca.ca_pem)

@@ -1,104 +1,37 @@
-"""The `SmtpRelay` and `SendingDomain` specs: the single contract shared by the relay and the operator.
+"""The `SmtpRelay` spec: the single contract shared by the relay and the operator.
 
 The operator validates a custom resource with these models and renders it into the relay's config;
 the relay parses the very same document. The CRD OpenAPI schema is generated from (and tested
 against) these models, so the two cannot drift. Field names are camelCase on the wire (as in every
-Kubernetes API) and snake_case in Python.
+Kubernetes API) and snake_case in Python. The field types live in config/fields.py, the SendingDomain
+spec in config/domain_spec.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from smtp_relay.config.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
+from smtp_relay.config.fields import (
+    DNS_LABEL,
+    MAX_NETWORKS,
+    MAX_ROUTES,
+    MAX_SMARTHOSTS,
+    DnsSpec,
+    DomainName,
+    Duration,
+    Network,
+    Port,
+    Quantity,
+    SecretName,
+    SpecModel,
+)
+from smtp_relay.config.units import parse_quantity
 
 API_GROUP = "relayfleet.io"
 API_VERSION = "v1alpha1"
-
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_DOMAIN = r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$"
-_SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-_DOMAIN_RE = re.compile(_DOMAIN)
-
-
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise PydanticCustomError("port_range", "must be between 1 and 65535")
-    return value
-
-
-def _duration(value: str) -> str:
-    try:
-        parse_duration(value)
-    except ValueError as exc:
-        raise PydanticCustomError("duration", str(exc)) from None
-    return value
-
-
-def _quantity(value: str | int) -> str | int:
-    try:
-        parse_quantity(value)
-    except ValueError as exc:
-        raise PydanticCustomError("quantity", str(exc)) from None
-    return value
-
-
-def _domain(value: str) -> str:
-    if not _DOMAIN_RE.match(value):
-        raise PydanticCustomError("domain", "'{value}' is not a domain name", {"value": value})
-    return value.lower()
-
-
-def _network(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise PydanticCustomError(
-            "network", "'{value}' is not an IP network (use CIDR such as 10.0.0.0/8)", {"value": value}
-        ) from None
-    return value
-
-
-def _hostport(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise PydanticCustomError("hostport", "'{value}' must be host:port", {"value": value})
-    return value
-
-
-Port = Annotated[int, AfterValidator(_port), Field(json_schema_extra={"minimum": 1, "maximum": 65535})]
-Duration = Annotated[str, AfterValidator(_duration), Field(json_schema_extra={"pattern": DURATION_PATTERN})]
-Quantity = Annotated[str | int, AfterValidator(_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
-DomainName = Annotated[str, AfterValidator(_domain), Field(json_schema_extra={"pattern": _DOMAIN})]
-Network = Annotated[str, AfterValidator(_network)]
-HostPort = Annotated[str, AfterValidator(_hostport)]
-SecretName = Annotated[str, Field(pattern=_SECRET_NAME, max_length=253)]
-
-
-class SpecModel(BaseModel):
-    """Base for every spec object: camelCase on the wire, unknown fields refused, immutable."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
 
 TlsMode = Literal["none", "starttls", "implicit"]
 AuthMode = Literal["none", "optional", "required"]
@@ -107,7 +40,7 @@ AuthMode = Literal["none", "optional", "required"]
 class Listener(SpecModel):
     """One SMTP port of the relay; also one port of the Service."""
 
-    name: Annotated[str, Field(pattern=_DNS_LABEL, max_length=15)]
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=15)]
     """Port name (a DNS label of at most 15 characters), used for the Service and container port."""
     port: Port
     """TCP port the relay listens on: 25, 587, 465 or 2525 are usual."""
@@ -144,7 +77,7 @@ class UsersRef(SpecModel):
 class ClientsSpec(SpecModel):
     """Who may relay through the fleet."""
 
-    allowed_networks: list[Network] = []
+    allowed_networks: Annotated[list[Network], Field(max_length=MAX_NETWORKS)] = []
     """Client networks (CIDR) that may relay without AUTH. Empty: only authenticated users may relay."""
     users: UsersRef | None = None
     """SMTP AUTH users; needed by any listener with auth optional or required."""
@@ -226,19 +159,40 @@ class VirusSpec(SpecModel):
         return self
 
 
+MAX_BLOCK_EXTENSIONS = 512
+"""Extensions one block list may name."""
+GATEWAY_BLOCK_EXTENSIONS = frozenset(
+    [
+        # Windows executables, installers and libraries
+        *("exe", "com", "scr", "pif", "cpl", "dll", "msi", "msp", "mst", "msc", "msix", "msixbundle"),
+        *("appx", "appxbundle", "application", "gadget", "xll", "jar", "jnlp"),
+        # scripts Windows runs on a double click
+        *("bat", "cmd", "js", "jse", "vb", "vbs", "vbe", "wsf", "wsh", "wsc", "sct", "ps1", "hta", "reg", "inf", "scf"),
+        # shortcuts, help files, and containers that mount or open as a folder
+        *("lnk", "url", "chm", "iso", "img", "vhd", "vhdx", "one", "ade", "adp", "mde", "ins", "isp", "shb", "diagcab"),
+    ]
+)
+"""The default block list: the types mail gateways refuse by default. Sources: Microsoft Defender for
+Office 365's common attachments filter (hta, lnk, iso, img, msc, msix, xll, reg, scf, wsf, wsh, ...) and
+Google Workspace's blocked file types (cpl, chm, vhd, appx, appxbundle, jse, ps1, msp, ...); .one
+(OneNote) and .url after their use by Qakbot and other loaders in 2023."""
+
+
 class AttachmentsSpec(SpecModel):
     """Attachment (malware) checks."""
 
     enabled: bool = True
     """Inspect attachments at all; turn off only where another scanner upstream does this job."""
-    block_extensions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,10}$")]] = [
-        "exe", "scr", "js", "vbs", "bat", "cmd", "com", "jar", "msi", "ps1",
-    ]  # fmt: skip
-    """File name extensions refused, also inside archives and as the last of a double extension."""
+    block_extensions: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")]], Field(max_length=MAX_BLOCK_EXTENSIONS)
+    ] = sorted(GATEWAY_BLOCK_EXTENSIONS)
+    """File name extensions refused, also inside archives and as the last of a double extension. The default
+    is what mail gateways refuse by default (executables, scripts, shortcuts, disk images); a list written
+    out replaces it, so a site can allow a type."""
     block_macros: bool = True
     """Refuse Office documents carrying macros."""
     inspect_archives: bool = True
-    """Look inside zip archives."""
+    """Look inside archives (zip, tar, gzip, 7z, rar) for blocked names, executables and macros."""
     action: Literal["reject", "quarantine"] = "reject"
     """What happens to a message with a blocked attachment."""
 
@@ -327,7 +281,7 @@ class CaptureSpec(SpecModel):
 class Destination(SpecModel):
     """Where a route sends mail: exactly one of smarthosts, mx or capture."""
 
-    smarthosts: list[Smarthost] | None = None
+    smarthosts: Annotated[list[Smarthost], Field(max_length=MAX_SMARTHOSTS)] | None = None
     """Upstream servers, tried in order (failover)."""
     mx: MxSpec | None = None
     """Direct delivery to the recipient domain's MX."""
@@ -375,28 +329,8 @@ class RoutingSpec(SpecModel):
 
     default: Destination = Destination(capture=CaptureSpec())
     """Where mail goes when no route matches."""
-    routes: list[Route] = []
+    routes: Annotated[list[Route], Field(max_length=MAX_ROUTES)] = []
     """Per-domain routes; first match wins."""
-
-
-class DnsSpec(SpecModel):
-    """The resolver used by every DNS lookup of the relay (MX, SPF, DNSBL, DKIM)."""
-
-    nameservers: list[HostPort | str] = []
-    """Nameservers as host or host:port; empty uses the system resolver."""
-
-    @field_validator("nameservers")
-    @classmethod
-    def _parse(cls, value: list[str]) -> list[str]:
-        for item in value:
-            host = item.rsplit(":", 1)[0] if item.count(":") == 1 else item
-            try:
-                ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                raise PydanticCustomError(
-                    "nameserver", "'{v}' must be an IP address, optionally with :port", {"v": item}
-                ) from None
-        return value
 
 
 class RetrySpec(SpecModel):
@@ -460,45 +394,3 @@ class SmtpRelaySpec(SpecModel):
         if any(lst.auth != "none" for lst in self.listeners) and self.clients.users is None:
             raise PydanticCustomError("clients", "a listener uses AUTH, so clients.users must name a Secret")
         return self
-
-
-class DkimSpec(SpecModel):
-    """DKIM key generation and rotation."""
-
-    selector: Annotated[str, Field(pattern=_DNS_LABEL, max_length=63)] | None = None
-    """DKIM selector; generated when empty."""
-    key_bits: Literal[1024, 2048, 3072, 4096] = 2048
-    """RSA key size."""
-    rotate_every: Duration = "180d"
-    """Rotation period."""
-
-
-class SpfSpec(SpecModel):
-    """What the domain's SPF record must authorize."""
-
-    include: str = ""
-    """An include: domain that the SPF record must contain."""
-    egress_ips: list[Network] = []
-    """The relays' egress IPs the SPF record must allow."""
-
-
-class DmarcSpec(SpecModel):
-    """DMARC expectations."""
-
-    required: bool = False
-    """Advisory unless true."""
-
-
-class SendingDomainSpec(SpecModel):
-    """A domain the fleet sends for."""
-
-    domain: DomainName
-    """The domain name."""
-    relays: list[Annotated[str, Field(pattern=_DNS_LABEL)]] = []
-    """SmtpRelays (same namespace) that send for this domain."""
-    dkim: DkimSpec = DkimSpec()
-    """DKIM keys."""
-    spf: SpfSpec = SpfSpec()
-    """SPF expectations."""
-    dmarc: DmarcSpec = DmarcSpec()
-    """DMARC expectations."""

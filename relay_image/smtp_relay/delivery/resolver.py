@@ -20,7 +20,7 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
-from smtp_relay.config.spec import DnsSpec
+from smtp_relay.config.fields import DnsSpec, split_nameserver
 
 LIFETIME = 5.0
 """Total seconds for one lookup, all retries and nameservers included: a slow DNS must defer, not hang."""
@@ -46,15 +46,7 @@ class TemporaryDnsError(DnsError):
 
 def parse_nameserver(item: str) -> dns.nameserver.Do53Nameserver:
     """`127.0.0.1`, `127.0.0.1:5353`, `::1` or `[::1]:5353` into a nameserver with its own port."""
-    host, port = item, 53
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
-    elif item.count(":") == 1:
-        host, _, port_text = item.partition(":")
-        port = int(port_text)
-    ipaddress.ip_address(host)  # raises ValueError on anything but an address
+    host, port = split_nameserver(item)
     return dns.nameserver.Do53Nameserver(host, port)
 
 

@@ -54,22 +54,6 @@ INLINE_ARCHIVE_BUDGET: Final = 256 * 1024
 MAX_UUENCODE_SCAN: Final = 1024 * 1024
 """How much of each part is searched for uuencode "begin" lines."""
 
-GATEWAY_BLOCK_EXTENSIONS: Final = frozenset(
-    [
-        # Windows executables, installers and libraries
-        *("exe", "com", "scr", "pif", "cpl", "dll", "msi", "msp", "mst", "msc", "msix", "msixbundle"),
-        *("appx", "appxbundle", "application", "gadget", "xll", "jar", "jnlp"),
-        # scripts Windows runs on a double click
-        *("bat", "cmd", "js", "jse", "vb", "vbs", "vbe", "wsf", "wsh", "wsc", "sct", "ps1", "hta", "reg", "inf", "scf"),
-        # shortcuts, help files, and containers that mount or open as a folder
-        *("lnk", "url", "chm", "iso", "img", "vhd", "vhdx", "one", "ade", "adp", "mde", "ins", "isp", "shb", "diagcab"),
-    ]
-)
-"""The default block list: the types mail gateways refuse by default. Sources: Microsoft Defender for
-Office 365's common attachments filter (hta, lnk, iso, img, msc, msix, xll, reg, scf, wsf, wsh, ...) and
-Google Workspace's blocked file types (cpl, chm, vhd, appx, appxbundle, jse, ps1, msp, ...); .one
-(OneNote) and .url after their use by Qakbot and other loaders in 2023."""
-
 _MACHO_MAGICS: Final = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")
 _LNK_MAGIC: Final = b"L\x00\x00\x00\x01\x14\x02\x00"
 # UTF-16LE directory entry names of the VBA project in Word/Excel/PowerPoint binary documents.
@@ -90,19 +74,13 @@ _STRUCTURE_DEFECTS: Final = (
 
 
 def blocked_extensions(spec: AttachmentsSpec) -> frozenset[str]:
-    """The extensions refused: the spec's list, and the gateways' list when the spec keeps its default.
-
-    The spec's default (config.spec) predates the gateway list; a list the manifest writes out stays
-    exactly what it says, so a site can still allow a type the gateways block.
-    """
+    """The extensions refused, lower case (the spec's list; its default is the gateways' list)."""
     return _blocked(tuple(spec.block_extensions))
 
 
 @functools.lru_cache(maxsize=64)
 def _blocked(configured: tuple[str, ...]) -> frozenset[str]:
-    listed = frozenset(ext.lower() for ext in configured)
-    default = AttachmentsSpec.model_fields["block_extensions"].default
-    return listed | GATEWAY_BLOCK_EXTENSIONS if listed == frozenset(ext.lower() for ext in default) else listed
+    return frozenset(ext.lower() for ext in configured)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Validate a document against a generated CRD the way the apiserver would, as far as Python can.
 
 OpenAPI v3 value validation runs through `jsonschema` (after translating the Kubernetes extensions),
-unknown fields are refused as by `kubectl`'s default strict field validation, and each CEL rule is
-evaluated through its Python mirror from `crdgen.rules.RULE_MIRRORS` (a rule without a mirror
-is an error, so a new CEL rule cannot go untested).
+unknown fields are refused as by `kubectl`'s default strict field validation, and the CEL rules are
+evaluated by a real CEL implementation, the emulator's (tests/kube/cel_rules.py), with the Kubernetes
+libraries of the version the chart declares.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from crdgen.rules import RULE_MIRRORS
+from tests.kube import cel_rules, structural
 
 Schema = dict[str, Any]
 
@@ -38,22 +38,9 @@ def to_jsonschema(node: Schema) -> Schema:
     return out
 
 
-def cel_errors(schema: Schema, value: Any, path: str = "") -> list[str]:
-    """Evaluate the mirrors of every CEL rule that applies to `value` and its children."""
-    errors: list[str] = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        mirror = RULE_MIRRORS[rule["rule"]]
-        if not mirror(value):
-            errors.append(f"{path or '<root>'}: {rule['message']}")
-    if isinstance(value, dict):
-        for key, child in value.items():
-            sub = schema.get("properties", {}).get(key)
-            if sub is not None:
-                errors.extend(cel_errors(sub, child, f"{path}.{key}" if path else key))
-    elif isinstance(value, list) and "items" in schema:
-        for i, child in enumerate(value):
-            errors.extend(cel_errors(schema["items"], child, f"{path}[{i}]"))
-    return errors
+def cel_errors(schema: Schema, value: Any) -> list[str]:
+    """Every CEL rule that applies to `value` and its children, evaluated as the apiserver would."""
+    return [str(error) for error in cel_rules.evaluate(schema, value)]
 
 
 def crd_errors(crd: Schema, document: Any) -> list[str]:
@@ -63,4 +50,6 @@ def crd_errors(crd: Schema, document: Any) -> list[str]:
     errors = [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
     if errors:
         return errors  # the apiserver runs CEL only on schema-valid objects
-    return cel_errors(schema, document)
+    defaulted = copy.deepcopy(document)
+    structural.apply_defaults(defaulted, schema)  # as stored: rules see the defaults
+    return cel_errors(schema, defaulted)

@@ -15,8 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from crdgen.documents import sendingdomain_crd, smtprelay_crd
+from smtp_relay.config.domain_spec import SendingDomainSpec
 from smtp_relay.config.manifest import ManifestError, format_validation_error, parse_spec
-from smtp_relay.config.spec import SendingDomainSpec
 from tests.operator.crdgen.schema_check import crd_errors
 
 CORPUS = Path(__file__).parent / "corpus"

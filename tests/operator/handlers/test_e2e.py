@@ -1,8 +1,8 @@
 """End to end: the real operator (relay_operator.handlers, in its own thread and loop) against an API.
 
 The same scenario runs against the API emulator (always) and against a real cluster (marker
-`cluster`, only with KUBECONFIG set). No controllers run in the emulator, so there the test acts as
-the StatefulSet controller by writing the StatefulSet's status; a real cluster does that itself.
+`cluster`, only with KUBECONFIG set). The emulator runs a StatefulSet controller and a kubelet that
+reports pods ready, so the scenario waits for what a cluster's controllers do in both places.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from typing import Any, Protocol
 import kopf
 import pytest
 import yaml
+from cryptography import x509
 
 from crdgen.documents import sendingdomain_crd, smtprelay_crd
 from relay_operator import handlers
 from relay_operator.handlers import wiring
+from relay_operator.relays.render.common import ADMIN_PORT_NAME
 from relay_operator.settings import Settings
 from smtp_relay.config.manifest import load_documents
 from tests.harness.kopf_thread import KopfThread, fast_settings
@@ -164,22 +166,6 @@ def condition(relay: Json | None, kind: str) -> Json:
     return {}
 
 
-def act_as_statefulset_controller(api: Api, path: str, ready: int) -> None:
-    """What kube-controller-manager would write (the emulator runs no controllers)."""
-    sts = ok(api, "GET", path)
-    replicas = sts["spec"]["replicas"]
-    status = {
-        "observedGeneration": sts["metadata"].get("generation", 1),
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "updatedReplicas": replicas,
-        "currentReplicas": replicas,
-        "currentRevision": "r1",
-        "updateRevision": "r1",
-    }
-    ok(api, "PATCH", path + "/status", {"status": status}, MERGE)
-
-
 def scenario(api: Api, ns: str) -> None:
     """Apply, follow a spec change, scale, print, degrade on a missing Secret, delete."""
     name = "outbound"
@@ -255,10 +241,13 @@ def scenario(api: Api, ns: str) -> None:
     # 3. kubectl scale -> the StatefulSet follows -> status reports it
     api.kubectl("scale", "-n", ns, "smr", name, "--replicas=5")
     wait_for(lambda: ok(api, "GET", p["StatefulSet"])["spec"]["replicas"] == 5)
-    if api.emulated:
-        act_as_statefulset_controller(api, p["StatefulSet"], ready=5)
     relay_now = wait_for(
-        lambda: (r := get(api, p["relay"])) and r["status"].get("readyReplicas") == 5 and r,
+        lambda: (
+            (r := get(api, p["relay"]))
+            and r["status"].get("readyReplicas") == 5
+            and r["status"]["phase"] == "Ready"
+            and r
+        ),
         timeout=300 if not api.emulated else 15,
     )
     assert relay_now["status"]["replicas"] == 5
@@ -298,22 +287,8 @@ def scenario(api: Api, ns: str) -> None:
     assert any(e["reason"] == "SecretNotFound" and e["type"] == "Warning" for e in events)
 
     # 6. delete: children collected through ownerReferences, spool claims deleted as asked
-    if api.emulated:  # the StatefulSet controller would have made these
-        for i in range(2):
-            ok(
-                api,
-                "POST",
-                f"/api/v1/namespaces/{ns}/persistentvolumeclaims",
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {
-                        "name": f"spool-{name}-{i}",
-                        "labels": sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"],
-                    },
-                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-                },
-            )
+    claims = ok(api, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]
+    assert {f"spool-{name}-{i}" for i in range(5)} <= {c["metadata"]["name"] for c in claims}  # the controller's
     ok(api, "DELETE", p["relay"])
     wait_for(lambda: not any(get(api, path) for path in p.values()), timeout=15 if api.emulated else 120)
     claims = ok(api, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]
@@ -336,8 +311,9 @@ def test_operator_end_to_end_on_the_emulator(emulator: EmulatorApi) -> None:
         scenario(emulator, "default")
 
 
-def test_invalid_spec_is_degraded_on_the_emulator(emulator: EmulatorApi) -> None:
-    """A spec the CRD would refuse (the emulator does not validate) still never reaches the children."""
+def test_invalid_specs_are_refused_or_degraded_on_the_emulator(emulator: EmulatorApi) -> None:
+    """What the CRD can say is refused at the API (422 naming the field); what only the operator can judge
+    (a listener named like the relay's admin port) degrades the relay and never reaches the children."""
     with Operator(emulator, "default"):
         body = {
             "apiVersion": "relayfleet.io/v1alpha1",
@@ -345,6 +321,10 @@ def test_invalid_spec_is_degraded_on_the_emulator(emulator: EmulatorApi) -> None
             "metadata": {"name": "bad"},
             "spec": {"listeners": [{"name": "a", "port": 25}, {"name": "a", "port": 26}]},
         }
+        code, refused = emulator.call("POST", f"{GROUP}/namespaces/default/smtprelays", body)
+        assert code == 422 and "spec: Invalid value" in refused["message"], refused
+        assert "listener names must be unique" in refused["message"]
+        body["spec"] = {"listeners": [{"name": ADMIN_PORT_NAME, "port": 2525}]}
         ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
         path = f"{GROUP}/namespaces/default/smtprelays/bad"
         cond = wait_for(
@@ -353,8 +333,32 @@ def test_invalid_spec_is_degraded_on_the_emulator(emulator: EmulatorApi) -> None
                 and condition(get(emulator, path), "Degraded")
             )
         )
-        assert cond["reason"] == "InvalidSpec" and "listener names must be unique" in cond["message"]
+        assert cond["reason"] == "PortConflict" and f"spec.listeners[0].name: {ADMIN_PORT_NAME!r}" in cond["message"]
         assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/bad") is None
+
+
+def test_shipped_example_is_ready_on_its_first_apply(emulator: EmulatorApi) -> None:
+    """examples/smtprelay.yaml ships every Secret it references (its TLS one clearly marked test-only)."""
+    documents = list(
+        yaml.safe_load_all((Path(__file__).resolve().parents[3] / "examples" / "smtprelay.yaml").read_text())
+    )
+    with Operator(emulator, "default"):
+        for doc in documents:
+            plural = {
+                "Secret": "/api/v1/namespaces/default/secrets",
+                "SmtpRelay": f"{GROUP}/namespaces/default/smtprelays",
+            }
+            ok(emulator, "POST", plural[doc["kind"]], doc)
+        path = f"{GROUP}/namespaces/default/smtprelays/outbound"
+        relay = wait_for(lambda: (r := get(emulator, path)) and condition(r, "Ready").get("status") == "True" and r)
+        assert condition(relay, "Degraded")["status"] == "False", condition(relay, "Degraded")
+        assert relay["status"]["readyReplicas"] == relay["spec"]["replicas"] == 3
+    tls = next(d for d in documents if d["kind"] == "Secret" and d.get("type") == "kubernetes.io/tls")
+    assert tls["metadata"]["labels"]["relayfleet.io/example"] == "test-only"
+    cert = x509.load_pem_x509_certificate(tls["stringData"]["tls.crt"].encode())
+    assert "outbound.default.svc" in cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
 
 
 @pytest.mark.cluster

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from bench.peers.ports import closed_port
 
-from smtp_relay.config.spec import DnsSpec
+from smtp_relay.config.fields import DnsSpec
 from smtp_relay.delivery.resolver import (
     NullMxError,
     PermanentDnsError,

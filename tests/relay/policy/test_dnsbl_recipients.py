@@ -5,7 +5,7 @@ from __future__ import annotations
 import dns.asyncresolver
 import pytest
 
-from smtp_relay.config.spec import DnsSpec
+from smtp_relay.config.fields import DnsSpec
 from smtp_relay.delivery.resolver import make_resolver
 from smtp_relay.policy.dnsbl import Listing, dnsbl_listings
 from smtp_relay.policy.recipients import recipient_domain_exists
