@@ -149,7 +149,39 @@ class ApiError(Exception):
         self.message = message
 
 
+class NameConflict(ApiError):
+    """A child's name is taken by an object another owner (or nobody) controls: never adopted nor patched."""
+
+
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The controlling ownerReference of an object, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def foreign_owner(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> str | None:
+    """Why `observed` is not ours to change (None when its controller is `desired`'s): a message naming
+    who holds it. An object without a controller counts as someone else's (created by hand or by a tool)."""
+    ours = controller_of(desired)
+    if ours is None:
+        return None
+    theirs = controller_of(observed)
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    if theirs is None:
+        return (
+            f"{kind} {name} already exists and is not controlled by {ours['kind']} {ours['name']};"
+            " delete or rename it, the operator does not adopt objects it did not create"
+        )
+    if theirs.get("uid") != ours.get("uid"):
+        return f"{kind} {name} already exists, controlled by {theirs.get('kind')} {theirs.get('name')}; rename one"
+    return None
+
+
 Outcome = Literal["created", "patched", "unchanged", "recreated"]
+RecreateHook = Callable[[str, str, list[str]], None]
+"""Told (kind, name, changed immutable fields) before an object is deleted to be recreated."""
 
 
 class Kube:
@@ -273,7 +305,9 @@ class Kube:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def apply(self, desired: Mapping[str, Any], create_first: bool = False) -> tuple[Outcome, dict[str, Any]]:
+    async def apply(
+        self, desired: Mapping[str, Any], create_first: bool = False, on_recreate: RecreateHook | None = None
+    ) -> tuple[Outcome, dict[str, Any]]:
         """Create `desired`, or patch only the fields of it that differ; no write when none do.
 
         A change in an immutable field (a StatefulSet's volumeClaimTemplates, e.g. when spool storage
@@ -284,6 +318,9 @@ class Kube:
 
         `create_first` (the object most likely does not exist yet, e.g. its owner was just created):
         POST without a GET first; only a 409 costs the GET and the comparison.
+
+        An object of that name controlled by another owner (or by none) raises `NameConflict`: it is
+        never patched, deleted or adopted. `on_recreate` hears of a recreate before the delete.
         """
         kind, meta = str(desired["kind"]), desired["metadata"]
         namespace, name = str(meta["namespace"]), str(meta["name"])
@@ -296,10 +333,16 @@ class Kube:
         observed = await self.get(kind, namespace, name)
         if observed is None:
             return "created", await self.create(desired)
+        conflict = foreign_owner(desired, observed)
+        if conflict is not None:
+            raise NameConflict(409, conflict)
         desired = adopt_equal_quantities(desired, observed)  # the apiserver returns them canonical
         frozen = IMMUTABLE.get(kind, ())
         desired_spec, observed_spec = desired.get("spec") or {}, observed.get("spec") or {}
-        if any(merge_patch({f: desired_spec.get(f)}, {f: observed_spec.get(f)}) for f in frozen):
+        changed = [f for f in frozen if merge_patch({f: desired_spec.get(f)}, {f: observed_spec.get(f)})]
+        if changed:
+            if on_recreate is not None:
+                on_recreate(kind, name, changed)
             await self.delete(kind, namespace, name, propagation="Orphan")
             await self._wait_gone(kind, namespace, name, str(observed["metadata"].get("uid", "")))
             return "recreated", await self.create(desired)

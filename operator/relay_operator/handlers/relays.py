@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.relays import reconcile as rec
@@ -45,7 +46,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     @kopf.on.resume(*RELAYS, registry=registry)
     @kopf.on.create(*RELAYS, registry=registry)
     @kopf.on.update(*RELAYS, registry=registry)
-    async def relay_changed(body: kopf.Body, patch: kopf.Patch, reason: str, logger: kopf.Logger, **_: Any) -> None:
+    async def relay_changed(
+        body: kopf.Body, patch: kopf.Patch, reason: str, retry: int, logger: kopf.Logger, **_: Any
+    ) -> None:
         """Reconcile. The status goes into kopf's own patch (written with its progress annotations)
         rather than a PATCH of ours during the handler: that one would produce a watch event without
         kopf's last-handled annotation, which kopf, when its watch lags by more than
@@ -57,6 +60,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if result.status_changed:
             patch.status.update(result.status)
         logger.info("reconciled: changed=%s problems=%d", result.changed, len(result.problems))
+        refused = [p for p in result.problems if p.reason in rec.RETRIED_REASONS]
+        if refused:  # the status (in kopf's patch) says why; try again, more slowly each time
+            raise kopf.TemporaryError("; ".join(p.message for p in refused), delay=retry_delay(retry))
 
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     async def resync(body: kopf.Body, **_: Any) -> None:
@@ -91,4 +97,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         """Children go with the ownerReferences; spool PVCs only when spec.queue.deleteClaimsOnDelete."""
         kube = await client()
         with recorder(body) as events:
-            await rec.delete_claims(body, kube, events)
+            try:
+                await rec.delete_claims(body, kube, events)
+            except rec.StillDeleting as exc:
+                raise kopf.TemporaryError(str(exc), delay=2) from exc

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from relay_operator.kube import ApiError, Kube, Outcome
+from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, foreign_owner
 from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
@@ -28,6 +28,9 @@ from smtp_relay.config.secret_refs import SecretRef, secret_refs
 from smtp_relay.config.spec import SmtpRelaySpec
 
 logger = logging.getLogger(__name__)
+
+RETRIED_REASONS = frozenset({"ApplyFailed", "NameConflict"})
+"""Problems met while applying (not in the spec): the reconcile is retried with backoff until they clear."""
 
 
 class Recorder(Protocol):
@@ -80,24 +83,42 @@ async def write_status(
     return patch, changed
 
 
-async def _apply_children(
-    kube: Kube, children: Sequence[Manifest], events: Recorder, create_first: bool
-) -> list[tuple[str, Outcome, dict[str, Any]] | None]:
+def transient(exc: ApiError) -> bool:
+    """Throttling and server errors pass by themselves (retried in seconds, not reported); the rest (422 the
+    schema refused, 403 RBAC, a persistent 409, a name conflict) needs a human and goes into status."""
+    return exc.status == 429 or exc.status >= 500
+
+
+@dataclass
+class _Applied:
+    done: list[tuple[str, Outcome, dict[str, Any]]] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+
+
+async def _apply_children(kube: Kube, children: Sequence[Manifest], events: Recorder, create_first: bool) -> _Applied:
     """Apply every child concurrently, except that the StatefulSet waits for its ConfigMap (config
-    before pods). Results in the order of `children`; None for a ServiceMonitor without its CRD.
-    Every child is finished (or failed) before the first error is raised."""
+    before pods, so a failed ConfigMap holds the StatefulSet back). Every child is tried; refusals become
+    Problems (ApplyFailed or NameConflict, naming the child), transient errors are raised after the rest ran."""
+
+    def recreating(kind: str, name: str, fields: list[str]) -> None:
+        events.info("Recreating", f"{kind}/{name}: {', '.join(fields)} cannot change in place; recreating it with"
+                    " orphan propagation (the pods keep running and are adopted by the new one)")  # fmt: skip
 
     async def apply_one(child: Manifest, after: asyncio.Task[Any] | None) -> tuple[str, Outcome, dict[str, Any]] | None:
-        if after is not None:
-            await after  # the ConfigMap's failure fails the StatefulSet too, reported once (below)
         key = f"{child['kind']}/{child['metadata']['name']}"
+        if after is not None:
+            try:
+                await after
+            except ApiError as exc:
+                raise _HeldBack(key) from exc  # the ConfigMap's own error is reported once, as its own
         try:
-            outcome, applied = await kube.apply(child, create_first=create_first)
+            outcome, applied = await kube.apply(child, create_first=create_first, on_recreate=recreating)
         except ApiError as exc:
             if child["kind"] == "ServiceMonitor" and exc.status == 404:
                 events.warn("ServiceMonitorUnavailable", "monitoring.coreos.com/v1 is not installed; skipped")
                 return None
-            events.warn("ApplyFailed", f"{key}: {exc.message}")
+            if not transient(exc):
+                events.warn("NameConflict" if isinstance(exc, NameConflict) else "ApplyFailed", f"{key}: {exc.message}")
             raise
         return key, outcome, applied
 
@@ -108,12 +129,26 @@ async def _apply_children(
         if child["kind"] == "ConfigMap":
             config = task
         tasks.append(task)
-    results: list[tuple[str, Outcome, dict[str, Any]] | None] = []
-    for item in await asyncio.gather(*tasks, return_exceptions=True):
-        if isinstance(item, BaseException):
-            raise item
-        results.append(item)
-    return results
+    applied, passing = _Applied(), []
+    for child, item in zip(children, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+        key = f"{child['kind']}/{child['metadata']['name']}"
+        if isinstance(item, NameConflict):
+            applied.failed.append(Problem("NameConflict", f"{key}: {item.message}"))
+        elif isinstance(item, ApiError) and not transient(item):
+            applied.failed.append(Problem("ApplyFailed", f"{key}: the API refused it ({item.status}): {item.message}"))
+        elif isinstance(item, _HeldBack):
+            applied.failed.append(Problem("ApplyFailed", f"{key}: held back until its ConfigMap applies"))
+        elif isinstance(item, BaseException):
+            passing.append(item)
+        elif item is not None:
+            applied.done.append(item)
+    if passing:
+        raise passing[0]
+    return applied
+
+
+class _HeldBack(Exception):
+    """The StatefulSet is not applied because its ConfigMap failed (pods must not start on a stale config)."""
 
 
 async def reconcile(
@@ -152,37 +187,60 @@ async def reconcile(
         return result
 
     assert spec is not None
-    if await _ensure_admin_token(kube, owner, create_first=fresh):
-        result.outcomes[f"Secret/{admin_token_secret_name(owner)}"] = "created"
-        events.info("Created", f"Secret/{admin_token_secret_name(owner)} created (the relays' admin token)")
+    token_key = f"Secret/{admin_token_secret_name(owner)}"
+    try:
+        if await _ensure_admin_token(kube, owner, create_first=fresh):
+            result.outcomes[token_key] = "created"
+            events.info("Created", f"{token_key} created (the relays' admin token)")
+    except NameConflict as exc:
+        result.problems = [Problem("NameConflict", f"{token_key}: {exc.message}")]
+        events.warn("NameConflict", f"{token_key}: {exc.message} (children left as they are)")
+        observed = await kube.get("StatefulSet", owner.namespace, owner.name)
+        result.status, result.status_changed = await write_status(
+            kube, owner, body, spec, result.problems, observed, write=write_status_patch
+        )
+        return result
     statefulset: dict[str, Any] | None = None
-    for item in await _apply_children(kube, build_children(owner, spec, settings), events, create_first=fresh):
-        if item is None:
-            continue
-        key, outcome, applied = item
+    applied = await _apply_children(kube, build_children(owner, spec, settings), events, create_first=fresh)
+    for key, outcome, body_applied in applied.done:
         result.outcomes[key] = outcome
         if key.startswith("StatefulSet/"):
-            statefulset = applied
+            statefulset = body_applied
         if outcome != "unchanged":
             events.info(outcome.capitalize(), f"{key} {outcome}")
+    if statefulset is None:  # not applied this time (refused or held back): report on the one that runs
+        statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
+    result.problems = applied.failed
     result.status, result.status_changed = await write_status(
-        kube, owner, body, spec, [], statefulset, write=write_status_patch
+        kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch
     )
     return result
 
 
 async def _ensure_admin_token(kube: Kube, owner: Owner, create_first: bool) -> bool:
-    """Create the admin-token Secret unless it exists (never overwritten); True when it was created."""
+    """Create the admin-token Secret unless it exists (never overwritten); True when it was created.
+    A same-named Secret that is not ours raises NameConflict: its value must not become the relays' token."""
     name = admin_token_secret_name(owner)
-    if not create_first and await kube.get("Secret", owner.namespace, name) is not None:
-        return False
-    try:
-        await kube.create(build_admin_token_secret(owner, new_admin_token()))
-    except ApiError as exc:
-        if exc.status == 409:  # created meanwhile (another reconcile): that token stands
+    if create_first:
+        try:
+            await kube.create(build_admin_token_secret(owner, new_admin_token()))
+            return True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    existing = await kube.get("Secret", owner.namespace, name)
+    if existing is None:
+        try:
+            await kube.create(build_admin_token_secret(owner, new_admin_token()))
+            return True
+        except ApiError as exc:
+            if exc.status != 409:  # 409: created meanwhile by another reconcile; checked next time
+                raise
             return False
-        raise
-    return True
+    conflict = foreign_owner(build_admin_token_secret(owner, ""), existing)
+    if conflict is not None:
+        raise NameConflict(409, conflict)
+    return False
 
 
 def _reported(body: Mapping[str, Any]) -> set[str]:
@@ -217,16 +275,28 @@ async def refresh_status(
     return status
 
 
+class StillDeleting(Exception):
+    """A step of the deletion waits for the cluster (pods still stopping): try again in a few seconds."""
+
+
 async def delete_claims(body: Mapping[str, Any], kube: Kube, events: Recorder) -> list[str]:
     """On deletion: remove the spool PVCs when spec.queue.deleteClaimsOnDelete says so.
 
     The PVCs come from volumeClaimTemplates, so they are owned by nobody and survive the StatefulSet;
-    by default they are kept because they may still hold undelivered mail.
+    by default they are kept because they may still hold undelivered mail. They are deleted only once the
+    StatefulSet and its pods are gone (deleted in the foreground first): while it exists, its controller
+    recreates the claim of any pod it restarts, and a claim a running pod uses cannot go anyway.
     """
     owner = Owner.from_body(body)
     spec, _ = parse_or_problems(body)
     if spec is None or not spec.queue.delete_claims_on_delete:
         return []
+    statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
+    if statefulset is not None:
+        if not statefulset["metadata"].get("deletionTimestamp"):
+            await kube.delete("StatefulSet", owner.namespace, owner.name, propagation="Foreground")
+            events.info("Deleting", f"StatefulSet/{owner.name}: stopping the pods before their spool PVCs go")
+        raise StillDeleting(f"StatefulSet/{owner.name} and its pods are still stopping")
     deleted = []
     for claim in await kube.list("PersistentVolumeClaim", owner.namespace, selector_string(owner)):
         name = str(claim["metadata"]["name"])

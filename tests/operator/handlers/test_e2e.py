@@ -337,6 +337,23 @@ def test_invalid_specs_are_refused_or_degraded_on_the_emulator(emulator: Emulato
         assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/bad") is None
 
 
+def test_a_refused_child_is_in_status_and_retried_until_it_heals(emulator: EmulatorApi) -> None:
+    """A ConfigMap of the child's name that is not ours: Degraded/NameConflict (never adopted), retried with
+    backoff without any spec change, and cleared once the foreign object is gone."""
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken-config"}, "data": {"x": "y"}}
+    ok(emulator, "POST", "/api/v1/namespaces/default/configmaps", foreign)
+    with Operator(emulator, "default"):
+        body = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": "taken"}, "spec": {}}
+        ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
+        path = f"{GROUP}/namespaces/default/smtprelays/taken"
+        cond = wait_for(lambda: (c := condition(get(emulator, path), "Degraded")).get("status") == "True" and c)
+        assert cond["reason"] == "NameConflict" and "ConfigMap/taken-config" in cond["message"]
+        assert ok(emulator, "GET", "/api/v1/namespaces/default/configmaps/taken-config")["data"] == {"x": "y"}
+        ok(emulator, "DELETE", "/api/v1/namespaces/default/configmaps/taken-config")
+        wait_for(lambda: condition(get(emulator, path), "Degraded").get("status") == "False", timeout=20)
+        assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/taken") is not None
+
+
 def test_shipped_example_is_ready_on_its_first_apply(emulator: EmulatorApi) -> None:
     """examples/smtprelay.yaml ships every Secret it references (its TLS one clearly marked test-only)."""
     documents = list(

@@ -172,7 +172,8 @@ async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_t
     kube.log.clear()
     again = await rec.reconcile(body, kube, Settings(), events, fresh=True)
     assert set(again.outcomes.values()) == {"unchanged"}
-    assert sorted(method for method, _ in kube.log) == ["GET"] * 5 + ["PATCH"] + ["POST"] * 6
+    # six GETs: each existing child is read and compared, the admin-token Secret to check it is ours
+    assert sorted(method for method, _ in kube.log) == ["GET"] * 6 + ["PATCH"] + ["POST"] * 6
 
 
 async def test_spec_change_patches_only_what_changed_and_keeps_foreign_edits() -> None:
@@ -285,6 +286,11 @@ async def test_delete_claims_only_when_asked(delete_claims: bool) -> None:
             "metadata": {"name": "unrelated", "namespace": NS, "labels": {"app": "x"}},
         }
     )
+    if delete_claims:  # the StatefulSet goes first (its controller would recreate claims), then come back
+        with pytest.raises(rec.StillDeleting, match="StatefulSet/outbound and its pods are still stopping"):
+            await rec.delete_claims(body, kube, events)
+        assert "/apis/apps/v1/namespaces/mail/statefulsets/outbound" not in kube.objects
+        assert ("Normal", "Deleting") in [(kind, reason) for kind, reason, _ in events.seen]
     deleted = await rec.delete_claims(body, kube, events)
     claims = sorted(p.rsplit("/", 1)[1] for p in kube.objects if "persistentvolumeclaims" in p)
     if delete_claims:
