@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from relay_operator.merge import adopt_equal_quantities, merge_patch
+from relay_operator.merge import adopt_equal_quantities, fingerprint, merge_patch
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,31 @@ def foreign_owner(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> st
     return None
 
 
+class SeenVersions:
+    """uid -> (resourceVersion, fingerprint) of the objects this client applied, bounded (oldest forgotten).
+
+    A watch event for a version in here was caused by the operator itself: no drift to heal. A newer version
+    with the same fingerprint only changed status (a controller's report), not what the operator renders.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._limit = limit
+        self._versions: dict[str, tuple[str, str | None]] = {}
+
+    def remember(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        if not uid:
+            return
+        self._versions.pop(uid, None)
+        self._versions[uid] = (str(meta.get("resourceVersion") or ""), fingerprint(obj))
+        if len(self._versions) > self._limit:
+            del self._versions[next(iter(self._versions))]
+
+    def get(self, uid: str) -> tuple[str, str | None] | None:
+        return self._versions.get(uid)
+
+
 Outcome = Literal["created", "patched", "unchanged", "recreated"]
 RecreateHook = Callable[[str, str, list[str]], None]
 """Told (kind, name, changed immutable fields) before an object is deleted to be recreated."""
@@ -201,6 +226,8 @@ class Kube:
         """Requests sent, for the benchmark and the idempotency tests."""
         self.writes = 0
         """Of those, the ones that changed something (create, patch, delete)."""
+        self.seen = SeenVersions()
+        """The versions of the objects `apply` wrote or found unchanged, so a watch event they caused is known."""
 
     async def __aenter__(self) -> Kube:
         return self
@@ -322,6 +349,13 @@ class Kube:
         An object of that name controlled by another owner (or by none) raises `NameConflict`: it is
         never patched, deleted or adopted. `on_recreate` hears of a recreate before the delete.
         """
+        outcome, applied = await self._apply(desired, create_first, on_recreate)
+        self.seen.remember(applied)
+        return outcome, applied
+
+    async def _apply(
+        self, desired: Mapping[str, Any], create_first: bool, on_recreate: RecreateHook | None
+    ) -> tuple[Outcome, dict[str, Any]]:
         kind, meta = str(desired["kind"]), desired["metadata"]
         namespace, name = str(meta["namespace"]), str(meta["name"])
         if create_first:

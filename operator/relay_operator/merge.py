@@ -15,6 +15,7 @@ added, a nodePort the apiserver assigned, an env var injected by a webhook) is n
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -121,3 +122,13 @@ def adopt_equal_quantities(desired: Any, observed: Any, under_resources: bool = 
         if amount is not None and amount == quantity_amount(observed):
             return observed
     return desired
+
+
+def fingerprint(obj: Mapping[str, Any]) -> str | None:
+    """What of an object a status update leaves alone: its generation (bumped by spec changes), labels and
+    owners; None for kinds without a generation (every change of a ConfigMap or Service is a change)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("generation") is None:
+        return None
+    mine = {k: meta.get(k) for k in ("generation", "labels", "ownerReferences")}
+    return json.dumps(mine, sort_keys=True, separators=(",", ":"))

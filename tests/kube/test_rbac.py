@@ -245,11 +245,11 @@ def test_the_chart_rbac_through_the_api(kube_api: KubeApi) -> None:
     assert call(operator, "GET", "/apis/apps/v1/namespaces/default/statefulsets")[0] == 200
     code, status = call(operator, "GET", "/api/v1/namespaces/default/secrets/x")
     assert code == 404  # allowed (get secrets), so the apiserver answers for the object
-    code, status = call(operator, "DELETE", "/api/v1/namespaces/default/configmaps/x")
+    code, status = call(operator, "DELETE", "/api/v1/namespaces/default/pods/x")
     assert (code, status["reason"]) == (403, "Forbidden")
     recorded = kube_api._call(lambda: kube_api.audit.requests(operator.user))
     missing, _ = rbac_diff(recorded, rules)
-    assert missing == {Grant("", "configmaps", "delete")}
+    assert missing == {Grant("", "pods", "delete")}
 
 
 def test_kubectl_as_a_service_account(crd_api: KubeApi, tmp_path: Path) -> None:

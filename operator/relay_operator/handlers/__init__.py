@@ -3,15 +3,16 @@
 Loaded by `relayfleet-operator` (kopf run -m relay_operator.handlers), which registers every handler
 on kopf's default registry on import. Settings come from the environment at that moment, because
 timer intervals are fixed at registration. `wiring` holds kopf's startup settings, the login and the
-API client per event loop; `relays` the SmtpRelay handlers. Imports `relay_operator.relays`,
-`relay_operator.events`, `relay_operator.kube` and `relay_operator.settings`; nothing imports this.
+API client per event loop; `relays` the SmtpRelay handlers; `children` the watches on their children.
+Imports `relay_operator.relays`, `relay_operator.events`, `relay_operator.kube` and
+`relay_operator.settings`; nothing imports this.
 """
 
 from __future__ import annotations
 
 import kopf
 
-from relay_operator.handlers import relays, wiring
+from relay_operator.handlers import children, relays, wiring
 from relay_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -19,8 +20,9 @@ SETTINGS = Settings.from_env()
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     """Register every handler on `registry` (kopf's default one on import; a test may use its own)."""
-    wiring.register(registry)
+    wiring.register(registry, children.watched_resources(settings))
     relays.register(registry, settings)
+    children.register(registry, settings)
 
 
 register(kopf.get_default_registry(), SETTINGS)

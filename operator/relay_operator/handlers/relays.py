@@ -15,7 +15,6 @@ from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.relays import reconcile as rec
-from relay_operator.relays.render.common import MANAGED_BY
 from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
@@ -25,13 +24,6 @@ RELAYS = (API_GROUP, API_VERSION, "smtprelays")
 def _degraded(body: kopf.Body) -> bool:
     conditions = (body.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Degraded" and c.get("status") == "True" for c in conditions)
-
-
-def _owner_name(body: kopf.Body) -> str | None:
-    for ref in body.metadata.get("ownerReferences") or []:
-        if ref.get("kind") == "SmtpRelay" and ref.get("controller"):
-            return str(ref.get("name"))
-    return None
 
 
 def _deletes_claims(spec: kopf.Spec, **_: Any) -> bool:
@@ -73,24 +65,6 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 await rec.reconcile(body, kube, settings, events)
         else:
             await rec.refresh_status(kube, body.metadata.namespace or "default", body.metadata.name or "")
-
-    @kopf.on.event("apps", "v1", "statefulsets", registry=registry, labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-    async def statefulset_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-        """The StatefulSet's status moved (pods ready, scaled, rolled) or it was deleted by hand."""
-        name = _owner_name(body)
-        namespace = body.metadata.namespace or "default"
-        if name is None:
-            return
-        if type != "DELETED" and not body.get("status"):
-            return  # just created (by us, and the status says so already); no controller has looked yet
-        kube = await client()
-        if type == "DELETED":
-            relay = await kube.get("SmtpRelay", namespace, name)
-            if relay is not None and not relay["metadata"].get("deletionTimestamp"):
-                with recorder(relay) as events:
-                    await rec.reconcile(relay, kube, settings, events)
-            return
-        await rec.refresh_status(kube, namespace, name, statefulset=body)
 
     @kopf.on.delete(*RELAYS, registry=registry, when=_deletes_claims)
     async def relay_deleted(body: kopf.Body, **_: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from relay_operator.kube import ApiError, Connection, Kube
+from relay_operator.relays.render.common import MANAGED_BY
 
 ANNOTATIONS_PREFIX = "operator.relayfleet.io"
 
@@ -63,6 +64,21 @@ def retried_when_transient() -> Iterator[None]:
         raise
 
 
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+"""The label selector of every child watch: only the operator's own children are streamed."""
+
+
+def configure_with(children: list[tuple[str, str, str]]) -> Callable[..., Awaitable[None]]:
+    """kopf's startup settings, with a server-side label selector on each child kind in `children`."""
+
+    async def configure_all(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        await configure(settings, **kwargs)
+        for group, version, plural in children:
+            settings.watching.label_selectors[group, version, plural] = MANAGED_SELECTOR
+
+    return configure_all
+
+
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Progress in annotations (the status belongs to us), quick watches, events only for our own."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
@@ -71,6 +87,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{ANNOTATIONS_PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # log lines are not events; we post events explicitly
+    # Resources are discovered once at startup (the chart installs the CRDs before the operator), so the
+    # operator needs no list/watch on CustomResourceDefinitions or Namespaces: least privilege.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
@@ -88,8 +107,8 @@ async def close_clients(**_: Any) -> None:
         await entry[1].close()
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
-    """Startup settings, login and the clients' cleanup on `registry`."""
-    kopf.on.startup(registry=registry)(configure)
+def register(registry: kopf.OperatorRegistry, children: list[tuple[str, str, str]]) -> None:
+    """Startup settings (label selectors for the `children` watches), login and the clients' cleanup."""
+    kopf.on.startup(registry=registry, id="configure")(configure_with(children))
     kopf.on.login(registry=registry)(login)
     kopf.on.cleanup(registry=registry)(close_clients)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, foreign_owner
+from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, controller_of, foreign_owner
 from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
@@ -192,22 +192,29 @@ async def reconcile(
         if await _ensure_admin_token(kube, owner, create_first=fresh):
             result.outcomes[token_key] = "created"
             events.info("Created", f"{token_key} created (the relays' admin token)")
-    except NameConflict as exc:
-        result.problems = [Problem("NameConflict", f"{token_key}: {exc.message}")]
-        events.warn("NameConflict", f"{token_key}: {exc.message} (children left as they are)")
+    except ApiError as exc:
+        if transient(exc):
+            raise
+        reason = "NameConflict" if isinstance(exc, NameConflict) else "ApplyFailed"
+        message = exc.message if reason == "NameConflict" else f"the API refused it ({exc.status}): {exc.message}"
+        result.problems = [Problem(reason, f"{token_key}: {message}")]
+        events.warn(reason, f"{token_key}: {message} (children left as they are)")
         observed = await kube.get("StatefulSet", owner.namespace, owner.name)
         result.status, result.status_changed = await write_status(
             kube, owner, body, spec, result.problems, observed, write=write_status_patch
         )
         return result
     statefulset: dict[str, Any] | None = None
-    applied = await _apply_children(kube, build_children(owner, spec, settings), events, create_first=fresh)
+    children = build_children(owner, spec, settings)
+    applied = await _apply_children(kube, children, events, create_first=fresh)
     for key, outcome, body_applied in applied.done:
         result.outcomes[key] = outcome
         if key.startswith("StatefulSet/"):
             statefulset = body_applied
         if outcome != "unchanged":
             events.info(outcome.capitalize(), f"{key} {outcome}")
+    if not fresh:  # a relay just created has nothing to prune
+        await _prune_unwanted(kube, owner, {c["kind"] for c in children}, events)
     if statefulset is None:  # not applied this time (refused or held back): report on the one that runs
         statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
     result.problems = applied.failed
@@ -215,6 +222,26 @@ async def reconcile(
         kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch
     )
     return result
+
+
+OPTIONAL_CHILDREN = ("NetworkPolicy", "ServiceMonitor")
+"""Children the settings may stop asking for: deleted when no longer rendered (only if they are ours)."""
+
+
+async def _prune_unwanted(kube: Kube, owner: Owner, rendered: set[str], events: Recorder) -> None:
+    for kind in OPTIONAL_CHILDREN:
+        if kind in rendered:
+            continue
+        try:
+            found = await kube.get(kind, owner.namespace, owner.name)
+        except ApiError as exc:
+            if exc.status == 403:  # not granted (its kind never enabled in this install): nothing of ours there
+                continue
+            raise
+        if found is None or (controller_of(found) or {}).get("uid") != owner.uid:
+            continue
+        if await kube.delete(kind, owner.namespace, owner.name):
+            events.info("Pruned", f"{kind}/{owner.name} deleted: the operator's settings no longer ask for it")
 
 
 async def _ensure_admin_token(kube: Kube, owner: Owner, create_first: bool) -> bool:

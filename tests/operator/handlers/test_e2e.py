@@ -124,9 +124,9 @@ def get(api: Api, path: str) -> Json | None:
 class Operator(KopfThread):
     """relay_operator's handlers on a private registry, run by kopf in a thread with its own loop."""
 
-    def __init__(self, api: Api, namespace: str) -> None:
+    def __init__(self, api: Api, namespace: str, settings: Settings | None = None) -> None:
         super().__init__(kopf.OperatorRegistry(), namespaces=[namespace])
-        handlers.register(self.registry, Settings(termination_grace_seconds=30))
+        handlers.register(self.registry, settings or Settings(termination_grace_seconds=30))
         wiring.set_login(lambda **_: api.login()) if api.emulated else wiring.set_login(None)
 
         @kopf.on.startup(registry=self.registry)
@@ -235,7 +235,7 @@ def scenario(api: Api, ns: str) -> None:
     ]
     ok(api, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
     wait_for(lambda: [x["port"] for x in ok(api, "GET", p["Service"])["spec"]["ports"]] == [2525, 587, 2526])
-    assert pod_checksum(ok(api, "GET", p["StatefulSet"])) != checksum
+    wait_for(lambda: pod_checksum(ok(api, "GET", p["StatefulSet"])) != checksum)  # applied after its ConfigMap
     assert base64.b64decode(ok(api, "GET", p["AdminToken"])["data"]["token"]).decode() == token, "never regenerated"
 
     # 3. kubectl scale -> the StatefulSet follows -> status reports it
@@ -352,6 +352,26 @@ def test_a_refused_child_is_in_status_and_retried_until_it_heals(emulator: Emula
         ok(emulator, "DELETE", "/api/v1/namespaces/default/configmaps/taken-config")
         wait_for(lambda: condition(get(emulator, path), "Degraded").get("status") == "False", timeout=20)
         assert get(emulator, "/apis/apps/v1/namespaces/default/statefulsets/taken") is not None
+
+
+def test_deleted_and_edited_children_are_put_back(emulator: EmulatorApi) -> None:
+    """Every child kind is watched: a deleted Service or PDB comes back, a hand-edited ConfigMap is restored."""
+    with Operator(emulator, "default"):
+        body = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": "drift"}, "spec": {}}
+        ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
+        p = paths("default", "drift")
+        children = wait_for(lambda: all(get(emulator, p[k]) for k in p) and {k: get(emulator, v) for k, v in p.items()})
+        for kind in ("Service", "Headless", "PodDisruptionBudget"):
+            ok(emulator, "DELETE", p[kind])
+            back = wait_for(
+                lambda kind=kind: (o := get(emulator, p[kind])) and not o["metadata"].get("deletionTimestamp") and o
+            )
+            assert back["metadata"]["uid"] != children[kind]["metadata"]["uid"], kind
+        config = children["ConfigMap"]["data"]["relay.yaml"]
+        ok(emulator, "PATCH", p["ConfigMap"], {"data": {"relay.yaml": "tampered: true"}}, MERGE)
+        wait_for(lambda: ok(emulator, "GET", p["ConfigMap"])["data"]["relay.yaml"] == config)
+        ok(emulator, "PATCH", p["StatefulSet"], {"spec": {"replicas": 7}}, MERGE)  # kubectl scale sts, by hand
+        wait_for(lambda: ok(emulator, "GET", p["StatefulSet"])["spec"]["replicas"] == 2)
 
 
 def test_shipped_example_is_ready_on_its_first_apply(emulator: EmulatorApi) -> None:

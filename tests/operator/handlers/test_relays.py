@@ -31,11 +31,35 @@ def test_handler_ids_and_triggers() -> None:
     (timer,) = registry._spawning.get_all_handlers()
     assert timer.id == "register.<locals>.resync"
     assert timer.interval == 42 and timer.initial_delay == 42
-    (watch,) = registry._watching.get_all_handlers()
-    assert watch.id == "register.<locals>.statefulset_event"
-    assert watch.selector is not None
-    assert (watch.selector.group, watch.selector.version, watch.selector.any_name) == ("apps", "v1", "statefulsets")
-    assert watch.labels == {"app.kubernetes.io/managed-by": "relayfleet-operator"}
+    watches = registry._watching.get_all_handlers()
+    assert {w.id for w in watches} == {"register.<locals>.child_event"}
+    assert all(w.labels == {"app.kubernetes.io/managed-by": "relayfleet-operator"} for w in watches)
+    kinds = {(w.selector.group, w.selector.version, w.selector.any_name) for w in watches if w.selector is not None}
+    assert kinds == {
+        ("", "v1", "configmaps"),
+        ("", "v1", "services"),
+        ("apps", "v1", "statefulsets"),
+        ("policy", "v1", "poddisruptionbudgets"),
+    }
+
+
+def test_optional_children_are_watched_when_rendered() -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, Settings(network_policy=True, service_monitor=True))
+    kinds = {w.selector.any_name for w in registry._watching.get_all_handlers() if w.selector is not None}
+    assert {"networkpolicies", "servicemonitors"} <= kinds
+
+
+async def test_child_watches_are_label_selected_on_the_server() -> None:
+    """kopf's startup settings carry the selector to every child watch (kopf passes it as labelSelector)."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, Settings())
+    (startup,) = [h for h in registry._activities.get_all_handlers() if h.id == "configure"]
+    settings = kopf.OperatorSettings()
+    await startup.fn(settings=settings)
+    selectors = dict(settings.watching.label_selectors.items())
+    assert len(selectors) == 4
+    assert set(selectors.values()) == {"app.kubernetes.io/managed-by=relayfleet-operator"}
 
 
 def test_only_relays_that_delete_their_claims_get_a_finalizer() -> None:

@@ -108,3 +108,22 @@ async def test_a_child_the_api_refuses_degrades_the_relay_with_the_apis_message(
     await kube.patch("SmtpRelay", NS, "outbound", {"spec": {"resources": {"requests": {"cpu": "250m"}}}})
     result = await rec.reconcile(await reread(kube), kube, Settings(), Events())
     assert result.problems == [] and degraded(await reread(kube))["status"] == "False"
+
+
+async def test_optional_children_the_settings_no_longer_want_are_pruned(kube: Kube) -> None:
+    await relay(kube, {})
+    await rec.reconcile(await reread(kube), kube, Settings(network_policy=True), Events())
+    assert await kube.get("NetworkPolicy", NS, "outbound") is not None
+    events = Events()
+    await rec.reconcile(await reread(kube), kube, Settings(), events)
+    assert await kube.get("NetworkPolicy", NS, "outbound") is None
+    assert ("Normal", "Pruned") in [(kind, reason) for kind, reason, _ in events.seen]
+
+
+async def test_a_foreign_object_is_never_pruned(kube: Kube) -> None:
+    await relay(kube, {})
+    theirs = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "outbound", "namespace": NS}, "spec": {"podSelector": {}}}  # fmt: skip
+    await kube.create(theirs)
+    await rec.reconcile(await reread(kube), kube, Settings(), Events())
+    assert await kube.get("NetworkPolicy", NS, "outbound") is not None

@@ -94,7 +94,7 @@ def test_evasions_are_refused_and_clean_mail_is_delivered(relay_factory: Any) ->
 
 def test_a_zip_bomb_does_not_block_other_sessions(relay_factory: Any) -> None:
     """Four bombs (each 128 MiB of zeros in zips, ~130 KiB zipped: under the inline size, over its budget) inspected
-    at once while another session sends NOOPs: none waits 100 ms (inline, the loop would stall per bomb)."""
+    at once while another session sends NOOPs: they are not held up (inline, the loop would stall per bomb)."""
     relay, port = _relay(relay_factory)
     stored = zip_of({"zeros.bin": bytes(32 * 1024 * 1024)}, compression=zipfile.ZIP_STORED)  # read whole: a zip
     bomb = message(("zeros.zip", zip_of({f"part{i}.zip": stored for i in range(4)})))
@@ -121,5 +121,9 @@ def test_a_zip_bomb_does_not_block_other_sessions(relay_factory: Any) -> None:
     assert len(replies) == 4
     assert all(r.startswith(b"554 5.7.1") and b"too large to inspect" in r for r in replies), replies
     assert len(latencies) >= 5, latencies  # the probe really ran while the bombs were inspected
-    assert max(latencies) < 0.1, sorted(latencies)[-5:]
+    # Inline, each bomb stalls the loop for its whole inspection (about 0.3 s each here, 1.2 s in all). In the
+    # pool the NOOPs wait only for the scheduler: on 2 busy cores one reply in a run can take 0.1-0.2 s, so the
+    # bound is on the total time NOOPs spent beyond 20 ms, which separates the two by more than 2x either way.
+    stalled = sum(max(0.0, latency - 0.02) for latency in latencies)
+    assert stalled < 0.5, (round(stalled, 3), sorted(latencies)[-5:])
     assert _captured(relay) == []
