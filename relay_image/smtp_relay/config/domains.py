@@ -7,9 +7,14 @@ contract between the config loader, the policy (`senders.requireVerifiedDomain`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from smtp_relay.config.manifest import DomainDocument, ManifestError, SecretData
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
@@ -33,6 +38,8 @@ class SendingDomainConfig:
     """Verified for sending: its DNS records are published as the operator expects."""
     keys: tuple[DkimKey, ...] = ()
     """The active signing keys (RSA, and Ed25519 alongside it per RFC 8463); empty: no signature."""
+    missing: tuple[str, ...] = ()
+    """What keeps it unverified, as the operator saw it (`dkim`, `spf`, `dmarc`, `returnPath`), for the 550."""
 
 
 @dataclass(frozen=True)
@@ -50,3 +57,56 @@ class SendingDomains:
                 return found
             _, _, name = name.partition(".")
         return None
+
+
+KEY_FILE = "private.pem"
+"""The private key of a DKIM Secret: the one a team brings (spec.dkim.secretName) or the operator generates."""
+ED25519_KEY_FILE = "ed25519.pem"
+"""The Ed25519 key beside the RSA one in a generated Secret (spec.dkim.ed25519), published at `<selector>-ed`."""
+
+
+def _algorithm(pem: bytes, where: str) -> DkimAlgorithm:
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ManifestError([f"{where}: not a PEM private key (RSA or Ed25519, unencrypted)"]) from None
+    return "ed25519-sha256" if isinstance(key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
+
+
+def _keys(doc: DomainDocument, secrets: Mapping[str, SecretData]) -> tuple[DkimKey, ...]:
+    dkim: Mapping[str, Any] = (doc.status or {}).get("dkim") or {}
+    selector, secret_name, field_path = dkim.get("activeSelector"), dkim.get("secretName"), "status.dkim.secretName"
+    if not selector or not secret_name:  # a hand-written document, or no key active yet
+        selector, secret_name, field_path = doc.spec.dkim.selector, doc.spec.dkim.secret_name, "spec.dkim.secretName"
+    if not selector or not secret_name:
+        return ()
+    where = f"SendingDomain {doc.name}: {field_path}"
+    secret = secrets.get(str(secret_name))
+    if secret is None or KEY_FILE not in secret.data:
+        raise ManifestError([f"{where}: Secret {secret_name!r} with key {KEY_FILE} not found"])
+    pem = secret.data[KEY_FILE]
+    keys = [DkimKey(str(selector), _algorithm(pem, f"{where} ({KEY_FILE})"), pem)]
+    if ED25519_KEY_FILE in secret.data:
+        ed_pem = secret.data[ED25519_KEY_FILE]
+        ed_selector = str(dkim.get("ed25519Selector") or f"{selector}-ed")
+        keys.append(DkimKey(ed_selector, _algorithm(ed_pem, f"{where} ({ED25519_KEY_FILE})"), ed_pem))
+    return tuple(keys)
+
+
+def _missing(status: Mapping[str, Any]) -> tuple[str, ...]:
+    records = status.get("records") or []
+    failing = [str(r.get("purpose")) for r in records if r.get("required", True) and r.get("status") != "Success"]
+    return tuple(dict.fromkeys(failing))
+
+
+def resolve_domains(docs: Sequence[DomainDocument], secrets: Mapping[str, SecretData]) -> SendingDomains:
+    """The relay's view of its SendingDomains: verified as their status says (a document without status is
+    hand-written for local use and counts as verified), with the keys of the active selector."""
+    found: dict[str, SendingDomainConfig] = {}
+    for doc in docs:
+        domain = doc.spec.domain.lower().rstrip(".")
+        status = doc.status
+        verified = True if status is None else bool(status.get("verifiedForSending"))
+        missing = () if status is None or verified else _missing(status)
+        found[domain] = SendingDomainConfig(domain, verified, _keys(doc, secrets), missing)
+    return SendingDomains(found)

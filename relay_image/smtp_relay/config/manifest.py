@@ -18,7 +18,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from smtp_relay.config.domain_spec import SendingDomainSpec
 from smtp_relay.config.spec import API_GROUP, SmtpRelaySpec
+
+DOMAINS_ANNOTATION = "relayfleet.io/sending-domains"
+"""On the SmtpRelay document the operator renders: `included` says its SendingDomains are in the same file
+(possibly none), so the relay knows the verified set instead of waiting for it."""
 
 
 class ManifestError(Exception):
@@ -69,14 +74,38 @@ class SecretData:
         return self.data[key].decode()
 
 
+@dataclass(frozen=True)
+class DomainDocument:
+    """A SendingDomain found beside the SmtpRelay: its spec, and its status when the operator rendered it."""
+
+    name: str
+    spec: SendingDomainSpec
+    status: Mapping[str, Any] | None = None
+    """None for a hand-written document (local use): its domain counts as verified, its key is spec.dkim's."""
+
+
 @dataclass
 class RelayManifest:
-    """An SmtpRelay with the Secrets found beside it."""
+    """An SmtpRelay with the Secrets and SendingDomains found beside it."""
 
     name: str
     namespace: str
     spec: SmtpRelaySpec
     secrets: dict[str, SecretData] = field(default_factory=dict)
+    domains: list[DomainDocument] = field(default_factory=list)
+    domains_included: bool = False
+    """The file holds the relay's SendingDomains (any were found, or the operator's annotation says so)."""
+
+
+def parse_domain(doc: Mapping[str, Any]) -> DomainDocument:
+    """A SendingDomain document; ManifestError naming `SendingDomain <name>: spec.<field>` when it is invalid."""
+    name = str((doc.get("metadata") or {}).get("name", ""))
+    try:
+        spec = SendingDomainSpec.model_validate(doc.get("spec") or {})
+    except ValidationError as exc:
+        raise ManifestError([f"SendingDomain {name}: {line}" for line in format_validation_error(exc)]) from None
+    status = doc.get("status")
+    return DomainDocument(name=name, spec=spec, status=status if isinstance(status, dict) else None)
 
 
 def decode_secret(doc: Mapping[str, Any]) -> SecretData:
@@ -97,6 +126,7 @@ def load_documents(docs: Iterable[Any], source: str = "manifest") -> RelayManife
     """Pick the SmtpRelay and the Secrets out of parsed YAML documents."""
     relays = []
     secrets: dict[str, SecretData] = {}
+    domains: list[DomainDocument] = []
     for doc in docs:
         if doc is None:
             continue
@@ -111,15 +141,20 @@ def load_documents(docs: Iterable[Any], source: str = "manifest") -> RelayManife
         elif kind == "Secret":
             secret = decode_secret(doc)
             secrets[secret.name] = secret
+        elif kind == "SendingDomain":
+            domains.append(parse_domain(doc))
     if len(relays) != 1:
         raise ManifestError([f"{source}: expected exactly one SmtpRelay document, found {len(relays)}"])
     meta = relays[0].get("metadata") or {}
     spec = parse_spec(relays[0].get("spec"))
+    included = bool(domains) or (meta.get("annotations") or {}).get(DOMAINS_ANNOTATION) == "included"
     return RelayManifest(
         name=str(meta.get("name", "relay")),
         namespace=str(meta.get("namespace", "default")),
         spec=spec,
         secrets=secrets,
+        domains=domains,
+        domains_included=included,
     )
 
 

@@ -8,10 +8,12 @@ Secrets by swapping a symlink, which an mtime check on the file alone can miss.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtp_relay.config.domains import resolve_domains
 from smtp_relay.config.manifest import load_file, load_mounted_secrets
 from smtp_relay.config.resolved import RelayConfig, resolve
 
@@ -29,7 +31,12 @@ class ConfigSource:
         secrets = dict(manifest.secrets)
         if self.secrets_dir is not None:
             secrets.update(load_mounted_secrets(self.secrets_dir))
-        return resolve(manifest.name, manifest.namespace, manifest.spec, secrets)
+        config = resolve(manifest.name, manifest.namespace, manifest.spec, secrets)
+        # Known when the file holds the domains: a local file always does (none means none); in a pod, only
+        # once the operator rendered them (until then senders needing verification are deferred, not refused).
+        if manifest.domains_included or self.secrets_dir is None:
+            config = dataclasses.replace(config, sending_domains=resolve_domains(manifest.domains, secrets))
+        return config
 
     def fingerprint(self) -> str:
         """A digest of every input file; changes whenever a reload could change something."""

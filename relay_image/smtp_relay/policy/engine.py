@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import dns.asyncresolver
 
+from smtp_relay.config.domains import SendingDomains
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import SmtpRelaySpec
 from smtp_relay.model.envelope import Envelope
@@ -73,8 +74,8 @@ class PolicyEngine:
         self.lookups = Lookups(resolver, clock)
         self.connections = ConnectionLimiter()
         self.auth_throttle = auth_throttle or AuthThrottle(clock=clock)
-        self.verified_domains: Collection[str] | None = None
-        """Domains with a verified SendingDomain (set by the operator side); None: not known yet."""
+        self.sending_domains: SendingDomains | None = None
+        """The relay's SendingDomains (from its config, on every reload); None: not known yet."""
         self._apply(config, scanners)
 
     @property
@@ -84,6 +85,8 @@ class PolicyEngine:
     def _apply(self, config: RelayConfig | SmtpRelaySpec, scanners: Scanners | None) -> None:
         """Settings, scanner clients and chains of a config; counters survive unless the limits changed."""
         self.spec = spec = config.spec if isinstance(config, RelayConfig) else config
+        if isinstance(config, RelayConfig):
+            self.sending_domains = config.sending_domains
         self.policy = policy = spec.policy
         self.audit = policy.mode == "audit"
         self.trusted: NetworkList = parse_networks(spec.clients.allowed_networks)
@@ -101,7 +104,7 @@ class PolicyEngine:
             "connect", [connect.connection_limit(self.connections, self.trusted, spec.clients)], accounting, sync=True
         )
         mail_checks = [
-            mail.sender_verified(spec.senders.require_verified_domain, self._verified),
+            mail.sender_verified(spec.senders.require_verified_domain, self._sending_domains),
             mail.rate_limits(self.rate_limiter),
         ]
         if policy.ip_authority.spf != "off":
@@ -122,8 +125,8 @@ class PolicyEngine:
             compose_headers=self._compose_headers,
         )
 
-    def _verified(self) -> Collection[str] | None:
-        return self.verified_domains
+    def _sending_domains(self) -> SendingDomains | None:
+        return self.sending_domains
 
     async def update(
         self, config: RelayConfig | SmtpRelaySpec, resolver: dns.asyncresolver.Resolver | None = None

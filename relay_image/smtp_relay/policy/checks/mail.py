@@ -6,8 +6,10 @@ transaction before any recipient or data is sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import logging
+from collections.abc import Callable
 
+from smtp_relay.config.domains import SendingDomains
 from smtp_relay.model.envelope import domain_of
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.ratelimit import RateLimiter
@@ -15,25 +17,38 @@ from smtp_relay.policy.spf import SpfMode, spf_applies, spf_verdict
 from smtp_relay.policy.util import NetworkList, reply_text
 from smtp_relay.policy.verdict import SKIP, Check, Facts, Outcome, Verdict, defer, reject
 
+log = logging.getLogger(__name__)
 
-def sender_verified(required: bool, verified_domains: Callable[[], Collection[str] | None]) -> Check:
-    """With `senders.requireVerifiedDomain`: 553 5.7.1 unless the sender's domain is a verified SendingDomain.
 
-    `verified_domains` gives the current set (the operator side updates it); while it is unknown
-    (None), senders are deferred with 451 4.7.1 rather than bounced.
+def sender_verified(required: bool, sending_domains: Callable[[], SendingDomains | None]) -> Check:
+    """With `senders.requireVerifiedDomain`: 550 5.7.1 unless the sender's domain (or a parent domain) has a
+    verified SendingDomain, naming the domain and what is missing.
+
+    `sending_domains` gives the current set (from the operator's rendered config, or the local file); while it
+    is genuinely unknown (None: a pod whose config does not carry them yet), senders are deferred with 451 4.7.0
+    rather than bounced, and a log line says why.
     """
 
     def check_sender_verified(facts: Facts) -> Verdict | None:
         mail_from = facts.mail_from
         if not required or not mail_from:
             return None
-        domain = domain_of(mail_from).rstrip(".")
-        domains = verified_domains()
+        domain = domain_of(mail_from).rstrip(".").lower()
+        domains = sending_domains()
         if domains is None:
-            return defer(451, "4.7.1", "Sender domain verification status unknown, try again later", "sender_verified")
-        if domain in domains:
+            log.warning("deferring MAIL FROM %s: the relay has not yet received its verified SendingDomains", domain)
+            text = "Sender domain verification status not known yet, try again later"
+            return defer(451, "4.7.0", text, "sender_verified")
+        found = domains.for_address_domain(domain)
+        if found is not None and found.verified:
             return None
-        return reject(553, "5.7.1", f"Sender domain {reply_text(domain)} is not verified", "sender_verified")
+        if found is None:
+            why = "has no SendingDomain for this relay"
+        elif found.missing:
+            why = f"is not verified: its DNS records are not in place ({', '.join(found.missing)})"
+        else:
+            why = "is not verified: its DNS records are not in place"
+        return reject(550, "5.7.1", f"Sender domain {reply_text(domain)} {why}", "sender_verified")
 
     return Check("sender_verified", "mail", check_sender_verified)
 

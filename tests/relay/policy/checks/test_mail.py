@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smtp_relay.config.domains import SendingDomainConfig, SendingDomains
 from smtp_relay.policy.verdict import Action
 from tests.relay.policy.transactions import EngineFactory, envelope, facts, message
 
@@ -48,9 +49,20 @@ async def test_spf_is_not_asked_for_the_platforms_own_networks(make_engine: Engi
 async def test_require_verified_domain(make_engine: EngineFactory) -> None:
     engine = make_engine({"ipAuthority": {"spf": "off"}}, spec={"senders": {"requireVerifiedDomain": True}})
     unknown = await engine.on_mail(facts(mail_from="a@pass.spf.test"))
-    assert unknown.code == 451  # the SendingDomain status is not known yet: retry, do not bounce
-    engine.verified_domains = {"pass.spf.test"}
+    assert unknown.reply == "451 4.7.0 Sender domain verification status not known yet, try again later"
+    engine.sending_domains = SendingDomains(
+        {
+            "pass.spf.test": SendingDomainConfig("pass.spf.test", verified=True),
+            "pending.test": SendingDomainConfig("pending.test", verified=False, missing=("dkim", "spf")),
+        }
+    )
     assert (await engine.on_mail(facts(mail_from="a@pass.spf.test"))).action is Action.ACCEPT
+    assert (await engine.on_mail(facts(mail_from="a@mail.pass.spf.test"))).action is Action.ACCEPT  # a subdomain
     refused = await engine.on_mail(facts(mail_from="a@other.test"))
-    assert refused.reply == "553 5.7.1 Sender domain other.test is not verified"
+    assert refused.reply == "550 5.7.1 Sender domain other.test has no SendingDomain for this relay"
+    pending = await engine.on_mail(facts(mail_from="a@Pending.test"))
+    assert (
+        pending.reply
+        == "550 5.7.1 Sender domain pending.test is not verified: its DNS records are not in place (dkim, spf)"
+    )
     assert (await engine.on_mail(facts(mail_from=""))).action is Action.ACCEPT  # bounces have no domain
