@@ -16,3 +16,9 @@ def rsa_pem(index: int = 0) -> bytes:
 @functools.cache
 def ed25519_pem(index: int = 0) -> bytes:
     return generate_ed25519()
+
+
+@functools.cache
+def rsa2048_pem() -> bytes:
+    """A 2048-bit key: its record (about 410 bytes) is published as two TXT character-strings."""
+    return generate_rsa(2048)
