@@ -20,15 +20,19 @@ def _status(check: RecordCheck) -> str:
     return text if check.required else f"{text}, advisory"
 
 
+def _expected(check: RecordCheck) -> str:
+    if check.expected:
+        return check.expected
+    return "(the operator generates the key)" if check.status == "NotStarted" else "(key not known locally)"
+
+
 def text_report(domains: Mapping[str, Sequence[RecordCheck]]) -> str:
     """Per domain: a table of the records to publish and their state, then one line per record not in
     place saying what to publish; the expected values are written out in full, ready to paste."""
     blocks = []
     for domain, checks in domains.items():
         verdict = "verified" if all_verified(checks) else "NOT verified"
-        rows = [COLUMNS] + [
-            (c.purpose, c.type, c.name, _status(c), c.expected or "(key not known locally)") for c in checks
-        ]
+        rows = [COLUMNS] + [(c.purpose, c.type, c.name, _status(c), _expected(c)) for c in checks]
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
         lines = [f"SendingDomain {domain}: {verdict}"]
         for row in rows:

@@ -105,7 +105,7 @@ def _lookup_failed(record: ExpectedRecord, seen: Observation) -> RecordCheck | N
         message = f"{record.name} has no {record.type} record: {_publish(record)}"
         return _check(record, "", "Failed", "TYPE_NOT_FOUND", message)
     if seen.state == "serverError":
-        message = f"DNS did not answer for {record.name} ({seen.error}); checked again later"
+        message = f"DNS did not answer for {record.name} ({seen.error}): no verdict until it does"
         return _check(record, "", "TemporaryFailure", "DNS_SERVER_ERROR", message)
     return None
 
