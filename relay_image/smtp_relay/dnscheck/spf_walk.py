@@ -73,8 +73,11 @@ class _Walk:
                     target = str(arg).rstrip(".").lower()
                     if target == self.want or await self.reaches(target):
                         return True
-        except (spf.PermError, spf.TempError) as exc:
+        except spf.PermError as exc:
             raise _Stop(IncludeWalk(False, f"permerror in the SPF record of {name}: {exc}")) from None
+        except spf.TempError as exc:  # a macro that needs the client (%{p}): only check_host can follow it
+            why = f"the SPF record of {name} cannot be followed without a client: {exc}"
+            raise _Stop(IncludeWalk(False, why)) from None
         if redirect:
             self.count()
             return redirect == self.want or await self.reaches(redirect)

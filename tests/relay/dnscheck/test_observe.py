@@ -116,6 +116,15 @@ async def test_too_many_lookups_is_a_permerror_with_pyspfs_explanation(server: D
     assert "Too many DNS lookups" in spf.message
 
 
+async def test_egress_networks_are_evaluated_at_their_first_address(server: DnsServer) -> None:
+    egress = ["2001:db8:10::/64", "198.51.100.0/28"]
+    checks = await checks_of(spec(server, "v6.test", spf={"egressIps": egress}))
+    assert checks["spf", "TXT"].message == "SPF passes for 2001:db8:10::, 198.51.100.0"
+    assert checks["spf", "TXT"].expected == "v=spf1 ip6:2001:db8:10::/64 ip4:198.51.100.0/28 -all"
+    outside = await checks_of(spec(server, "v6.test", spf={"egressIps": ["2001:db8:11::1"]}))
+    assert "2001:db8:11::1 gets fail" in outside["spf", "TXT"].message
+
+
 async def test_a_name_without_the_record_type(server: DnsServer) -> None:
     checks = await checks_of(spec(server, "no-spf.test", spf={"include": FLEET}))
     assert state(checks["spf", "TXT"]) == ("Failed", "TYPE_NOT_FOUND")  # the apex has SOA and NS, no TXT
@@ -133,6 +142,7 @@ async def test_a_name_without_the_record_type(server: DnsServer) -> None:
         ("good.test", "Failed", f"does not reach include:{FLEET}"),
         ("toomany.test", "Failed", "permerror: more than 10 DNS lookups"),
         ("dangling.test", "Failed", "permerror: gone.fleet.test has no SPF record"),
+        ("macro.test", "Failed", "the SPF record of macro.test cannot be followed without a client"),
     ],
 )
 async def test_include_only_is_decided_by_walking_the_record(

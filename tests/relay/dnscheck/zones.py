@@ -78,5 +78,7 @@ ZONES: dict[str, list[str]] = {
     "negated.test": [_txt("@", "v=spf1 -include:_spf.fleet.test -all")],
     "after-all.test": [_txt("@", "v=spf1 -all include:_spf.fleet.test")],
     "dangling.test": [_txt("@", "v=spf1 include:gone.fleet.test include:_spf.fleet.test -all")],
+    "macro.test": [_txt("@", "v=spf1 include:%{p}._spf.fleet.test -all")],
     "no-spf.test": ["www A 127.0.0.1"],
+    "v6.test": [_txt("@", "v=spf1 ip6:2001:db8:10::/48 ip4:198.51.100.0/24 -all")],
 }
