@@ -1,4 +1,5 @@
-"""`smtp-relay`: run one relay from an SmtpRelay manifest, or only check a manifest.
+"""`smtp-relay`: run one relay from an SmtpRelay manifest, only check a manifest, or check the DNS
+records of SendingDomains (`domains`, see `smtp_relay.dnscheck.cli`).
 
 `run --workers N` (N > 1) makes this process a supervisor of N relay processes sharing the SMTP ports
 (see `smtp_relay.admin.supervisor`); the flags hidden from `--help` are how it starts them.
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="folder of mounted Secrets as <secret>/<key> files (in a pod)",
         )
+    domains = commands.add_parser(
+        "domains", help="check the DNS records of SendingDomains (DKIM, SPF, DMARC, return path) and print them"
+    )
+    from smtp_relay.dnscheck.cli import add_arguments as add_domains_arguments
+
+    add_domains_arguments(domains)
     run.add_argument("--spool", type=Path, default=Path("var/spool"), help="spool folder (default var/spool)")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--http-port", type=int, default=9025, help="metrics/health/drain port (default 9025)")
@@ -103,6 +110,10 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "domains":
+        from smtp_relay.dnscheck.cli import run as run_domains
+
+        return run_domains(args)
     source = ConfigSource(manifest=args.file, secrets_dir=args.secrets_dir)
     if args.command == "check":
         try:
