@@ -79,5 +79,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         elif action == "status":
             await rec.refresh_status(kube, namespace, name, statefulset=body)
 
+    async def cancel_pending(**_: Any) -> None:
+        """At shutdown: reconciles still waiting out their delay are dropped (each relay resumes on start)."""
+        for task in list(pending.values()):
+            task.cancel()
+        pending.clear()
+
     for group, version, plural in watched_resources(settings):
         kopf.on.event(group, version, plural, registry=registry, labels=MANAGED)(child_event)
+    kopf.on.cleanup(registry=registry, id="cancel_pending_heals")(cancel_pending)

@@ -21,6 +21,7 @@ from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, controlle
 from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
+from relay_operator.relays.render.domains import RelayDomain, dkim_secret_name, key_secret_names, relay_domains
 from relay_operator.relays.status import compute_status, status_changed
 from relay_operator.relays.validation import Problem, parse_or_problems, secret_problems, spec_problems
 from relay_operator.settings import Settings
@@ -205,8 +206,10 @@ async def reconcile(
         )
         return result
     statefulset: dict[str, Any] | None = None
-    children = build_children(owner, spec, settings)
+    domains = await _observe_domains(kube, owner)  # one list; a relay may be created after its domains
+    children = build_children(owner, spec, settings, domains)
     applied = await _apply_children(kube, children, events, create_first=fresh)
+    await _drop_stale_keys(kube, owner, children, applied)
     for key, outcome, body_applied in applied.done:
         result.outcomes[key] = outcome
         if key.startswith("StatefulSet/"):
@@ -222,6 +225,24 @@ async def reconcile(
         kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch
     )
     return result
+
+
+async def _observe_domains(kube: Kube, owner: Owner) -> list[RelayDomain]:
+    """The SendingDomains naming this relay, with the Secrets of their active keys."""
+    domains = await kube.list("SendingDomain", owner.namespace)
+    secrets = {name: await kube.get("Secret", owner.namespace, name) for name in key_secret_names(domains, owner.name)}
+    return relay_domains(owner, domains, secrets)
+
+
+async def _drop_stale_keys(kube: Kube, owner: Owner, children: Sequence[Manifest], applied: _Applied) -> None:
+    """A merge patch only adds keys: the keys of a domain that went (or rotated) are removed explicitly."""
+    name = dkim_secret_name(owner)
+    wanted = next(c.get("data") or {} for c in children if c["metadata"]["name"] == name and c["kind"] == "Secret")
+    for key, _outcome, stored in applied.done:
+        if key == f"Secret/{name}":
+            stale = [k for k in stored.get("data") or {} if k not in wanted]
+            if stale:
+                await kube.patch("Secret", owner.namespace, name, {"data": dict.fromkeys(stale)})
 
 
 OPTIONAL_CHILDREN = ("NetworkPolicy", "ServiceMonitor")

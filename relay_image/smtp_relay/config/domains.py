@@ -81,15 +81,18 @@ def _keys(doc: DomainDocument, secrets: Mapping[str, SecretData]) -> tuple[DkimK
     if not selector or not secret_name:
         return ()
     where = f"SendingDomain {doc.name}: {field_path}"
+    # The operator copies each domain's keys into the relay's one Secret under per-domain file names.
+    key_file = str(dkim.get("keyFile") or KEY_FILE)
+    ed_file = str(dkim.get("ed25519KeyFile") or ED25519_KEY_FILE)
     secret = secrets.get(str(secret_name))
-    if secret is None or KEY_FILE not in secret.data:
-        raise ManifestError([f"{where}: Secret {secret_name!r} with key {KEY_FILE} not found"])
-    pem = secret.data[KEY_FILE]
-    keys = [DkimKey(str(selector), _algorithm(pem, f"{where} ({KEY_FILE})"), pem)]
-    if ED25519_KEY_FILE in secret.data:
-        ed_pem = secret.data[ED25519_KEY_FILE]
+    if secret is None or key_file not in secret.data:
+        raise ManifestError([f"{where}: Secret {secret_name!r} with key {key_file} not found"])
+    pem = secret.data[key_file]
+    keys = [DkimKey(str(selector), _algorithm(pem, f"{where} ({key_file})"), pem)]
+    if ed_file in secret.data:
+        ed_pem = secret.data[ed_file]
         ed_selector = str(dkim.get("ed25519Selector") or f"{selector}-ed")
-        keys.append(DkimKey(ed_selector, _algorithm(ed_pem, f"{where} ({ED25519_KEY_FILE})"), ed_pem))
+        keys.append(DkimKey(ed_selector, _algorithm(ed_pem, f"{where} ({ed_file})"), ed_pem))
     return tuple(keys)
 
 

@@ -91,6 +91,26 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
         listeners = [*relay["spec"]["listeners"], {"name": "alt", "port": 2526}]
         ok(admin, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
         wait_for(lambda: 2526 in [x["port"] for x in ok(admin, "GET", p["Service"])["spec"]["ports"]])
+        # a SendingDomain naming the relay: its active key is copied into the relay's dkim-keys Secret, and
+        # removed again when the domain goes (here a spec change makes the relay reconcile)
+        key = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ex-dkim-s1"},
+            "data": {"private.pem": "a2V5"},
+        }
+        ok(admin, "POST", f"/api/v1/namespaces/{ns}/secrets", key)
+        domain = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SendingDomain", "metadata": {"name": "ex"},
+                  "spec": {"domain": "example.test", "relays": ["audited"]}}  # fmt: skip
+        ok(admin, "POST", f"{GROUP}/namespaces/{ns}/sendingdomains", domain)
+        status = {"verifiedForSending": True, "dkim": {"activeSelector": "s1", "secretName": "ex-dkim-s1"}}
+        ok(admin, "PATCH", f"{GROUP}/namespaces/{ns}/sendingdomains/ex/status", {"status": status}, MERGE)
+        keys = f"/api/v1/namespaces/{ns}/secrets/audited-dkim-keys"
+        ok(admin, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 7}}}, MERGE)
+        wait_for(lambda: (ok(admin, "GET", keys).get("data") or {}) == {"ex.private.pem": "a2V5"})
+        ok(admin, "DELETE", f"{GROUP}/namespaces/{ns}/sendingdomains/ex")
+        ok(admin, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 8}}}, MERGE)
+        wait_for(lambda: not ok(admin, "GET", keys).get("data"))
         # hand edits are put back (the PDB and ServiceMonitor are otherwise never patched)
         for kind in ("PodDisruptionBudget", "ServiceMonitor"):
             ok(admin, "PATCH", p[kind], {"metadata": {"labels": {"app.kubernetes.io/instance": "x"}}}, MERGE)

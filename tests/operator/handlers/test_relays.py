@@ -20,6 +20,7 @@ def test_handler_ids_and_triggers() -> None:
         "configure": "startup",
         "login": "authentication",
         "close_clients": "cleanup",
+        "cancel_pending_heals": "cleanup",
     }
     changing = {(h.id, h.reason, h.initial) for h in registry._changing.get_all_handlers()}
     assert changing == {

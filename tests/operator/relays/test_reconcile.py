@@ -136,8 +136,9 @@ async def test_reconcile_creates_children_then_changes_nothing() -> None:
     kube, events = MemoryKube(), Events()
     body = await stored_relay(kube, {})
     result = await rec.reconcile(body, kube, Settings(), events)
-    assert sorted(result.outcomes.values()) == ["created"] * 6
+    assert sorted(result.outcomes.values()) == ["created"] * 7
     assert result.outcomes["Secret/outbound-admin-token"] == "created"
+    assert result.outcomes["Secret/outbound-dkim-keys"] == "created"
     assert ("Normal", "Created", "StatefulSet/outbound created") in events.seen
     token_path = "/api/v1/namespaces/mail/secrets/outbound-admin-token"
     token = kube.objects[token_path]["data"]["token"]
@@ -159,8 +160,10 @@ async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_t
     body = await stored_relay(kube, {})
     kube.log.clear()
     result = await rec.reconcile(body, kube, Settings(), events, fresh=True, write_status_patch=False)
-    assert sorted(result.outcomes.values()) == ["created"] * 6
-    assert [method for method, _ in kube.log] == ["POST"] * 6, "no GET before the creates, no status PATCH"
+    assert sorted(result.outcomes.values()) == ["created"] * 7
+    # one list of the namespace's SendingDomains (a relay may come after its domains), then only creates
+    assert sorted(m for m, _ in kube.log) == ["GET"] + ["POST"] * 7, "no GET before the creates, no status PATCH"
+    assert next(path for method, path in kube.log if method == "GET").endswith("/sendingdomains")
     config = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/configmaps"))
     sts = next(i for i, (_, path) in enumerate(kube.log) if path.endswith("/statefulsets"))
     assert config < sts, "the ConfigMap is created before the StatefulSet"
@@ -172,8 +175,8 @@ async def test_fresh_relay_creates_without_reading_and_can_leave_the_status_to_t
     kube.log.clear()
     again = await rec.reconcile(body, kube, Settings(), events, fresh=True)
     assert set(again.outcomes.values()) == {"unchanged"}
-    # six GETs: each existing child is read and compared, the admin-token Secret to check it is ours
-    assert sorted(method for method, _ in kube.log) == ["GET"] * 6 + ["PATCH"] + ["POST"] * 6
+    # eight GETs: the domains' list, each existing child read and compared, the admin-token Secret checked ours
+    assert sorted(method for method, _ in kube.log) == ["GET"] * 8 + ["PATCH"] + ["POST"] * 7
 
 
 async def test_spec_change_patches_only_what_changed_and_keeps_foreign_edits() -> None:

@@ -25,12 +25,15 @@ from relay_operator.relays.render.common import (
     selector_labels,
     volume_name,
 )
+from relay_operator.relays.render.domains import dkim_secret_name
 from relay_operator.settings import Settings
 from smtp_relay.config.secret_refs import secret_refs
 from smtp_relay.config.spec import SmtpRelaySpec
 
 CONFIG_DIR = "/etc/relay"
 SECRETS_DIR = "/etc/relay/secrets"
+DKIM_VOLUME = "dkim-keys"
+"""The relay's `<relay>-dkim-keys` Secret, always mounted (possibly empty): domains come and go without a restart."""
 SPOOL_DIR = "/var/spool/relay"
 RUN_AS = 65532
 RELAY_COMMAND = [
@@ -69,7 +72,7 @@ def restart_checksum(spec: SmtpRelaySpec) -> str:
     )
 
 
-def _container(spec: SmtpRelaySpec, settings: Settings) -> dict[str, Any]:
+def _container(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "spool", "mountPath": SPOOL_DIR},
@@ -80,6 +83,7 @@ def _container(spec: SmtpRelaySpec, settings: Settings) -> dict[str, Any]:
         {"name": volume_name("secret", s), "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True}
         for s in referenced_secrets(spec)
     ]
+    mounts.append({"name": DKIM_VOLUME, "mountPath": f"{SECRETS_DIR}/{dkim_secret_name(owner)}", "readOnly": True})
     ports = [{"name": lst.name, "containerPort": lst.port, "protocol": "TCP"} for lst in spec.listeners]
     ports.append({"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
@@ -128,6 +132,7 @@ def _volumes(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
         {"name": volume_name("secret", s), "secret": {"secretName": s, "defaultMode": 0o440}}
         for s in referenced_secrets(spec)
     ]
+    volumes.append({"name": DKIM_VOLUME, "secret": {"secretName": dkim_secret_name(owner), "defaultMode": 0o440}})
     return volumes
 
 
@@ -159,7 +164,7 @@ def build_statefulset(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> 
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": pod_security,
-        "containers": [_container(spec, settings)],
+        "containers": [_container(owner, spec, settings)],
         "volumes": _volumes(owner, spec),
     }
     statefulset_spec: dict[str, Any] = {

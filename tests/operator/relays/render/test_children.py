@@ -13,8 +13,8 @@ from tests.operator.relays.render.specs import FULL, LABELS, OWNER
 def test_every_child_is_owned_and_labelled(settings: Settings) -> None:
     children = build_children(OWNER, FULL, settings)
     kinds = [c["kind"] for c in children]
-    assert kinds[:5] == ["ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget"]
-    assert len(children) == (7 if settings.service_monitor else 5)
+    assert kinds[:6] == ["ConfigMap", "Secret", "Service", "Service", "StatefulSet", "PodDisruptionBudget"]
+    assert len(children) == (8 if settings.service_monitor else 6)
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == "mail"
