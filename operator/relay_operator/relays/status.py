@@ -20,6 +20,7 @@ from smtp_relay.config.spec import SmtpRelaySpec
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+SPOOL_PERSISTENT = "SpoolPersistent"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ def _progress(statefulset: Mapping[str, Any] | None, desired: int) -> tuple[bool
     return False, "Stable", f"{desired} pods up to date"
 
 
+def _spool_condition(spec: SmtpRelaySpec, gen: int, old: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """A warning that stays visible while the spool is ephemeral: a lost pod loses its queued mail."""
+    if spec.queue.ephemeral:
+        text = "spec.queue.ephemeral: true keeps each pod's queue in an emptyDir: a pod that is lost loses its mail"
+        return condition(SPOOL_PERSISTENT, False, "EphemeralSpool", text, gen, old, now)
+    text = f"each pod's queue is on its own PersistentVolumeClaim ({spec.queue.storage})"
+    return condition(SPOOL_PERSISTENT, True, "PersistentVolumeClaim", text, gen, old, now)
+
+
 def compute_status(
     owner: Owner,
     spec: SmtpRelaySpec | None,
@@ -128,6 +138,9 @@ def compute_status(
         ready_condition = condition(READY, False, "NoReplicasReady", f"0 of {desired} pods ready", gen,
                                     old_conditions, now)  # fmt: skip
 
+    conditions = [ready_condition, progressing, degraded]
+    if spec is not None:
+        conditions.append(_spool_condition(spec, gen, old_conditions, now))
     if problems:
         phase = DEGRADED
     elif ready_condition["status"] == "True" and not moving:
@@ -141,7 +154,7 @@ def compute_status(
         "readyReplicas": ready,
         "selector": selector_string(owner),
         "phase": phase,
-        "conditions": [ready_condition, progressing, degraded],
+        "conditions": conditions,
         "queueDepth": metrics.queue_depth if metrics is not None else None,
     }
     if spec is not None:

@@ -345,8 +345,13 @@ class RetrySpec(SpecModel):
 class QueueSpec(SpecModel):
     """Spool storage and retries."""
 
-    storage: Quantity | None = None
-    """Size of the spool PersistentVolumeClaim per pod; omit for emptyDir (mail is lost with the pod!)."""
+    storage: Quantity = "1Gi"
+    """Size of the spool PersistentVolumeClaim of each pod: the queue survives restarts, rollouts and
+    rescheduling, and a 250 is never lost with a pod."""
+    ephemeral: bool = False
+    """Keep the spool in an emptyDir instead of a PersistentVolumeClaim: a pod that is lost (node failure,
+    eviction, deletion) loses the mail it had queued. For throwaway test fleets; the SmtpRelay then reports
+    condition SpoolPersistent False."""
     storage_class_name: str = ""
     """StorageClass of the spool PVC; empty uses the cluster default."""
     retry: RetrySpec = RetrySpec()

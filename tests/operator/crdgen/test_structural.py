@@ -60,7 +60,9 @@ def test_spec_details_carry_over() -> None:
     size = props["policy"]["properties"]["maxMessageSize"]
     assert size["x-kubernetes-int-or-string"] is True and size["default"] == "25Mi"
     assert props["resources"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert "storage" not in props["queue"]["default"]  # null defaults are dropped
+    assert props["queue"]["default"]["storage"] == "1Gi"  # a persistent spool unless asked otherwise
+    routing_defaults = props["routing"]["default"]["default"]
+    assert "smarthosts" not in routing_defaults and "mx" not in routing_defaults  # null defaults are dropped
     assert props["tls"]["type"] == "object"  # Optional without anyOf
     routing_default = props["routing"]["properties"]["default"]
     assert routing_default["x-kubernetes-validations"][0]["message"].startswith("exactly one of")

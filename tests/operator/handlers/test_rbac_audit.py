@@ -78,7 +78,7 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
         "spec": {
             "listeners": [{"name": "relay", "port": 2525}, {"name": "sub", "port": 587, "auth": "required"}],
             "clients": {"users": {"secretName": "users"}},
-            "queue": {"deleteClaimsOnDelete": True},
+            "queue": {"ephemeral": True, "deleteClaimsOnDelete": True},
         },
     }
     p = paths(ns, "audited")
@@ -118,7 +118,7 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
                 lambda k=kind: ok(admin, "GET", p[k])["metadata"]["labels"]["app.kubernetes.io/instance"] == "audited"
             )
         # spool storage switched on: the StatefulSet's volumeClaimTemplates cannot change, so it is recreated
-        ok(admin, "PATCH", p["relay"], {"spec": {"queue": {"storage": "1Gi"}}}, MERGE)
+        ok(admin, "PATCH", p["relay"], {"spec": {"queue": {"ephemeral": False}}}, MERGE)
         wait_for(lambda: ((get(admin, p["StatefulSet"]) or {}).get("spec") or {}).get("volumeClaimTemplates"))
         claims = f"/api/v1/namespaces/{ns}/persistentvolumeclaims"
         wait_for(

@@ -201,7 +201,7 @@ async def test_spec_change_patches_only_what_changed_and_keeps_foreign_edits() -
 
 async def test_enabling_storage_recreates_the_statefulset() -> None:
     kube, events = MemoryKube(), Events()
-    body = await stored_relay(kube, {})
+    body = await stored_relay(kube, {"queue": {"ephemeral": True}})
     await rec.reconcile(body, kube, Settings(), events)
     body["spec"] = {"queue": {"storage": "1Gi"}}
     result = await rec.reconcile(body, kube, Settings(), events)

@@ -124,3 +124,14 @@ def test_status_changed_detects_only_real_changes() -> None:
 
 def test_ports_summary() -> None:
     assert ports_summary(parse_spec({})) == "2525"
+
+
+def test_an_ephemeral_spool_is_a_standing_warning() -> None:
+    persistent = conditions(compute_status(OWNER, SPEC, sts(3, 3), None, T0))["SpoolPersistent"]
+    assert (persistent["status"], persistent["reason"]) == ("True", "PersistentVolumeClaim")
+    ephemeral_spec = parse_spec({**SPEC.model_dump(by_alias=True), "queue": {"ephemeral": True}})
+    status = compute_status(OWNER, ephemeral_spec, sts(3, 3), None, T0)
+    warning = conditions(status)["SpoolPersistent"]
+    assert (warning["status"], warning["reason"]) == ("False", "EphemeralSpool")
+    assert "spec.queue.ephemeral" in warning["message"] and "loses its mail" in warning["message"]
+    assert status["phase"] == "Ready", "a warning, not a failure: the fleet serves"

@@ -1,6 +1,6 @@
 """The relay pods: one StatefulSet per SmtpRelay.
 
-A StatefulSet, not a Deployment, because each pod owns its spool: with `queue.storage` every pod gets
+A StatefulSet, not a Deployment, because each pod owns its spool: by default every pod gets
 its own PersistentVolumeClaim back after a restart, so queued mail survives. The pod template changes
 (and so rolls the pods) only for what hot reload cannot apply: listener ports and TLS modes, the
 image, mounts. Policy and routes reach running pods through the ConfigMap.
@@ -126,7 +126,7 @@ def _volumes(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         {"name": "admin-token", "secret": {"secretName": admin_token_secret_name(owner), "defaultMode": 0o440}},
     ]
-    if spec.queue.storage is None:
+    if spec.queue.ephemeral:
         volumes.append({"name": "spool", "emptyDir": {}})
     volumes += [
         {"name": volume_name("secret", s), "secret": {"secretName": s, "defaultMode": 0o440}}
@@ -137,7 +137,7 @@ def _volumes(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
 
 
 def _claim_templates(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
-    if spec.queue.storage is None:
+    if spec.queue.ephemeral:
         return []
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],

@@ -96,14 +96,16 @@ def test_the_admin_token_secret_is_mounted_where_the_relay_reads_it() -> None:
     assert token_file == f"{mount['mountPath']}/token"
 
 
-def test_spool_is_a_claim_template_with_storage_else_an_empty_dir() -> None:
+def test_spool_is_a_claim_template_unless_explicitly_ephemeral() -> None:
     with_claim = build_statefulset(OWNER, FULL, SETTINGS)
     (claim,) = with_claim["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "spool"
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert claim["spec"]["storageClassName"] == "fast"
     assert "spool" not in {v["name"] for v in pod(with_claim)["volumes"]}
-    without = build_statefulset(OWNER, MINIMAL, SETTINGS)
+    (default,) = build_statefulset(OWNER, MINIMAL, SETTINGS)["spec"]["volumeClaimTemplates"]
+    assert default["spec"]["resources"]["requests"]["storage"] == "1Gi", "persistent by default"
+    without = build_statefulset(OWNER, parse_spec({"queue": {"ephemeral": True}}), SETTINGS)
     assert "volumeClaimTemplates" not in without["spec"]
     assert {"name": "spool", "emptyDir": {}} in pod(without)["volumes"]
 
