@@ -242,3 +242,10 @@ def status_changed(patch: Mapping[str, Any], current: Mapping[str, Any] | None) 
         elif current.get(key) != value:
             return True
     return False
+
+
+def check_due(status: Mapping[str, Any] | None, now: datetime, slack: float) -> bool:
+    """Whether the recheck timer should check now: nextCheck reached (within `slack` seconds, so a timer tick
+    that fires a moment early does not postpone the check by a whole interval), or never checked."""
+    upcoming = parse_time((status or {}).get("nextCheck"))
+    return upcoming is None or now >= upcoming - timedelta(seconds=slack)
