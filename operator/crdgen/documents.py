@@ -78,27 +78,74 @@ SMTPRELAY_STATUS: Schema = {
     },
 }
 
+
+def _time(description: str) -> Schema:
+    return {"type": "string", "format": "date-time", "description": description}
+
+
+def _enum(description: str, values: list[str]) -> Schema:
+    return {"type": "string", "description": description, "enum": values}
+
+
+_RECORD: Schema = {
+    "type": "object",
+    "description": "One DNS record check.",
+    "required": ["purpose", "type", "name", "status"],
+    "properties": {
+        "purpose": _enum("What the record is for.", ["dkim", "spf", "dmarc", "returnPath"]),
+        "type": _enum("The DNS record type.", ["TXT", "MX"]),
+        "name": _string("The owner name of the record, without the trailing dot."),
+        "expected": _string("The value to publish (empty for a key not readable by the operator)."),
+        "observed": _string("What DNS holds there (several records joined by ' | ')."),
+        "status": _enum(
+            "The verdict on the record.", ["Success", "Pending", "Failed", "TemporaryFailure", "NotStarted"]
+        ),
+        "errorType": _enum(
+            "Why it is not Success.", ["HOST_NOT_FOUND", "TYPE_NOT_FOUND", "INVALID_VALUE", "DNS_SERVER_ERROR"]
+        ),
+        "message": _string("What is wrong and what to publish."),
+        "required": {"type": "boolean", "description": "The domain is verified only with this record in place."},
+        "lastChecked": _time("When the record was last looked up."),
+        "lastSuccess": _time("Since when the record has been in place (its last success when it is not)."),
+    },
+}
+
+_DKIM: Schema = {
+    "type": "object",
+    "description": "DKIM keys: active, pending and revoked selectors, rotation state.",
+    "properties": {
+        "activeSelector": _string("The selector the relays sign with."),
+        "pendingSelector": _string("A new key's selector, waiting for its record in DNS before it signs."),
+        "revokedSelector": _string("The previous key's selector: no longer signs, its record stays published."),
+        "keyBits": _integer("RSA key size of the active (or first pending) key."),
+        "secretName": _string("The Secret of the active key (private.pem, ed25519.pem), mounted by the relays."),
+        "ed25519Selector": _string("The selector of the active Ed25519 key (RFC 8463), signed alongside RSA."),
+        "activatedAt": _time("When the active key started signing."),
+        "revokedAt": _time("When the revoked key stopped signing."),
+        "safeToRemoveRevoked": {
+            "type": "boolean",
+            "description": "No queued message can still need the revoked key: its record may be removed.",
+        },
+        "rotateRequest": _string("The relayfleet.io/rotate-dkim annotation value the last rotation answered."),
+    },
+}
+
 SENDINGDOMAIN_STATUS: Schema = {
     "type": "object",
     "description": "Observed state of the domain's DNS records and keys, written by the operator.",
     "properties": {
         "observedGeneration": _integer("metadata.generation last reconciled."),
         "verifiedForSending": {"type": "boolean", "description": "All required records are in place."},
+        "lastVerified": _time("The last check that found every required record in place."),
+        "lastChecked": _time("When the records were last checked."),
+        "nextCheck": _time("When they are checked next (later while DNS does not answer)."),
         "conditions": _condition_schema(),
         "records": {
             "type": "array",
             "description": "Each DNS record the domain needs: expected and observed value, status.",
-            "items": {
-                "type": "object",
-                "description": "One DNS record check.",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
+            "items": _RECORD,
         },
-        "dkim": {
-            "type": "object",
-            "description": "DKIM keys: active, pending and revoked selectors, rotation state.",
-            "x-kubernetes-preserve-unknown-fields": True,
-        },
+        "dkim": _DKIM,
     },
 }
 

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from smtp_relay.config.fields import split_nameserver
+
 
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
@@ -62,6 +64,18 @@ class Settings:
     """RELAYFLEET_MONITORING_NAMESPACES: namespace labels (`k=v,k=v`) of the monitoring stack, admitted to
     the admin port by the NetworkPolicy (Prometheus scrapes /metrics there)."""
 
+    dns_nameservers: str = ""
+    """RELAYFLEET_DNS_NAMESERVERS: the resolver of every SendingDomain's DNS checks without spec.dns.nameservers,
+    comma-separated host[:port]; empty uses the system resolver."""
+
+    domain_recheck_seconds: float = 300.0
+    """RELAYFLEET_DOMAIN_RECHECK_SECONDS: how often each SendingDomain's records are checked again (doubled, up to
+    an hour, while DNS does not answer)."""
+
+    dns_outage_grace_seconds: float = 86400.0
+    """RELAYFLEET_DNS_OUTAGE_GRACE_SECONDS: how long a verified domain stays verified while DNS does not answer
+    (TemporaryFailure) after its last full success: an outage of the resolver must not stop the mail."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from RELAYFLEET_* variables; unset or empty ones keep their defaults."""
@@ -90,4 +104,17 @@ class Settings:
                 raise ValueError(f"RELAYFLEET_{name.upper()}: {exc}") from None
         if settings.resync_seconds <= 0 or settings.termination_grace_seconds < 0:
             raise ValueError("RELAYFLEET_RESYNC_SECONDS must be > 0 and RELAYFLEET_TERMINATION_GRACE_SECONDS >= 0")
+        if settings.domain_recheck_seconds <= 0 or settings.dns_outage_grace_seconds < 0:
+            raise ValueError(
+                "RELAYFLEET_DOMAIN_RECHECK_SECONDS must be > 0 and RELAYFLEET_DNS_OUTAGE_GRACE_SECONDS >= 0"
+            )
+        for item in settings.nameservers():
+            try:
+                split_nameserver(item)
+            except ValueError:
+                raise ValueError(f"RELAYFLEET_DNS_NAMESERVERS: {item!r} is not an IP address[:port]") from None
         return settings
+
+    def nameservers(self) -> list[str]:
+        """dns_nameservers as the list `DnsSpec.nameservers` takes."""
+        return [item.strip() for item in self.dns_nameservers.split(",") if item.strip()]

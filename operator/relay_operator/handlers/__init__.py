@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import kopf
 
-from relay_operator.handlers import children, relays, wiring
+from relay_operator.handlers import children, domains, relays, wiring
 from relay_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -23,6 +23,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     wiring.register(registry, children.watched_resources(settings))
     relays.register(registry, settings)
     children.register(registry, settings)
+    domains.register(registry, settings)
 
 
 register(kopf.get_default_registry(), SETTINGS)

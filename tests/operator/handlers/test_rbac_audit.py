@@ -4,12 +4,15 @@ the operator runs as the chart's ServiceAccount, is compared with the rendered c
 A request no rule allows is a missing grant (the operator would get 403 in a cluster); a rule entry no request
 used is an unused grant (least privilege). The scenario exercises every code path that talks to the API:
 create, spec change, drift healing, an immutable-field recreate, pruning of optional children after the
-settings change, deletion with spool claims, events; kopf's own watches, annotations and finalizers.
+settings change, deletion with spool claims, events; kopf's own watches, annotations and finalizers; a
+SendingDomain's key generated, rotated and its revoked key's Secret deleted, and a brought key read.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,9 @@ from crdgen.documents import sendingdomain_crd, smtprelay_crd
 from relay_operator.settings import Settings
 from tests.harness.waiting import wait_for
 from tests.kube.audit import bound_rules, rbac_diff
+from tests.operator.domains.dns import DOMAIN, EGRESS, expected, reload, zone
 from tests.operator.handlers.test_e2e import GROUP, MERGE, EmulatorApi, Operator, get, ok, paths
+from tests.peers.dns import DnsServer, ZoneSpec
 from tests.peers.kube import KubeApi
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -67,7 +72,44 @@ def install_rbac(admin: EmulatorApi, docs: list[dict[str, Any]]) -> str:
     return next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
 
 
-def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
+def domain_scenario(admin: EmulatorApi, server: DnsServer) -> None:
+    """A SendingDomain through its whole rotation (the audited relay's queue.retry.maxAge is 1s), then deleted."""
+    ns, sd = "default", f"{GROUP}/namespaces/default/sendingdomains/audited"
+    body = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SendingDomain", "metadata": {"name": "audited"},
+            "spec": {"domain": DOMAIN, "relays": ["audited"], "spf": {"egressIps": [EGRESS]},
+                     "dns": {"nameservers": [server.nameserver()]}}}  # fmt: skip
+
+    def dkim() -> dict[str, Any]:
+        return dict(((get(admin, sd) or {}).get("status") or {}).get("dkim") or {})
+
+    def annotate(key: str, value: str) -> None:
+        ok(admin, "PATCH", sd, {"metadata": {"annotations": {f"relayfleet.io/{key}": value}}}, MERGE)
+
+    ok(admin, "POST", f"{GROUP}/namespaces/{ns}/sendingdomains", body)
+    first = wait_for(lambda: dkim().get("pendingSelector"))
+    published = {first: expected(ok(admin, "GET", sd)["status"], first)}
+    reload(server, zone(published))
+    annotate("recheck", "1")
+    wait_for(lambda: dkim().get("activeSelector") == first)
+    # the relay it names gets the active key in its one dkim-keys Secret (created, then patched)...
+    keys = f"/api/v1/namespaces/{ns}/secrets/audited-dkim-keys"
+    wait_for(lambda: list((get(admin, keys) or {}).get("data") or {}) == ["audited.private.pem"])
+    annotate("rotate-dkim", "1")
+    second = wait_for(lambda: dkim().get("pendingSelector"))
+    published[second] = expected(ok(admin, "GET", sd)["status"], second)
+    reload(server, zone(published))
+    annotate("recheck", "2")
+    wait_for(lambda: dkim().get("revokedSelector") == first)
+    time.sleep(1.1)  # the relay's queue.retry.maxAge
+    annotate("recheck", "3")
+    wait_for(lambda: dkim().get("safeToRemoveRevoked") is True)
+    assert get(admin, f"/api/v1/namespaces/{ns}/secrets/audited-dkim-{first}") is None
+    ok(admin, "DELETE", sd)
+    wait_for(lambda: get(admin, sd) is None)
+    wait_for(lambda: not (get(admin, keys) or {}).get("data"))  # ...and loses it with the domain
+
+
+def scenario(admin: EmulatorApi, operator_api: EmulatorApi, server: DnsServer) -> None:
     ns = "default"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "users"}, "stringData": {"app": "pw"}}
     ok(admin, "POST", f"/api/v1/namespaces/{ns}/secrets", secret)
@@ -78,7 +120,7 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
         "spec": {
             "listeners": [{"name": "relay", "port": 2525}, {"name": "sub", "port": 587, "auth": "required"}],
             "clients": {"users": {"secretName": "users"}},
-            "queue": {"ephemeral": True, "deleteClaimsOnDelete": True},
+            "queue": {"ephemeral": True, "deleteClaimsOnDelete": True, "retry": {"maxAge": "1s"}},
         },
     }
     p = paths(ns, "audited")
@@ -87,30 +129,11 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
     with Operator(operator_api, ns, Settings(network_policy=True, service_monitor=True, termination_grace_seconds=30)):
         ok(admin, "POST", f"{GROUP}/namespaces/{ns}/smtprelays", relay)
         wait_for(lambda: all(get(admin, path) for path in p.values()))
+        domain_scenario(admin, server)
         # a spec change patches the ConfigMap, the Services, the StatefulSet and the NetworkPolicy
         listeners = [*relay["spec"]["listeners"], {"name": "alt", "port": 2526}]
         ok(admin, "PATCH", p["relay"], {"spec": {"listeners": listeners}}, MERGE)
         wait_for(lambda: 2526 in [x["port"] for x in ok(admin, "GET", p["Service"])["spec"]["ports"]])
-        # a SendingDomain naming the relay: its active key is copied into the relay's dkim-keys Secret, and
-        # removed again when the domain goes (here a spec change makes the relay reconcile)
-        key = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "ex-dkim-s1"},
-            "data": {"private.pem": "a2V5"},
-        }
-        ok(admin, "POST", f"/api/v1/namespaces/{ns}/secrets", key)
-        domain = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SendingDomain", "metadata": {"name": "ex"},
-                  "spec": {"domain": "example.test", "relays": ["audited"]}}  # fmt: skip
-        ok(admin, "POST", f"{GROUP}/namespaces/{ns}/sendingdomains", domain)
-        status = {"verifiedForSending": True, "dkim": {"activeSelector": "s1", "secretName": "ex-dkim-s1"}}
-        ok(admin, "PATCH", f"{GROUP}/namespaces/{ns}/sendingdomains/ex/status", {"status": status}, MERGE)
-        keys = f"/api/v1/namespaces/{ns}/secrets/audited-dkim-keys"
-        ok(admin, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 7}}}, MERGE)
-        wait_for(lambda: (ok(admin, "GET", keys).get("data") or {}) == {"ex.private.pem": "a2V5"})
-        ok(admin, "DELETE", f"{GROUP}/namespaces/{ns}/sendingdomains/ex")
-        ok(admin, "PATCH", p["relay"], {"spec": {"policy": {"maxRecipients": 8}}}, MERGE)
-        wait_for(lambda: not ok(admin, "GET", keys).get("data"))
         # hand edits are put back (the PDB and ServiceMonitor are otherwise never patched)
         for kind in ("PodDisruptionBudget", "ServiceMonitor"):
             ok(admin, "PATCH", p[kind], {"metadata": {"labels": {"app.kubernetes.io/instance": "x"}}}, MERGE)
@@ -133,7 +156,9 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi) -> None:
 
 
 @pytest.mark.parametrize("enforcement", [False, True], ids=["vanilla", "owner-references-enforced"])
-def test_the_chart_grants_exactly_what_the_operator_uses(kube_api: KubeApi, enforcement: bool) -> None:
+def test_the_chart_grants_exactly_what_the_operator_uses(
+    kube_api: KubeApi, enforcement: bool, dns_server_factory: Callable[[ZoneSpec], DnsServer]
+) -> None:
     """Also with OwnerReferencesPermissionEnforcement on (as OpenShift runs it, chart value of that name):
     setting an ownerReference then needs delete on the child, blockOwnerDeletion update on smtprelays/finalizers."""
     kube_api._call(lambda: setattr(kube_api.emulator, "owner_references_permission_enforcement", enforcement))
@@ -144,7 +169,7 @@ def test_the_chart_grants_exactly_what_the_operator_uses(kube_api: KubeApi, enfo
     admin = EmulatorApi(kube_api)
     account = install_rbac(admin, docs)
     operator_api = EmulatorApi(kube_api.as_service_account("relayfleet", account))
-    scenario(admin, operator_api)
+    scenario(admin, operator_api, dns_server_factory({DOMAIN: zone()}))
     requests = kube_api._call(lambda: kube_api.audit.requests(operator_api.api.user))
     refused = kube_api._call(lambda: kube_api.audit.requests(operator_api.api.user, allowed=False))
     assert refused == [], f"the operator was refused: {refused}"
