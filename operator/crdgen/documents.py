@@ -70,6 +70,38 @@ SMTPRELAY_STATUS: Schema = {
         "endpoint": _string("In-cluster address of the relay Service (first listener), host:port."),
         "ports": _string("Listener ports, e.g. 2525,587/starttls."),
         "queueDepth": _integer("Messages waiting in the spools of all pods, when the relays report it."),
+        "queue": {
+            "type": "object",
+            "description": "The relay pods' queue figures, read from each pod's admin API on every resync.",
+            "properties": {
+                "depth": _integer("Messages queued (active + deferred) on the pods that answered."),
+                "active": _integer("Messages due now or being delivered."),
+                "deferred": _integer("Messages waiting for their next attempt."),
+                "quarantined": _integer("Messages held in quarantine."),
+                "oldestAgeSeconds": _integer("Age of the oldest queued message, in seconds."),
+                "podsReporting": _integer("Pods that answered."),
+                "podsUnreachable": _integer("Pods that did not answer (named in unreachable)."),
+                "unreachable": {
+                    "type": "array",
+                    "description": "Each pod that did not answer, with the reason.",
+                    "items": {"type": "string"},
+                },
+                "ratesPerMinute": {
+                    "type": "object",
+                    "description": "Per minute since the previous sample, summed over the pods that answered twice.",
+                    "properties": {
+                        k: {"type": "number", "description": d}
+                        for k, d in (
+                            ("received", "Messages accepted."),
+                            ("delivered", "Recipients delivered."),
+                            ("deliveryFailures", "Recipients that failed temporarily (will be retried)."),
+                            ("bounced", "Recipients given up on (a DSN went to the sender)."),
+                            ("rejected", "Commands or messages refused."),
+                        )
+                    },
+                },
+            },
+        },
         "relay": {
             "type": "object",
             "description": "Further figures reported by the relays (metrics), free form.",

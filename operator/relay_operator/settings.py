@@ -76,6 +76,12 @@ class Settings:
     """RELAYFLEET_DNS_OUTAGE_GRACE_SECONDS: how long a verified domain stays verified while DNS does not answer
     (TemporaryFailure) after its last full success: an outage of the resolver must not stop the mail."""
 
+    telemetry_concurrency: int = 64
+    """RELAYFLEET_TELEMETRY_CONCURRENCY: queue-figure requests to relay pods in flight at once, all relays together."""
+
+    telemetry_timeout_seconds: float = 2.0
+    """RELAYFLEET_TELEMETRY_TIMEOUT_SECONDS: how long one pod may take to answer before it counts as unreachable."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from RELAYFLEET_* variables; unset or empty ones keep their defaults."""

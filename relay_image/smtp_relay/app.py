@@ -42,7 +42,7 @@ from smtp_relay.queue.scheduler import Scheduler
 from smtp_relay.queue.spool.store import Spool
 from smtp_relay.queue.stats import QueueStats
 from smtp_relay.smtp.server import RelayServer
-from smtp_relay.telemetry.metrics import RelayMetrics
+from smtp_relay.telemetry.metrics import RelayMetrics, counter_total
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,20 @@ class Relay:
     def status(self) -> Mapping[str, Any]:
         stats = self.scheduler.stats()
         reason = "draining" if self._draining else ("" if self._ready else "starting")
-        return {"ready": self._ready and not self._draining, "reason": reason, "queue": _stats_dict(stats)}
+        queue = {**_stats_dict(stats), **self._totals()}
+        return {"ready": self._ready and not self._draining, "reason": reason, "queue": queue}
+
+    def _totals(self) -> dict[str, float]:
+        """Counters since start and the quarantine's size, for the operator's rates and status.queue."""
+        m = self.metrics
+        return {
+            "received_total": counter_total(m.received),
+            "delivered_total": counter_total(m.delivered),
+            "delivery_failures_total": counter_total(m.deferred),
+            "bounced_total": counter_total(m.bounced),
+            "rejected_total": counter_total(m.rejected),
+            "quarantined": len(self.quarantine.list()),
+        }
 
     async def start_drain(self) -> Mapping[str, Any]:
         """Stop accepting new mail; delivery goes on. Idempotent; answers what is left."""

@@ -50,6 +50,8 @@ class RelayProcess:
     extra_args: list[str] = field(default_factory=list)
     nofile: int | None = None
     """RLIMIT_NOFILE of the relay process (soft and hard), to make descriptor exhaustion reachable."""
+    http_host: str = "127.0.0.1"
+    """Where the admin API listens: a pod stand-in listens at its own loopback address on the admin port."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,6 +85,8 @@ class RelayProcess:
                     str(self.spool),
                     "--http-port",
                     str(self.http_port),
+                    "--http-host",
+                    self.http_host,
                     "--hostname",
                     "relay.test",
                     "--log-level",
@@ -121,7 +125,7 @@ class RelayProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as reply:
+                with urllib.request.urlopen(f"http://{self.http_host}:{self.http_port}/readyz", timeout=1) as reply:
                     if reply.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -131,7 +135,7 @@ class RelayProcess:
 
     def http(self, path: str, method: str = "GET", *, token: str | None = "") -> tuple[int, str]:
         """One admin request with the relay's token ("" default; None: no Authorization header; or this token)."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        request = urllib.request.Request(f"http://{self.http_host}:{self.http_port}{path}", method=method)
         if token is not None:
             request.add_header("Authorization", f"Bearer {token or self.admin_token}")
         try:
@@ -178,12 +182,15 @@ def relay_factory(tmp_path: Path) -> Iterator[Any]:
         args: list[str] | None = None,
         grace: float = 10.0,
         nofile: int | None = None,
+        http_host: str = "127.0.0.1",
+        http_port: int | None = None,
     ) -> RelayProcess:
         workdir = tmp_path / f"relay{len(made)}"
         workdir.mkdir()
         manifest = workdir / "relay.yaml"
         manifest.write_text(relay_manifest(spec, *secrets))
-        relay = RelayProcess(workdir, manifest, free_port(), ["--grace", str(grace), *(args or [])], nofile=nofile)
+        port = http_port if http_port is not None else free_port()
+        relay = RelayProcess(workdir, manifest, port, ["--grace", str(grace), *(args or [])], nofile, http_host)
         made.append(relay)
         if start:
             relay.start()

@@ -185,11 +185,13 @@ def running_status(pod: Json, ready: bool, ip: int) -> Json:
         }
         for c in (pod.get("spec") or {}).get("containers") or []
     ]
-    ip_text = old.get("podIP") or f"10.244.{ip // 250}.{ip % 250 + 2}"
+    # Loopback addresses (127.244.0.0/16), so an operator that calls its pods (telemetry, drain) stays on this
+    # machine: nothing listens there unless a test's kubelet runs a real process at that address.
+    ip_text = old.get("podIP") or f"127.244.{ip // 250}.{ip % 250 + 2}"
     return {
         "phase": "Running",
         "conditions": conditions,
-        "hostIP": "10.0.0.1",
+        "hostIP": "127.0.0.1",
         "podIP": ip_text,
         "podIPs": [{"ip": ip_text}],
         "startTime": started,

@@ -13,8 +13,12 @@ import kopf
 
 from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
+from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client, retried_when_transient
+from relay_operator.kube import ApiError
 from relay_operator.relays import reconcile as rec
+from relay_operator.relays.render.common import Owner
+from relay_operator.relays.status import QUEUE_REASONS
 from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
@@ -22,8 +26,13 @@ RELAYS = (API_GROUP, API_VERSION, "smtprelays")
 
 
 def _degraded(body: kopf.Body) -> bool:
+    """Degraded for something a full reconcile may heal (a Secret created later); the queue's verdicts are
+    judged afresh by every refresh instead."""
     conditions = (body.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Degraded" and c.get("status") == "True" for c in conditions)
+    return any(
+        c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") not in QUEUE_REASONS
+        for c in conditions
+    )
 
 
 def _deletes_claims(spec: kopf.Spec, **_: Any) -> bool:
@@ -56,15 +65,27 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if refused:  # the status (in kopf's patch) says why; try again, more slowly each time
             raise kopf.TemporaryError("; ".join(p.message for p in refused), delay=retry_delay(retry))
 
+    telemetry = Telemetry(settings.telemetry_concurrency, settings.telemetry_timeout_seconds)
+
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
-    async def resync(body: kopf.Body, **_: Any) -> None:
-        """Periodic refresh; a Degraded relay gets a full reconcile, so a Secret created later heals it."""
+    async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        """Periodic refresh with the pods' queue figures; a Degraded relay gets a full reconcile first, so a
+        Secret created later heals it."""
         kube = await client()
+        namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
         if _degraded(body):
             with recorder(body) as events:
                 await rec.reconcile(body, kube, settings, events)
-        else:
-            await rec.refresh_status(kube, body.metadata.namespace or "default", body.metadata.name or "")
+        try:
+            queue = await telemetry.queue_status(kube, Owner.from_body(body))
+        except ApiError as exc:  # the pods could not even be listed: the last figures stand
+            logger.warning("queue figures of %s/%s not read: %s", namespace, name, exc)
+            queue = None
+        await rec.refresh_status(kube, namespace, name, queue=queue)
+
+    @kopf.on.cleanup(registry=registry, id="close_telemetry")
+    async def close_telemetry(**_: Any) -> None:
+        await telemetry.close()
 
     @kopf.on.delete(*RELAYS, registry=registry, when=_deletes_claims)
     async def relay_deleted(body: kopf.Body, **_: Any) -> None:

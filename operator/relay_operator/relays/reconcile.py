@@ -22,7 +22,7 @@ from relay_operator.relays.render.admin_token import admin_token_secret_name, bu
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
 from relay_operator.relays.render.domains import RelayDomain, dkim_secret_name, key_secret_names, relay_domains
-from relay_operator.relays.status import compute_status, status_changed
+from relay_operator.relays.status import QUEUE_REASONS, compute_status, status_changed
 from relay_operator.relays.validation import Problem, parse_or_problems, secret_problems, spec_problems
 from relay_operator.settings import Settings
 from smtp_relay.config.secret_refs import SecretRef, secret_refs
@@ -74,10 +74,11 @@ async def write_status(
     statefulset: Mapping[str, Any] | None,
     now: datetime | None = None,
     write: bool = True,
+    queue: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Compute the status and patch it (when `write`), unless it would not change; (patch, changed)."""
     current = dict(body.get("status") or {})
-    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems)
+    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems, queue)
     changed = status_changed(patch, current)
     if changed and write:
         await kube.patch("SmtpRelay", owner.namespace, owner.name, {"status": patch}, subresource="status")
@@ -300,10 +301,15 @@ def _reported(body: Mapping[str, Any]) -> set[str]:
 
 
 async def refresh_status(
-    kube: Kube, namespace: str, name: str, statefulset: Mapping[str, Any] | None = None
+    kube: Kube,
+    namespace: str,
+    name: str,
+    statefulset: Mapping[str, Any] | None = None,
+    queue: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Status only, from a fresh read of the SmtpRelay and its StatefulSet (timers, child events);
-    `statefulset`, when given (a watch event's body), is used instead of reading it."""
+    `statefulset`, when given (a watch event's body), is used instead of reading it; `queue` is status.queue
+    as the pods just reported it (the timer's telemetry), else the last one stands."""
     body = await kube.get("SmtpRelay", namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
@@ -316,10 +322,11 @@ async def refresh_status(
             if c.get("type") == "Degraded"
             and c.get("status") == "True"
             and c.get("observedGeneration") == owner.generation
-        ]  # keep a Degraded verdict from the last full reconcile until the spec changes
+            and c.get("reason") not in QUEUE_REASONS
+        ]  # keep a Degraded verdict from the last full reconcile until the spec changes (the queue's: computed anew)
     if statefulset is None:
         statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
-    status, _ = await write_status(kube, owner, body, spec, problems, statefulset)
+    status, _ = await write_status(kube, owner, body, spec, problems, statefulset, queue=queue)
     return status
 
 

@@ -8,7 +8,6 @@ Conditions follow the Kubernetes convention; `lastTransitionTime` moves only whe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from relay_operator.relays.render.common import Owner, selector_string
 from relay_operator.relays.render.services import endpoint
 from relay_operator.relays.validation import Problem
 from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.config.units import parse_duration
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -23,12 +23,33 @@ DEGRADED = "Degraded"
 SPOOL_PERSISTENT = "SpoolPersistent"
 
 
-@dataclass(frozen=True)
-class RelayMetrics:
-    """Figures read from the relays' /metrics, summed over the pods that answered."""
+QUEUE_REASONS = frozenset({"QueueBacklog", "UpstreamFailing"})
+"""Degraded reasons that come from the pods' queue figures, computed afresh on every refresh (not kept over from
+the last reconcile like a spec problem)."""
 
-    queue_depth: int
-    pods_reporting: int
+
+def upstream_failing(queue: Mapping[str, Any]) -> bool:
+    """Deliveries fail on the pods that report and none succeeds: the upstream (or DNS, or the network) is down."""
+    rates = queue.get("ratesPerMinute") or {}
+    return bool(rates) and rates.get("deliveryFailures", 0) > 0 and rates.get("delivered", 0) == 0
+
+
+def queue_problems(spec: SmtpRelaySpec | None, queue: Mapping[str, Any] | None) -> list[Problem]:
+    """Degraded verdicts of the queue: its oldest message past spec.queue.backlogAge; deliveries failing on the
+    pods that report while none succeeds."""
+    if spec is None or not queue:
+        return []
+    found = []
+    oldest, limit = int(queue.get("oldestAgeSeconds") or 0), parse_duration(spec.queue.backlog_age)
+    if oldest > limit:
+        found.append(Problem("QueueBacklog", f"the oldest queued message waits since {oldest} s, longer than"
+                             f" spec.queue.backlogAge ({spec.queue.backlog_age}); see status.queue"))  # fmt: skip
+    if upstream_failing(queue):
+        rates = queue.get("ratesPerMinute") or {}
+        failures = rates.get("deliveryFailures")
+        text = f"deliveries fail on every reporting pod ({failures}/min, none delivered): check the upstream or MX"
+        found.append(Problem("UpstreamFailing", text))
+    return found
 
 
 def timestamp(now: datetime) -> str:
@@ -102,12 +123,13 @@ def compute_status(
     previous: Mapping[str, Any] | None,
     now: datetime,
     problems: Sequence[Problem] = (),
-    metrics: RelayMetrics | None = None,
+    queue: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `.status` merge patch for one SmtpRelay.
 
     `spec` is None when the spec does not validate: then only what can still be known is reported
-    (pods, conditions), and endpoint/ports keep their last value.
+    (pods, conditions), and endpoint/ports keep their last value. `queue` is status.queue as the pods just
+    reported it; without it (a refresh between two samples) the last one stands and still judges the queue.
     """
     old = dict(previous or {})
     old_conditions = list(old.get("conditions") or [])
@@ -118,6 +140,7 @@ def compute_status(
     ready = int(sts_status.get("readyReplicas") or 0)
     gen = owner.generation
 
+    problems = [*problems, *queue_problems(spec, queue if queue is not None else old.get("queue"))]
     if problems:
         degraded = condition(
             DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems), gen, old_conditions, now
@@ -155,8 +178,10 @@ def compute_status(
         "selector": selector_string(owner),
         "phase": phase,
         "conditions": conditions,
-        "queueDepth": metrics.queue_depth if metrics is not None else None,
     }
+    if queue is not None:
+        patch["queue"] = dict(queue)
+        patch["queueDepth"] = queue.get("depth") if queue.get("podsReporting") else None
     if spec is not None:
         patch["endpoint"] = endpoint(owner, spec)
         patch["ports"] = ports_summary(spec)

@@ -63,7 +63,8 @@ def merge_metrics(texts: Iterable[str]) -> bytes:
 
 
 def merge_queues(figures: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Add queue figures up; "oldest" ages take the maximum; anything not a number is left out."""
+    """Add queue figures up; "oldest" ages take the maximum, and so does `quarantined` (the workers share one
+    quarantine, so each reports all of it); anything not a number is left out."""
     out: dict[str, Any] = {}
     for queue in figures:
         for key, value in queue.items():
@@ -72,5 +73,5 @@ def merge_queues(figures: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             if key not in out:
                 out[key] = value
             else:
-                out[key] = max(out[key], value) if "oldest" in key else out[key] + value
+                out[key] = max(out[key], value) if "oldest" in key or key == "quarantined" else out[key] + value
     return out

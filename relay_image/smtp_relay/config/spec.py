@@ -352,6 +352,8 @@ class QueueSpec(SpecModel):
     """Keep the spool in an emptyDir instead of a PersistentVolumeClaim: a pod that is lost (node failure,
     eviction, deletion) loses the mail it had queued. For throwaway test fleets; the SmtpRelay then reports
     condition SpoolPersistent False."""
+    backlog_age: Duration = "1h"
+    """The SmtpRelay turns Degraded (reason QueueBacklog) while its oldest queued message is older than this."""
     storage_class_name: str = ""
     """StorageClass of the spool PVC; empty uses the cluster default."""
     retry: RetrySpec = RetrySpec()

@@ -87,3 +87,10 @@ class RelayMetrics:
             ["domain", "algorithm"],
             registry=r,
         )
+
+
+def counter_total(counter: Counter) -> float:
+    """The sum of a counter over all its label values (prometheus_client keeps one child per label set)."""
+    return sum(
+        sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total")
+    )

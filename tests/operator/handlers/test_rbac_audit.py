@@ -126,9 +126,13 @@ def scenario(admin: EmulatorApi, operator_api: EmulatorApi, server: DnsServer) -
     p = paths(ns, "audited")
     p["NetworkPolicy"] = f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/audited"
     p["ServiceMonitor"] = f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors/audited"
-    with Operator(operator_api, ns, Settings(network_policy=True, service_monitor=True, termination_grace_seconds=30)):
+    settings = Settings(network_policy=True, service_monitor=True, termination_grace_seconds=30, resync_seconds=1)
+    with Operator(operator_api, ns, settings):
         ok(admin, "POST", f"{GROUP}/namespaces/{ns}/smtprelays", relay)
         wait_for(lambda: all(get(admin, path) for path in p.values()))
+        # the resync reads the pods' queue figures (nothing listens at the emulated pods' loopback addresses)
+        queue = wait_for(lambda: (ok(admin, "GET", p["relay"]).get("status") or {}).get("queue"), timeout=20)
+        assert queue["podsReporting"] == 0 and queue["podsUnreachable"] == len(queue["unreachable"]) == 2, queue
         domain_scenario(admin, server)
         # a spec change patches the ConfigMap, the Services, the StatefulSet and the NetworkPolicy
         listeners = [*relay["spec"]["listeners"], {"name": "alt", "port": 2526}]

@@ -28,6 +28,7 @@ def test_handler_ids_and_triggers() -> None:
         "login": "authentication",
         "close_clients": "cleanup",
         "cancel_pending_heals": "cleanup",
+        "close_telemetry": "cleanup",
     }
     changing = {(h.id, h.reason, h.initial) for h in relays(registry._changing.get_all_handlers())}
     assert changing == {

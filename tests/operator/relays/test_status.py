@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay_operator.relays.render.common import Owner
-from relay_operator.relays.status import RelayMetrics, compute_status, ports_summary, status_changed
+from relay_operator.relays.status import compute_status, ports_summary, status_changed
 from relay_operator.relays.validation import Problem
 from smtp_relay.config.manifest import parse_spec
 
@@ -43,7 +43,9 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_all_ready() -> None:
-    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, metrics=RelayMetrics(queue_depth=12, pods_reporting=3))
+    queue = {"depth": 12, "podsReporting": 3, "podsUnreachable": 0, "unreachable": [], "oldestAgeSeconds": 30}
+    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, queue=queue)
+    assert status["queue"] == queue
     assert status["replicas"] == 3 and status["readyReplicas"] == 3
     assert status["observedGeneration"] == 4
     assert status["selector"] == "app.kubernetes.io/name=relayfleet-relay,app.kubernetes.io/instance=outbound"
@@ -67,7 +69,8 @@ def test_missing_statefulset_is_progressing() -> None:
     assert cond["Ready"]["status"] == "False"
     assert status["phase"] == "Progressing"
     assert status["replicas"] == 0
-    assert status["queueDepth"] is None  # unknown: the merge patch removes a stale figure
+    # no figures in this refresh: the last ones stand (the telemetry clears the column when no pod answers)
+    assert "queueDepth" not in status and "queue" not in status
 
 
 def test_scaling_and_rolling_are_progressing() -> None:
@@ -135,3 +138,23 @@ def test_an_ephemeral_spool_is_a_standing_warning() -> None:
     assert (warning["status"], warning["reason"]) == ("False", "EphemeralSpool")
     assert "spec.queue.ephemeral" in warning["message"] and "loses its mail" in warning["message"]
     assert status["phase"] == "Ready", "a warning, not a failure: the fleet serves"
+
+
+def test_the_queue_judges_degraded_and_a_refresh_between_samples_keeps_it() -> None:
+    backlog = {"depth": 40, "podsReporting": 2, "podsUnreachable": 1, "unreachable": ["outbound-2: timeout"],
+               "oldestAgeSeconds": 7200, "ratesPerMinute": {"delivered": 0, "deliveryFailures": 12.5}}  # fmt: skip
+    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, queue=backlog)
+    degraded = conditions(status)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "QueueBacklog")
+    assert "7200 s" in degraded["message"] and "spec.queue.backlogAge (1h)" in degraded["message"]
+    assert "deliveries fail on every reporting pod (12.5/min" in degraded["message"]
+    assert status["queueDepth"] == 40 and status["phase"] == "Degraded"
+    # a refresh without new figures (a StatefulSet event) keeps the last ones and their verdict
+    later = compute_status(OWNER, SPEC, sts(3, 3), status, T0 + timedelta(seconds=5))
+    assert "queue" not in later and "queueDepth" not in later, "left as they are"
+    assert conditions(later)["Degraded"]["reason"] == "QueueBacklog"
+    healed = {**backlog, "oldestAgeSeconds": 20, "ratesPerMinute": {"delivered": 30, "deliveryFailures": 1}}
+    assert conditions(compute_status(OWNER, SPEC, sts(3, 3), status, T0, queue=healed))["Degraded"]["status"] == "False"
+    nobody = {"podsReporting": 0, "podsUnreachable": 3, "unreachable": ["a: x", "b: x", "c: x"]}
+    silent = compute_status(OWNER, SPEC, sts(3, 3), status, T0, queue=nobody)
+    assert silent["queueDepth"] is None, "no pod answered: the column is cleared, not guessed"

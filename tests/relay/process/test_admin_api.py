@@ -137,3 +137,23 @@ def test_a_short_or_missing_token_file_is_refused_at_start(tmp_path: Path) -> No
         )
         assert done.returncode == 2, done.stderr
         assert why in done.stderr and "abc" not in done.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_queue_figures_carry_the_counters_the_operator_turns_into_rates(relay_factory: Any, workers: int) -> None:
+    """/queue: depth and ages, plus totals since start and the quarantine's size (summed over workers, the
+    shared quarantine counted once), which the operator samples into status.queue."""
+    port = free_port()
+    spec = {**_spec(port), "routing": {"default": {"capture": {}}}}
+    relay: RelayProcess = relay_factory(spec, args=["--workers", str(workers)])
+    for _ in range(3):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("a@example.com", ["b@example.net"], b"Subject: x\r\n\r\nhello\r\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@example.com")
+        assert client.rcpt("not an address")[0] >= 500
+    queue = wait_for(lambda: (q := relay.queue()["queue"])["delivered_total"] == 3 and q)
+    assert queue["received_total"] == 3 and queue["total"] == 0
+    assert queue["rejected_total"] >= 1 and queue["bounced_total"] == 0 and queue["delivery_failures_total"] == 0
+    assert queue["quarantined"] == 0

@@ -1,0 +1,94 @@
+"""Reading the relay pods' queue figures: the fleet's I/O towards the pods (not the Kubernetes API).
+
+On each status refresh (the resync timer) the operator lists an SmtpRelay's pods and asks each for `/queue`
+on its admin port, with the bearer token it generated for the relays (read once per relay, again after a 401),
+a timeout per pod, and one bound on the requests in flight across all relays, so a thousand relays cost a
+steady trickle, not a burst. What the pods answered becomes `status.queue` (`queue_status.summarize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from relay_operator.fleet.queue_status import PodSample, summarize
+from relay_operator.kube import Kube
+from relay_operator.relays.render.admin_token import ADMIN_TOKEN_KEY, admin_token_secret_name
+from relay_operator.relays.render.common import ADMIN_PORT, Owner, selector_string
+
+
+class Telemetry:
+    """One per operator (per event loop): the HTTP session, the concurrency bound, the last samples."""
+
+    def __init__(self, concurrency: int = 64, timeout: float = 2.0) -> None:
+        self._concurrency = concurrency
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._previous: dict[tuple[str, str], dict[str, PodSample]] = {}
+        """The last answers per SmtpRelay, by pod uid: the base of the next rates."""
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def queue_status(self, kube: Kube, owner: Owner) -> dict[str, Any]:
+        """status.queue of one SmtpRelay, from each of its pods."""
+        pods = await kube.list("Pod", owner.namespace, selector_string(owner))
+        token = await self._token(kube, owner)
+        samples = await asyncio.gather(*(self._sample(pod, token) for pod in pods))
+        if any(s.error == "401 Unauthorized" for s in samples):
+            self._tokens.pop((owner.namespace, owner.name), None)  # rotated or recreated: read it again next time
+        queue, keep = summarize(samples, self._previous.get((owner.namespace, owner.name), {}))
+        self._previous[(owner.namespace, owner.name)] = keep  # pods that are gone drop out
+        return queue
+
+    def forget(self, namespace: str, name: str) -> None:
+        """An SmtpRelay was deleted: its samples and token go."""
+        self._previous.pop((namespace, name), None)
+        self._tokens.pop((namespace, name), None)
+
+    async def _token(self, kube: Kube, owner: Owner) -> str:
+        key = (owner.namespace, owner.name)
+        if key not in self._tokens:
+            secret = await kube.get("Secret", owner.namespace, admin_token_secret_name(owner))
+            encoded = ((secret or {}).get("data") or {}).get(ADMIN_TOKEN_KEY, "")
+            self._tokens[key] = base64.b64decode(encoded).decode() if encoded else ""
+        return self._tokens[key]
+
+    def _open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        if self._session is None or self._slots is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._slots = asyncio.Semaphore(self._concurrency)
+        return self._session, self._slots
+
+    async def _sample(self, pod: Mapping[str, Any], token: str) -> PodSample:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        name, uid = str(meta.get("name", "")), str(meta.get("uid", ""))
+        ip = status.get("podIP")
+        if meta.get("deletionTimestamp"):
+            return PodSample(name, uid, time.monotonic(), error="terminating")
+        if status.get("phase") != "Running" or not ip:
+            return PodSample(name, uid, time.monotonic(), error=f"not running ({status.get('phase') or 'Pending'})")
+        host = f"[{ip}]" if ":" in str(ip) else str(ip)
+        session, slots = self._open()
+        async with slots:
+            try:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.get(f"http://{host}:{ADMIN_PORT}/queue", headers=headers) as response:
+                    if response.status != 200:
+                        return PodSample(name, uid, time.monotonic(), error=f"{response.status} {response.reason}")
+                    body = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return PodSample(name, uid, time.monotonic(), error=type(exc).__name__ if not str(exc) else str(exc))
+        figures = body.get("queue") if isinstance(body, dict) else None
+        if not isinstance(figures, dict):
+            return PodSample(name, uid, time.monotonic(), error="no queue figures in its answer")
+        return PodSample(name, uid, time.monotonic(), figures=figures)
