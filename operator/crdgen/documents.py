@@ -70,6 +70,19 @@ SMTPRELAY_STATUS: Schema = {
         "endpoint": _string("In-cluster address of the relay Service (first listener), host:port."),
         "ports": _string("Listener ports, e.g. 2525,587/starttls."),
         "queueDepth": _integer("Messages waiting in the spools of all pods, when the relays report it."),
+        "drain": {
+            "type": "object",
+            "description": "A scale-down waiting for the leaving pods to empty their spools (absent when none).",
+            "properties": {
+                "targetReplicas": _integer("The replicas asked for; the StatefulSet keeps more until they drained."),
+                "since": {**_string("When this drain began."), "format": "date-time"},
+                "waitingFor": {
+                    "type": "array",
+                    "description": "Each leaving pod that still holds mail or did not answer.",
+                    "items": {"type": "string"},
+                },
+            },
+        },
         "queue": {
             "type": "object",
             "description": "The relay pods' queue figures, read from each pod's admin API on every resync.",

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from relay_operator.conditions import status_changed
 from relay_operator.domains.keys import (
     Domain,
     KeyPair,
@@ -26,7 +27,7 @@ from relay_operator.domains.keys import (
     public_keys,
 )
 from relay_operator.domains.rotation import DEFAULT_RETENTION, DkimState, Inputs, Transition, advance
-from relay_operator.domains.status import Keys, Problem, Timing, compute_status, status_changed
+from relay_operator.domains.status import Keys, Problem, Timing, compute_status
 from relay_operator.kube import ApiError, Kube, controller_of
 from relay_operator.settings import Settings
 from smtp_relay.config.domain_spec import SendingDomainSpec

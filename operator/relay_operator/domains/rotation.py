@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from relay_operator.conditions import timestamp
 from smtp_relay.dnscheck.dkim_keys import new_selector
 
 GENERATED = "DkimKeyGenerated"
@@ -30,11 +31,6 @@ SAFE_TO_REMOVE = "DkimRevokedKeySafeToRemove"
 
 DEFAULT_RETENTION = timedelta(days=5)
 """How long a revoked key stays when no named SmtpRelay says otherwise: queue.retry.maxAge's default."""
-
-
-def timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with second precision, as the apiserver formats metav1.Time."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: object) -> datetime | None:

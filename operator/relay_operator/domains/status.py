@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from relay_operator.domains.rotation import DkimState, parse_time, timestamp
+from relay_operator.conditions import condition, timestamp
+from relay_operator.domains.rotation import DkimState, parse_time
 from smtp_relay.dnscheck.verify import RecordCheck
 
 READY = "Ready"
@@ -48,30 +49,6 @@ class Keys:
 class Timing:
     base_interval: float = 300.0
     outage_grace: float = 86400.0
-
-
-def condition(
-    kind: str,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    previous: Sequence[Mapping[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    """One condition ("True", "False" or "Unknown"); lastTransitionTime moves only when the status does."""
-    old = next((c for c in previous if c.get("type") == kind), None)
-    changed_at = timestamp(now)
-    if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
-        changed_at = str(old["lastTransitionTime"])
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": changed_at,
-        "observedGeneration": generation,
-    }
 
 
 _REASONS = {
@@ -227,21 +204,6 @@ def compute_status(
         },
         "conditions": [ready, *conditions],
     }
-
-
-def status_changed(patch: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
-    """Would applying `patch` change `current`? (Nested dicts compared as merge patches.)"""
-    current = current or {}
-    for key, value in patch.items():
-        if value is None:
-            if key in current:
-                return True
-        elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
-            if status_changed(value, current[key]):
-                return True
-        elif current.get(key) != value:
-            return True
-    return False
 
 
 def check_due(status: Mapping[str, Any] | None, now: datetime, slack: float) -> bool:

@@ -69,26 +69,38 @@ class Telemetry:
             self._slots = asyncio.Semaphore(self._concurrency)
         return self._session, self._slots
 
-    async def _sample(self, pod: Mapping[str, Any], token: str) -> PodSample:
+    async def call(self, pod: Mapping[str, Any], method: str, path: str, token: str) -> tuple[Any, str]:
+        """One admin request to a pod: (its JSON answer, "") or (None, why there is none)."""
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        name, uid = str(meta.get("name", "")), str(meta.get("uid", ""))
         ip = status.get("podIP")
         if meta.get("deletionTimestamp"):
-            return PodSample(name, uid, time.monotonic(), error="terminating")
+            return None, "terminating"
         if status.get("phase") != "Running" or not ip:
-            return PodSample(name, uid, time.monotonic(), error=f"not running ({status.get('phase') or 'Pending'})")
+            return None, f"not running ({status.get('phase') or 'Pending'})"
         host = f"[{ip}]" if ":" in str(ip) else str(ip)
         session, slots = self._open()
         async with slots:
             try:
                 headers = {"Authorization": f"Bearer {token}"}
-                async with session.get(f"http://{host}:{ADMIN_PORT}/queue", headers=headers) as response:
+                async with session.request(method, f"http://{host}:{ADMIN_PORT}{path}", headers=headers) as response:
                     if response.status != 200:
-                        return PodSample(name, uid, time.monotonic(), error=f"{response.status} {response.reason}")
-                    body = await response.json(content_type=None)
+                        return None, f"{response.status} {response.reason}"
+                    return await response.json(content_type=None), ""
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                return PodSample(name, uid, time.monotonic(), error=type(exc).__name__ if not str(exc) else str(exc))
+                return None, str(exc) or type(exc).__name__
+
+    async def token(self, kube: Kube, owner: Owner) -> str:
+        """The relays' admin token (read once per relay; `forget_token` after a 401)."""
+        return await self._token(kube, owner)
+
+    def forget_token(self, owner: Owner) -> None:
+        self._tokens.pop((owner.namespace, owner.name), None)
+
+    async def _sample(self, pod: Mapping[str, Any], token: str) -> PodSample:
+        meta = pod.get("metadata") or {}
+        name, uid = str(meta.get("name", "")), str(meta.get("uid", ""))
+        body, error = await self.call(pod, "GET", "/queue", token)
         figures = body.get("queue") if isinstance(body, dict) else None
-        if not isinstance(figures, dict):
-            return PodSample(name, uid, time.monotonic(), error="no queue figures in its answer")
+        if error or not isinstance(figures, dict):
+            return PodSample(name, uid, time.monotonic(), error=error or "no queue figures in its answer")
         return PodSample(name, uid, time.monotonic(), figures=figures)

@@ -15,6 +15,8 @@ from typing import Any
 import kopf
 
 from relay_operator.events import recorder
+from relay_operator.fleet import drain
+from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client
 from relay_operator.kube import ApiError
 from relay_operator.relays import reconcile as rec
@@ -45,7 +47,7 @@ def watched_resources(settings: Settings) -> list[tuple[str, str, str]]:
     return resources
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
     """A watch per child kind on `registry`, all sharing one debounce per SmtpRelay."""
     pending: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -58,7 +60,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             return  # the children are going with their owner
         try:
             with recorder(relay) as events:
-                await rec.reconcile(relay, kube, settings, events)
+                await drain.reconcile(relay, kube, settings, events, telemetry)
         except ApiError as exc:  # the relay's own handlers retry; this was a courtesy
             logger.warning("reconcile of %s/%s after a child's change failed: %s", namespace, name, exc)
 

@@ -18,31 +18,35 @@ import kopf
 from relay_operator.domains import reconcile as dom
 from relay_operator.domains.status import check_due
 from relay_operator.events import recorder
+from relay_operator.fleet import drain
+from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import Kube
-from relay_operator.relays import reconcile as relays
 from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
 DOMAINS = (API_GROUP, API_VERSION, "sendingdomains")
 
 
-async def _reconcile_relays(kube: Kube, namespace: str, names: Sequence[str], settings: Settings) -> None:
+async def _reconcile_relays(
+    kube: Kube, namespace: str, names: Sequence[str], settings: Settings, telemetry: Telemetry
+) -> None:
     async def one(body: dict[str, Any]) -> None:
         with recorder(body) as events:
-            await relays.reconcile(body, kube, settings, events)
+            await drain.reconcile(body, kube, settings, events, telemetry)
 
     await dom.reconcile_relays(kube, namespace, names, one)
 
 
-async def _check(body: Mapping[str, Any], settings: Settings) -> None:
+async def _check(body: Mapping[str, Any], settings: Settings, telemetry: Telemetry) -> None:
     kube = await client()
     with recorder(body) as events, retried_when_transient():
         result = await dom.reconcile(body, kube, settings, events)
-        await _reconcile_relays(kube, str(body["metadata"].get("namespace") or "default"), result.relays, settings)
+        namespace = str(body["metadata"].get("namespace") or "default")
+        await _reconcile_relays(kube, namespace, result.relays, settings, telemetry)
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
     """Register the SendingDomain handlers on `registry`."""
 
     @kopf.on.resume(*DOMAINS, registry=registry)
@@ -50,17 +54,17 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     @kopf.on.update(*DOMAINS, registry=registry)
     async def domain_changed(body: kopf.Body, **_: Any) -> None:
         """Keys, DNS checks, rotation, status; the named relays when the verdict or the active key changed."""
-        await _check(body, settings)
+        await _check(body, settings, telemetry)
 
     @kopf.timer(*DOMAINS, registry=registry, interval=settings.domain_recheck_seconds)
     async def recheck(body: kopf.Body, **_: Any) -> None:
         """The periodic check, when status.nextCheck says it is due."""
         if check_due(body.get("status"), datetime.now(UTC), slack=settings.domain_recheck_seconds / 10):
-            await _check(body, settings)
+            await _check(body, settings, telemetry)
 
     @kopf.on.event(*DOMAINS, registry=registry)
     async def domain_deleted(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A domain gone: the relays it named drop it (its Secrets go by their ownerReference)."""
         if event.get("type") == "DELETED":
             names = list((body.get("spec") or {}).get("relays") or [])
-            await _reconcile_relays(await client(), body.metadata.namespace or "default", names, settings)
+            await _reconcile_relays(await client(), body.metadata.namespace or "default", names, settings, telemetry)

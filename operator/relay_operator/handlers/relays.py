@@ -13,6 +13,7 @@ import kopf
 
 from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
+from relay_operator.fleet import drain
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import ApiError
@@ -23,6 +24,8 @@ from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
 RELAYS = (API_GROUP, API_VERSION, "smtprelays")
+DRAIN_POLL_SECONDS = 5
+"""How soon a scale-down that waits for its leaving pods looks again."""
 
 
 def _degraded(body: kopf.Body) -> bool:
@@ -41,7 +44,7 @@ def _deletes_claims(spec: kopf.Spec, **_: Any) -> bool:
     return bool((spec.get("queue") or {}).get("deleteClaimsOnDelete"))
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
     """Register the SmtpRelay handlers on `registry`."""
 
     @kopf.on.resume(*RELAYS, registry=registry)
@@ -57,15 +60,17 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         kube = await client()
         with recorder(body) as events, retried_when_transient():
             fresh = reason == kopf.Reason.CREATE
-            result = await rec.reconcile(body, kube, settings, events, fresh=fresh, write_status_patch=False)
+            result, scale = await drain.reconcile(
+                body, kube, settings, events, telemetry, fresh=fresh, write_status_patch=False
+            )
         if result.status_changed:
             patch.status.update(result.status)
         logger.info("reconciled: changed=%s problems=%d", result.changed, len(result.problems))
         refused = [p for p in result.problems if p.reason in rec.RETRIED_REASONS]
         if refused:  # the status (in kopf's patch) says why; try again, more slowly each time
             raise kopf.TemporaryError("; ".join(p.message for p in refused), delay=retry_delay(retry))
-
-    telemetry = Telemetry(settings.telemetry_concurrency, settings.telemetry_timeout_seconds)
+        if scale is not None and scale.drain:  # leaving pods still hold mail: look again soon
+            raise kopf.TemporaryError(scale.progress, delay=DRAIN_POLL_SECONDS)
 
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
@@ -73,9 +78,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         Secret created later heals it."""
         kube = await client()
         namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
-        if _degraded(body):
+        if _degraded(body) or (body.get("status") or {}).get("drain"):
             with recorder(body) as events:
-                await rec.reconcile(body, kube, settings, events)
+                await drain.reconcile(body, kube, settings, events, telemetry)
         try:
             queue = await telemetry.queue_status(kube, Owner.from_body(body))
         except ApiError as exc:  # the pods could not even be listed: the last figures stand

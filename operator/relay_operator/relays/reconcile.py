@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from relay_operator.conditions import status_changed
 from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, controller_of, foreign_owner
 from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
 from relay_operator.relays.render.domains import RelayDomain, dkim_secret_name, key_secret_names, relay_domains
-from relay_operator.relays.status import QUEUE_REASONS, compute_status, status_changed
+from relay_operator.relays.status import QUEUE_REASONS, DrainReport, compute_status
 from relay_operator.relays.validation import Problem, parse_or_problems, secret_problems, spec_problems
 from relay_operator.settings import Settings
 from smtp_relay.config.secret_refs import SecretRef, secret_refs
@@ -75,10 +76,11 @@ async def write_status(
     now: datetime | None = None,
     write: bool = True,
     queue: Mapping[str, Any] | None = None,
+    drain: DrainReport | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Compute the status and patch it (when `write`), unless it would not change; (patch, changed)."""
     current = dict(body.get("status") or {})
-    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems, queue)
+    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems, queue, drain)
     changed = status_changed(patch, current)
     if changed and write:
         await kube.patch("SmtpRelay", owner.namespace, owner.name, {"status": patch}, subresource="status")
@@ -161,6 +163,8 @@ async def reconcile(
     *,
     fresh: bool = False,
     write_status_patch: bool = True,
+    replicas: int | None = None,
+    drain: DrainReport | None = None,
 ) -> Result:
     """Make the children match the SmtpRelay `body` and report on them.
 
@@ -168,6 +172,8 @@ async def reconcile(
     without reading first (an existing one costs a 409 and then the usual read and compare).
     `write_status_patch=False`: leave the status patch in `result.status` (and whether it changes
     anything in `result.status_changed`) for the caller to write, e.g. with kopf's own patch.
+    `replicas` and `drain`: a scale-down waiting for its pods to drain (fleet/drain.py) keeps the StatefulSet's
+    replicas and says so in status.
     """
     owner = Owner.from_body(body)
     result = Result()
@@ -208,7 +214,7 @@ async def reconcile(
         return result
     statefulset: dict[str, Any] | None = None
     domains = await _observe_domains(kube, owner)  # one list; a relay may be created after its domains
-    children = build_children(owner, spec, settings, domains)
+    children = build_children(owner, spec, settings, domains, replicas)
     applied = await _apply_children(kube, children, events, create_first=fresh)
     await _drop_stale_keys(kube, owner, children, applied)
     for key, outcome, body_applied in applied.done:
@@ -223,7 +229,7 @@ async def reconcile(
         statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
     result.problems = applied.failed
     result.status, result.status_changed = await write_status(
-        kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch
+        kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch, drain=drain
     )
     return result
 

@@ -8,9 +8,11 @@ Conditions follow the Kubernetes convention; `lastTransitionTime` moves only whe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from relay_operator.conditions import condition
 from relay_operator.relays.render.common import Owner, selector_string
 from relay_operator.relays.render.services import endpoint
 from relay_operator.relays.validation import Problem
@@ -23,6 +25,21 @@ DEGRADED = "Degraded"
 SPOOL_PERSISTENT = "SpoolPersistent"
 
 
+@dataclass(frozen=True)
+class DrainReport:
+    """A scale-down under way (fleet/scaledown.py): status.drain, Progressing's message, DrainStuck's."""
+
+    status: Mapping[str, Any] | None = None
+    """status.drain; None: no drain (the field is cleared)."""
+    progress: str = ""
+    stuck: str = ""
+
+
+QUEUE_FIELDS = (
+    *("depth", "active", "deferred", "quarantined", "oldestAgeSeconds"),
+    *("podsReporting", "podsUnreachable", "unreachable", "ratesPerMinute"),
+)
+"""status.queue's fields (fleet/queue_status.py fills them)."""
 QUEUE_REASONS = frozenset({"QueueBacklog", "UpstreamFailing"})
 """Degraded reasons that come from the pods' queue figures, computed afresh on every refresh (not kept over from
 the last reconcile like a spec problem)."""
@@ -50,36 +67,6 @@ def queue_problems(spec: SmtpRelaySpec | None, queue: Mapping[str, Any] | None) 
         text = f"deliveries fail on every reporting pod ({failures}/min, none delivered): check the upstream or MX"
         found.append(Problem("UpstreamFailing", text))
     return found
-
-
-def timestamp(now: datetime) -> str:
-    """RFC 3339 in UTC with second precision, as the apiserver formats metav1.Time."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def condition(
-    kind: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    previous: Sequence[Mapping[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    """One condition; keeps the previous lastTransitionTime when the status did not change."""
-    text = "True" if status else "False"
-    old = next((c for c in previous if c.get("type") == kind), None)
-    changed_at = timestamp(now)
-    if old is not None and old.get("status") == text and old.get("lastTransitionTime"):
-        changed_at = str(old["lastTransitionTime"])
-    return {
-        "type": kind,
-        "status": text,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": changed_at,
-        "observedGeneration": generation,
-    }
 
 
 def ports_summary(spec: SmtpRelaySpec) -> str:
@@ -124,6 +111,7 @@ def compute_status(
     now: datetime,
     problems: Sequence[Problem] = (),
     queue: Mapping[str, Any] | None = None,
+    drain: DrainReport | None = None,
 ) -> dict[str, Any]:
     """The `.status` merge patch for one SmtpRelay.
 
@@ -141,6 +129,8 @@ def compute_status(
     gen = owner.generation
 
     problems = [*problems, *queue_problems(spec, queue if queue is not None else old.get("queue"))]
+    if drain is not None and drain.stuck:
+        problems.append(Problem("DrainStuck", drain.stuck))
     if problems:
         degraded = condition(
             DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems), gen, old_conditions, now
@@ -148,6 +138,11 @@ def compute_status(
     else:
         degraded = condition(DEGRADED, False, "AsExpected", "the spec can be served", gen, old_conditions, now)
     moving, reason, message = _progress(statefulset, desired)
+    draining = drain.status if drain is not None else old.get("drain")
+    if draining:  # the StatefulSet keeps its replicas until the leaving pods are empty
+        waiting = ", ".join(str(w) for w in draining.get("waitingFor") or [])
+        moving, reason = True, "Draining"
+        message = drain.progress if drain is not None and drain.progress else f"draining: waiting for {waiting}"
     progressing = condition(PROGRESSING, moving, reason, message, gen, old_conditions, now)
     if desired == 0:
         ready_condition = condition(READY, False, "ScaledToZero", "replicas is 0", gen, old_conditions, now)
@@ -179,22 +174,12 @@ def compute_status(
         "phase": phase,
         "conditions": conditions,
     }
-    if queue is not None:
-        patch["queue"] = dict(queue)
+    if drain is not None:
+        patch["drain"] = dict(drain.status) if drain.status else None
+    if queue is not None:  # every field named, a missing one as None: a merge patch must remove stale figures
+        patch["queue"] = {key: queue.get(key) for key in QUEUE_FIELDS}
         patch["queueDepth"] = queue.get("depth") if queue.get("podsReporting") else None
     if spec is not None:
         patch["endpoint"] = endpoint(owner, spec)
         patch["ports"] = ports_summary(spec)
     return patch
-
-
-def status_changed(patch: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
-    """Would applying `patch` change `current`? (Avoids a write, and an event storm, per resync.)"""
-    current = current or {}
-    for key, value in patch.items():
-        if value is None:
-            if key in current:
-                return True
-        elif current.get(key) != value:
-            return True
-    return False

@@ -158,15 +158,19 @@ def load_documents(docs: Iterable[Any], source: str = "manifest") -> RelayManife
     )
 
 
-def load_file(path: Path) -> RelayManifest:
-    """Read a multi-document YAML file holding one SmtpRelay and its Secrets."""
+def read_documents(path: Path) -> list[Any]:
+    """The documents of a multi-document YAML file; ManifestError naming the file when it cannot be read."""
     try:
-        docs = list(yaml.safe_load_all(path.read_text()))
+        return list(yaml.safe_load_all(path.read_text()))
     except OSError as exc:
         raise ManifestError([f"{path}: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
-    return load_documents(docs, str(path))
+
+
+def load_file(path: Path) -> RelayManifest:
+    """Read a multi-document YAML file holding one SmtpRelay and its Secrets."""
+    return load_documents(read_documents(path), str(path))
 
 
 def load_mounted_secrets(folder: Path) -> dict[str, SecretData]:

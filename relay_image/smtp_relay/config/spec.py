@@ -352,6 +352,9 @@ class QueueSpec(SpecModel):
     """Keep the spool in an emptyDir instead of a PersistentVolumeClaim: a pod that is lost (node failure,
     eviction, deletion) loses the mail it had queued. For throwaway test fleets; the SmtpRelay then reports
     condition SpoolPersistent False."""
+    drain_timeout: Duration = "1h"
+    """How long a scale-down waits for the leaving pods to empty their spools before it reports DrainStuck (the
+    pods are kept either way: never removed with mail in them)."""
     backlog_age: Duration = "1h"
     """The SmtpRelay turns Degraded (reason QueueBacklog) while its oldest queued message is older than this."""
     storage_class_name: str = ""

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from smtp_relay.config.domain_spec import SendingDomainSpec
 from smtp_relay.config.fields import DnsSpec
-from smtp_relay.config.manifest import ManifestError, SecretData, decode_secret, format_validation_error
+from smtp_relay.config.manifest import ManifestError, SecretData, decode_secret, format_validation_error, read_documents
 from smtp_relay.config.spec import API_GROUP
 from smtp_relay.dnscheck.dkim_keys import public_txt_from_pem
 from smtp_relay.dnscheck.records import effective_dns
@@ -61,12 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_domains(path: Path) -> list[LocalDomain]:
     """The SendingDomains of a multi-document YAML file; ManifestError lists every problem."""
-    try:
-        docs = list(yaml.safe_load_all(path.read_text()))
-    except OSError as exc:
-        raise ManifestError([f"{path}: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
+    docs = read_documents(path)
     raw: list[dict[str, Any]] = []
     secrets: dict[str, SecretData] = {}
     for doc in docs:

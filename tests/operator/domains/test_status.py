@@ -6,8 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from relay_operator.conditions import status_changed
 from relay_operator.domains.rotation import DkimState
-from relay_operator.domains.status import Keys, Problem, Timing, compute_status, status_changed
+from relay_operator.domains.status import Keys, Problem, Timing, compute_status
 from smtp_relay.dnscheck.verify import RecordCheck
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

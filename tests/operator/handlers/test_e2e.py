@@ -355,7 +355,8 @@ def test_a_refused_child_is_in_status_and_retried_until_it_heals(emulator: Emula
 
 
 def test_deleted_and_edited_children_are_put_back(emulator: EmulatorApi) -> None:
-    """Every child kind is watched: a deleted Service or PDB comes back, a hand-edited ConfigMap is restored."""
+    """Every child kind is watched: a deleted Service or PDB comes back, a hand-edited ConfigMap is restored, a
+    hand-scaled StatefulSet is brought back through a drain."""
     with Operator(emulator, "default"):
         body = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": "drift"}, "spec": {}}
         ok(emulator, "POST", f"{GROUP}/namespaces/default/smtprelays", body)
@@ -370,8 +371,13 @@ def test_deleted_and_edited_children_are_put_back(emulator: EmulatorApi) -> None
         config = children["ConfigMap"]["data"]["relay.yaml"]
         ok(emulator, "PATCH", p["ConfigMap"], {"data": {"relay.yaml": "tampered: true"}}, MERGE)
         wait_for(lambda: ok(emulator, "GET", p["ConfigMap"])["data"]["relay.yaml"] == config)
-        ok(emulator, "PATCH", p["StatefulSet"], {"spec": {"replicas": 7}}, MERGE)  # kubectl scale sts, by hand
-        wait_for(lambda: ok(emulator, "GET", p["StatefulSet"])["spec"]["replicas"] == 2)
+        # kubectl scale sts by hand: the extra pod may have taken mail, so it is drained before the StatefulSet
+        # is put back to 2; the emulated pods do not answer (no relay runs there), so it is kept and waited for
+        ok(emulator, "PATCH", p["StatefulSet"], {"spec": {"replicas": 3}}, MERGE)
+        drain = wait_for(lambda: (get(emulator, p["relay"]) or {}).get("status", {}).get("drain"))
+        assert drain["targetReplicas"] == 2 and drain["waitingFor"][0].startswith("drift-2 (no answer: ")
+        assert condition(get(emulator, p["relay"]), "Progressing")["reason"] == "Draining"
+        assert ok(emulator, "GET", p["StatefulSet"])["spec"]["replicas"] == 3, "never removed with mail in it"
 
 
 def test_shipped_example_is_ready_on_its_first_apply(emulator: EmulatorApi) -> None:

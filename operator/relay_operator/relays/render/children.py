@@ -15,7 +15,11 @@ from smtp_relay.config.spec import SmtpRelaySpec
 
 
 def build_children(
-    owner: Owner, spec: SmtpRelaySpec, settings: Settings, domains: Sequence[RelayDomain] = ()
+    owner: Owner,
+    spec: SmtpRelaySpec,
+    settings: Settings,
+    domains: Sequence[RelayDomain] = (),
+    replicas: int | None = None,
 ) -> list[Manifest]:
     """Every child of one SmtpRelay, config (and its domains' keys) before pods; the optional ones as
     `settings` asks."""
@@ -24,7 +28,7 @@ def build_children(
         build_dkim_secret(owner, domains),
         build_headless_service(owner, spec),
         build_service(owner, spec),
-        build_statefulset(owner, spec, settings),
+        build_statefulset(owner, spec, settings, replicas),
         build_pdb(owner),
     ]
     if settings.service_monitor:

@@ -148,8 +148,9 @@ def _claim_templates(owner: Owner, spec: SmtpRelaySpec) -> list[dict[str, Any]]:
     return [{"metadata": {"name": "spool", "labels": labels(owner)}, "spec": claim}]
 
 
-def build_statefulset(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> Manifest:
-    """StatefulSet `<name>`: relay pods, hardened, with spool, config and Secrets mounted."""
+def build_statefulset(owner: Owner, spec: SmtpRelaySpec, settings: Settings, replicas: int | None = None) -> Manifest:
+    """StatefulSet `<name>`: relay pods, hardened, with spool, config and Secrets mounted; `replicas` overrides
+    spec.replicas while a scale-down waits for the leaving pods to drain."""
     pod_security: dict[str, Any] = {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
@@ -168,7 +169,7 @@ def build_statefulset(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> 
         "volumes": _volumes(owner, spec),
     }
     statefulset_spec: dict[str, Any] = {
-        "replicas": spec.replicas,
+        "replicas": spec.replicas if replicas is None else replicas,
         "serviceName": headless_service_name(owner),
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate"},

@@ -1,0 +1,91 @@
+"""The I/O of a scale-down: drain the leaving pods and read what they still hold (the plan is scaledown.py).
+
+The pods are asked through their admin API with the relays' token: `POST /drain` is idempotent and answers the
+queue left, so one request per leaving pod and pass both drains and measures. When the relay is asked for more
+replicas again, pods a past drain left refusing mail are undrained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from relay_operator.fleet.scaledown import LeavingPod, Plan, leaving_ordinals, plan
+from relay_operator.fleet.telemetry import Telemetry
+from relay_operator.kube import Kube
+from relay_operator.relays import reconcile as rec
+from relay_operator.relays.render.common import Owner
+from relay_operator.relays.validation import parse_or_problems
+from relay_operator.settings import Settings
+from smtp_relay.config.units import parse_duration
+
+
+async def scale_plan(
+    telemetry: Telemetry,
+    kube: Kube,
+    owner: Owner,
+    desired: int,
+    statefulset: Mapping[str, Any] | None,
+    previous_drain: Mapping[str, Any] | None,
+    now: datetime,
+    drain_timeout: timedelta,
+) -> Plan:
+    """The replicas the StatefulSet may have now, draining the pods that go first."""
+    if statefulset is None:
+        return Plan(replicas=desired)
+    current = int((statefulset.get("spec") or {}).get("replicas") or 0)
+    token = await telemetry.token(kube, owner)
+    if desired >= current:
+        if previous_drain:  # a scale-down was called off: the pods it drained stay, so they take mail again
+            for name in leaving_ordinals(owner.name, int(previous_drain.get("targetReplicas") or 0), current):
+                pod = await kube.get("Pod", owner.namespace, name)
+                if pod is not None:
+                    await telemetry.call(pod, "POST", "/undrain", token)
+        return Plan(replicas=desired)
+    leaving = []
+    for name in leaving_ordinals(owner.name, desired, current):
+        pod = await kube.get("Pod", owner.namespace, name)
+        if pod is None:  # its claim may hold mail, and the StatefulSet controller brings the pod back
+            leaving.append(LeavingPod(name, None, "pod not found"))
+            continue
+        body, error = await telemetry.call(pod, "POST", "/drain", token)
+        if error.startswith("401"):
+            telemetry.forget_token(owner)
+        total = ((body or {}).get("queue") or {}).get("total") if isinstance(body, dict) else None
+        leaving.append(LeavingPod(name, int(total) if isinstance(total, int | float) else None, error))
+    return plan(desired, current, leaving, previous_drain, now, drain_timeout)
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    kube: Kube,
+    settings: Settings,
+    events: rec.Recorder,
+    telemetry: Telemetry,
+    *,
+    fresh: bool = False,
+    write_status_patch: bool = True,
+) -> tuple[rec.Result, Plan | None]:
+    """`relays.reconcile`, with a scale-down held back until the leaving pods are drained: every path that
+    reconciles an SmtpRelay goes through here, so no path can shrink the StatefulSet behind the drain."""
+    owner = Owner.from_body(body)
+    spec, _ = parse_or_problems(body)
+    scale: Plan | None = None
+    if spec is not None and not fresh:
+        statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
+        previous = (body.get("status") or {}).get("drain")
+        timeout = timedelta(seconds=parse_duration(spec.queue.drain_timeout))
+        now = datetime.now(UTC)
+        scale = await scale_plan(telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout)
+    result = await rec.reconcile(
+        body,
+        kube,
+        settings,
+        events,
+        fresh=fresh,
+        write_status_patch=write_status_patch,
+        replicas=scale.replicas if scale is not None else None,
+        drain=scale.report() if scale is not None else None,
+    )
+    return result, scale

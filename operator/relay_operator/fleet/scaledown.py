@@ -1,0 +1,79 @@
+"""Scale-down without stranding mail: which replicas the StatefulSet may have while pods drain. Pure.
+
+When an SmtpRelay asks for fewer replicas than its StatefulSet runs (a spec edit, `kubectl scale`, an
+autoscaler), the pods that will go are the highest ordinals. The operator drains them first (`POST /drain`: they
+stop accepting, so they leave the Service endpoints, and keep delivering) and lowers the StatefulSet's replicas
+only once every one of them reports an empty spool. A pod that does not answer is not known to be empty, so it
+is waited for too; a drain that outlasts `spec.queue.drainTimeout` is reported (Degraded, DrainStuck) and the pod
+is kept, never removed with mail in it. Scaling up again undrains the pods that stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from relay_operator.conditions import timestamp
+from relay_operator.relays.status import DrainReport
+
+
+@dataclass(frozen=True)
+class LeavingPod:
+    """A pod above the desired ordinals, as it answered (`queued` None: it did not answer)."""
+
+    name: str
+    queued: int | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    replicas: int
+    """What the StatefulSet gets now."""
+    drain: dict[str, Any] | None = None
+    """status.drain while a drain is under way (None: clear it)."""
+    progress: str = ""
+    """Progressing's message while draining."""
+    stuck: str = ""
+    """Degraded's message once the drain outlasted its deadline."""
+    leaving: list[str] = field(default_factory=list)
+
+    def report(self) -> DrainReport:
+        """What the SmtpRelay's status says of it (no drain: status.drain cleared)."""
+        return DrainReport(self.drain, self.progress, self.stuck)
+
+
+def leaving_ordinals(name: str, desired: int, current: int) -> list[str]:
+    """The pods that go when `current` replicas become `desired`: the highest ordinals."""
+    return [f"{name}-{i}" for i in range(desired, current)]
+
+
+def plan(
+    desired: int,
+    current: int,
+    leaving: Sequence[LeavingPod],
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+    timeout: timedelta,
+) -> Plan:
+    """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`."""
+    if desired >= current:
+        return Plan(replicas=desired)
+    names = [p.name for p in leaving]
+    if all(p.queued == 0 for p in leaving):
+        return Plan(replicas=desired, leaving=names)
+    since_text = (previous or {}).get("since") if (previous or {}).get("targetReplicas") == desired else None
+    since = datetime.fromisoformat(str(since_text).replace("Z", "+00:00")) if since_text else now
+    waiting = [f"{p.name} ({p.queued} queued)" if p.queued is not None else f"{p.name} (no answer: {p.error})"
+               for p in leaving if p.queued != 0]  # fmt: skip
+    drain = {"targetReplicas": desired, "since": timestamp(since), "waitingFor": waiting}
+    progress = f"draining before scaling from {current} to {desired}: waiting for {', '.join(waiting)}"
+    stuck = ""
+    if now - since > timeout:
+        stuck = (
+            f"the drain from {current} to {desired} replicas has not finished since {timestamp(since)}"
+            f" (spec.queue.drainTimeout): {', '.join(waiting)}; the pods are kept with their mail"
+        )
+    return Plan(replicas=current, drain=drain, progress=progress, stuck=stuck, leaving=names)

@@ -1,0 +1,43 @@
+"""The scale-down plan: the StatefulSet shrinks only when every leaving pod reports an empty spool."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from relay_operator.fleet.scaledown import LeavingPod, leaving_ordinals, plan
+
+T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def test_the_highest_ordinals_leave() -> None:
+    assert leaving_ordinals("r", 1, 3) == ["r-1", "r-2"]
+    assert leaving_ordinals("r", 3, 3) == []
+
+
+def test_not_shrinking_renders_the_desired_replicas() -> None:
+    assert plan(3, 2, [], None, T0, HOUR).replicas == 3
+    assert plan(2, 2, [], {"targetReplicas": 1, "since": "2026-12-03T07:00:00Z"}, T0, HOUR).drain is None
+
+
+def test_shrinks_once_every_leaving_pod_is_empty() -> None:
+    done = plan(1, 3, [LeavingPod("r-1", 0), LeavingPod("r-2", 0)], None, T0, HOUR)
+    assert (done.replicas, done.drain, done.stuck) == (1, None, "")
+    assert done.report().status is None, "the status' drain is cleared"
+
+
+def test_waits_for_mail_and_for_pods_that_do_not_answer() -> None:
+    waiting = plan(1, 3, [LeavingPod("r-1", 4), LeavingPod("r-2", None, "timeout")], None, T0, HOUR)
+    assert waiting.replicas == 3
+    assert waiting.drain == {"targetReplicas": 1, "since": "2026-12-03T08:00:00Z",
+                             "waitingFor": ["r-1 (4 queued)", "r-2 (no answer: timeout)"]}  # fmt: skip
+    assert "waiting for r-1 (4 queued)" in waiting.progress and not waiting.stuck
+
+
+def test_a_drain_past_its_deadline_is_reported_and_the_pods_are_kept() -> None:
+    first = plan(1, 2, [LeavingPod("r-1", 2)], None, T0, HOUR)
+    later = plan(1, 2, [LeavingPod("r-1", 2)], first.drain, T0 + HOUR + timedelta(seconds=1), HOUR)
+    assert later.replicas == 2 and later.drain is not None and later.drain["since"] == "2026-12-03T08:00:00Z"
+    assert "has not finished since 2026-12-03T08:00:00Z" in later.stuck and "kept with their mail" in later.stuck
+    other_target = plan(0, 2, [LeavingPod("r-0", 1), LeavingPod("r-1", 2)], first.drain, T0 + 2 * HOUR, HOUR)
+    assert other_target.drain is not None and other_target.drain["since"] == "2026-12-03T10:00:00Z", "a new drain"
