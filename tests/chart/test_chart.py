@@ -73,3 +73,57 @@ def test_the_charts_kubernetes_floor_is_the_version_the_emulator_serves() -> Non
     assert floor == KubeEmulator().kubernetes_version
     crds = "".join(p.read_text() for p in (ROOT / "crds").glob("*.yaml"))
     assert "isCIDR" in crds or "isIP" in crds, "drop the floor (and this test) when no rule needs the 1.31 library"
+
+
+def _render_release(release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
+    args = [arg for value in values for arg in ("--set", value)]
+    out = _helm("template", release, str(CHART), "--namespace", namespace, *args)
+    return [d for d in yaml.safe_load_all(out) if isinstance(d, dict)]
+
+
+@pytest.mark.parametrize("values", [(), ("watchNamespaces={mail,bulk}",)], ids=["cluster-wide", "namespaced"])
+def test_two_releases_side_by_side_share_no_name(values: tuple[str, ...]) -> None:
+    """Same release name in two namespaces, or two release names in one: no object is claimed twice."""
+    releases = [("relayfleet", "team-a"), ("relayfleet", "team-b"), ("other", "team-a")]
+    seen: dict[tuple[str, str, str], str] = {}
+    for release, namespace in releases:
+        for doc in _render_release(release, namespace, *values):
+            if doc["kind"] == "CustomResourceDefinition":
+                continue  # shared by design: one definition per cluster, from crds/
+            key = (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
+            assert key not in seen, f"{key} rendered by {seen.get(key)} and {release}/{namespace}"
+            seen[key] = f"{release}/{namespace}"
+    binding = next(d for d in _render_release("relayfleet", "team-a") if d["kind"] == "ClusterRoleBinding")
+    assert binding["metadata"]["name"] == "relayfleet-team-a"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "relayfleet", "namespace": "team-a"}]
+
+
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        ("resyncSeconds=-1", "at '/resyncSeconds': exclusiveMinimum: got -1, want 0"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        ("watchNamespaces={Mail_Team}", "at '/watchNamespaces/0'"),
+        ("dnsNameservers={dns.example.com}", "at '/dnsNameservers/0'"),
+        ("telemetry.concurrency=0", "at '/telemetry/concurrency'"),
+        ("resyncSecond=30", "additional properties 'resyncSecond' not allowed"),
+    ],
+)
+def test_wrong_values_fail_at_install_with_the_key_named(value: str, refusal: str) -> None:
+    """values.schema.json: a typo or an impossible value is refused by helm itself, naming the key."""
+    assert HELM is not None
+    result = subprocess.run(
+        [HELM, "template", "rf", str(CHART), "--set", value], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0 and refusal in result.stderr, result.stderr
+
+
+def test_every_value_is_in_the_schema_and_the_notes_say_what_to_do_next() -> None:
+    import json
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) == set(schema["properties"]), "every key of values.yaml is described, and only those"
+    notes = _helm("install", "rf", str(CHART), "--dry-run=client", "--namespace", "relayfleet")
+    assert "kubectl apply -f examples/smtprelay.yaml" in notes and "kubectl get smr" in notes
+    assert "deployment/rf-relayfleet" in notes

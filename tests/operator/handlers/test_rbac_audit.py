@@ -184,7 +184,7 @@ def test_the_chart_grants_exactly_what_the_operator_uses(
 
 def test_without_the_optional_children_their_writes_are_not_granted() -> None:
     """networkPolicy/serviceMonitor off: only what pruning needs (get, delete) stays."""
-    rules = bound_rules(chart(), "relayfleet", "relayfleet-operator")
+    rules = bound_rules(chart(), "relayfleet", "rf-relayfleet")
     optional = {
         r["apiGroups"][0]: r["verbs"]
         for r in rules
@@ -198,7 +198,4 @@ def test_watch_namespaces_get_roles_in_those_namespaces_only() -> None:
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     roles = {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["kind"] in ("Role", "RoleBinding")}
     assert roles == {("Role", "mail"), ("RoleBinding", "mail"), ("Role", "bulk"), ("RoleBinding", "bulk")}
-    assert (
-        bound_rules(docs, "relayfleet", "relayfleet-operator")
-        == bound_rules(chart(), "relayfleet", "relayfleet-operator") * 2
-    )
+    assert bound_rules(docs, "relayfleet", "rf-relayfleet") == bound_rules(chart(), "relayfleet", "rf-relayfleet") * 2
