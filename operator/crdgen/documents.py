@@ -70,6 +70,7 @@ SMTPRELAY_STATUS: Schema = {
         "endpoint": _string("In-cluster address of the relay Service (first listener), host:port."),
         "ports": _string("Listener ports, e.g. 2525,587/starttls."),
         "queueDepth": _integer("Messages waiting in the spools of all pods, when the relays report it."),
+        "configDigest": _string("Digest of the relay config last rendered into the ConfigMap (ConfigApplied)."),
         "drain": {
             "type": "object",
             "description": "A scale-down waiting for the leaving pods to empty their spools (absent when none).",
@@ -98,6 +99,11 @@ SMTPRELAY_STATUS: Schema = {
                     "type": "array",
                     "description": "Each pod that did not answer, with the reason.",
                     "items": {"type": "string"},
+                },
+                "configDigests": {
+                    "type": "object",
+                    "description": "Config digest -> the pods that run it (compare with status.configDigest).",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
                 },
                 "ratesPerMinute": {
                     "type": "object",

@@ -135,6 +135,12 @@ RULES: dict[str, list[Rule]] = {
             "must be an IP address, optionally with :port ([address]:port for IPv6)",
         ),
     ],
+    "AutoscalingSpec": [
+        Rule(
+            "(has(self.minReplicas) ? self.minReplicas : 1) <= (has(self.maxReplicas) ? self.maxReplicas : 10)",
+            "minReplicas must not be above maxReplicas",
+        ),
+    ],
     "DkimSpec": [
         Rule(
             "!has(self.secretName) || has(self.selector)",

@@ -149,7 +149,8 @@ class Relay:
         stats = self.scheduler.stats()
         reason = "draining" if self._draining else ("" if self._ready else "starting")
         queue = {**_stats_dict(stats), **self._totals()}
-        return {"ready": self._ready and not self._draining, "reason": reason, "queue": queue}
+        config = {"digest": self.config.digest}
+        return {"ready": self._ready and not self._draining, "reason": reason, "queue": queue, "config": config}
 
     def _totals(self) -> dict[str, float]:
         """Counters since start and the quarantine's size, for the operator's rates and status.queue."""

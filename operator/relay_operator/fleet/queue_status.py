@@ -32,6 +32,8 @@ class PodSample:
     """Monotonic seconds when it was taken."""
     figures: Mapping[str, Any] | None = None
     error: str = ""
+    config_digest: str = ""
+    """Which config the pod runs (`smtp_relay.config.source.config_digest` of the file it loaded)."""
 
 
 def _number(figures: Mapping[str, Any], key: str) -> float:
@@ -74,6 +76,11 @@ def summarize(
             "quarantined": int(sum(_number(f, "quarantined") for f in figures)),
             "oldestAgeSeconds": int(oldest),
         }
+    configs: dict[str, list[str]] = {}
+    for sample in answered:
+        configs.setdefault(sample.config_digest, []).append(sample.name)
+    if configs:
+        queue["configDigests"] = configs
     per_pod = [r for s in answered if (r := _rates(s, previous.get(s.uid))) is not None]
     if per_pod:
         queue["ratesPerMinute"] = {name: round(sum(r[name] for r in per_pod), 2) for name in COUNTERS}

@@ -103,4 +103,5 @@ class Telemetry:
         figures = body.get("queue") if isinstance(body, dict) else None
         if error or not isinstance(figures, dict):
             return PodSample(name, uid, time.monotonic(), error=error or "no queue figures in its answer")
-        return PodSample(name, uid, time.monotonic(), figures=figures)
+        digest = str((body.get("config") or {}).get("digest") or "") if isinstance(body, dict) else ""
+        return PodSample(name, uid, time.monotonic(), figures=figures, config_digest=digest)

@@ -7,6 +7,7 @@ renaming `register` or a handler changes them.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -14,12 +15,14 @@ import kopf
 from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
 from relay_operator.fleet import drain
+from relay_operator.fleet.autoscale import Stabilizer, decision
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import ApiError
 from relay_operator.relays import reconcile as rec
 from relay_operator.relays.render.common import Owner
 from relay_operator.relays.status import QUEUE_REASONS
+from relay_operator.relays.validation import parse_or_problems
 from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
@@ -72,6 +75,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         if scale is not None and scale.drain:  # leaving pods still hold mail: look again soon
             raise kopf.TemporaryError(scale.progress, delay=DRAIN_POLL_SECONDS)
 
+    stabilizers: dict[tuple[str, str], Stabilizer] = {}
+
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Periodic refresh with the pods' queue figures; a Degraded relay gets a full reconcile first, so a
@@ -87,6 +92,16 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
             logger.warning("queue figures of %s/%s not read: %s", namespace, name, exc)
             queue = None
         await rec.refresh_status(kube, namespace, name, queue=queue)
+        spec, _problems = parse_or_problems(body)
+        if spec is not None and spec.autoscaling is not None and queue is not None:
+            stabilizer = stabilizers.setdefault((namespace, name), Stabilizer())
+            target = decision(stabilizer, time.monotonic(), spec.replicas, queue, spec.autoscaling)
+            if target is not None and target != spec.replicas:  # the update handler scales, through the drain
+                await kube.patch("SmtpRelay", namespace, name, {"spec": {"replicas": target}})
+                with recorder(body) as events:
+                    per_pod = spec.autoscaling.target_queue_per_replica
+                    events.info("Autoscaled", f"replicas {spec.replicas} -> {target}: {queue.get('depth')} queued,"
+                                f" {per_pod} per pod")  # fmt: skip
 
     @kopf.on.cleanup(registry=registry, id="close_telemetry")
     async def close_telemetry(**_: Any) -> None:

@@ -22,11 +22,13 @@ from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, controlle
 from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
+from relay_operator.relays.render.config import CONFIG_KEY
 from relay_operator.relays.render.domains import RelayDomain, dkim_secret_name, key_secret_names, relay_domains
 from relay_operator.relays.status import QUEUE_REASONS, DrainReport, compute_status
 from relay_operator.relays.validation import Problem, parse_or_problems, secret_problems, spec_problems
 from relay_operator.settings import Settings
 from smtp_relay.config.secret_refs import SecretRef, secret_refs
+from smtp_relay.config.source import config_digest
 from smtp_relay.config.spec import SmtpRelaySpec
 
 logger = logging.getLogger(__name__)
@@ -77,10 +79,12 @@ async def write_status(
     write: bool = True,
     queue: Mapping[str, Any] | None = None,
     drain: DrainReport | None = None,
+    config_digest: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Compute the status and patch it (when `write`), unless it would not change; (patch, changed)."""
     current = dict(body.get("status") or {})
-    patch = compute_status(owner, spec, statefulset, current, now or datetime.now(UTC), problems, queue, drain)
+    moment = now or datetime.now(UTC)
+    patch = compute_status(owner, spec, statefulset, current, moment, problems, queue, drain, config_digest)
     changed = status_changed(patch, current)
     if changed and write:
         await kube.patch("SmtpRelay", owner.namespace, owner.name, {"status": patch}, subresource="status")
@@ -228,8 +232,18 @@ async def reconcile(
     if statefulset is None:  # not applied this time (refused or held back): report on the one that runs
         statefulset = await kube.get("StatefulSet", owner.namespace, owner.name)
     result.problems = applied.failed
+    rendered = next((c for c in children if c["kind"] == "ConfigMap"), None)
+    digest = config_digest(str(rendered["data"][CONFIG_KEY]).encode()) if rendered is not None else None
     result.status, result.status_changed = await write_status(
-        kube, owner, body, spec, applied.failed, statefulset, write=write_status_patch, drain=drain
+        kube,
+        owner,
+        body,
+        spec,
+        applied.failed,
+        statefulset,
+        write=write_status_patch,
+        drain=drain,
+        config_digest=digest,
     )
     return result
 

@@ -23,6 +23,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SPOOL_PERSISTENT = "SpoolPersistent"
+CONFIG_APPLIED = "ConfigApplied"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class DrainReport:
 
 QUEUE_FIELDS = (
     *("depth", "active", "deferred", "quarantined", "oldestAgeSeconds"),
-    *("podsReporting", "podsUnreachable", "unreachable", "ratesPerMinute"),
+    *("podsReporting", "podsUnreachable", "unreachable", "ratesPerMinute", "configDigests"),
 )
 """status.queue's fields (fleet/queue_status.py fills them)."""
 QUEUE_REASONS = frozenset({"QueueBacklog", "UpstreamFailing"})
@@ -103,6 +104,24 @@ def _spool_condition(spec: SmtpRelaySpec, gen: int, old: Sequence[Mapping[str, A
     return condition(SPOOL_PERSISTENT, True, "PersistentVolumeClaim", text, gen, old, now)
 
 
+def _config_condition(
+    current: str, queue: Mapping[str, Any] | None, gen: int, old: Sequence[Mapping[str, Any]], now: datetime
+) -> dict[str, Any]:
+    """Does every pod that answered run the config last rendered (the kubelet refreshes a mounted ConfigMap
+    within about a minute, and the relay reloads it)?"""
+    runs: Mapping[str, Sequence[str]] = (queue or {}).get("configDigests") or {}
+    if not current or not runs:
+        return condition(CONFIG_APPLIED, "Unknown", "NotReported", "no pod has reported its config yet", gen, old, now)
+    behind = sorted(name for digest, names in runs.items() if digest != current for name in names)
+    if behind:
+        text = f"{', '.join(behind)} still run an earlier config (the kubelet refreshes it within about a minute)"
+        return condition(CONFIG_APPLIED, False, "Pending", text, gen, old, now)
+    count = sum(len(names) for names in runs.values())
+    return condition(
+        CONFIG_APPLIED, True, "Applied", f"the {count} reporting pods run the current config", gen, old, now
+    )
+
+
 def compute_status(
     owner: Owner,
     spec: SmtpRelaySpec | None,
@@ -112,6 +131,7 @@ def compute_status(
     problems: Sequence[Problem] = (),
     queue: Mapping[str, Any] | None = None,
     drain: DrainReport | None = None,
+    config_digest: str | None = None,
 ) -> dict[str, Any]:
     """The `.status` merge patch for one SmtpRelay.
 
@@ -159,6 +179,10 @@ def compute_status(
     conditions = [ready_condition, progressing, degraded]
     if spec is not None:
         conditions.append(_spool_condition(spec, gen, old_conditions, now))
+    digest = config_digest if config_digest is not None else str(old.get("configDigest") or "")
+    conditions.append(
+        _config_condition(digest, queue if queue is not None else old.get("queue"), gen, old_conditions, now)
+    )
     if problems:
         phase = DEGRADED
     elif ready_condition["status"] == "True" and not moving:
@@ -176,6 +200,8 @@ def compute_status(
     }
     if drain is not None:
         patch["drain"] = dict(drain.status) if drain.status else None
+    if config_digest is not None:
+        patch["configDigest"] = config_digest
     if queue is not None:  # every field named, a missing one as None: a merge patch must remove stale figures
         patch["queue"] = {key: queue.get(key) for key in QUEUE_FIELDS}
         patch["queueDepth"] = queue.get("depth") if queue.get("podsReporting") else None

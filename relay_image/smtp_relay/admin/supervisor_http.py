@@ -150,10 +150,13 @@ class SupervisorAdmin(AdminServer):
             }
             for w, data in answers
         ]
+        digests = {((data or {}).get("config") or {}).get("digest", "") for _, data in answers}
         return {
             "ready": not reason,
             "reason": reason,
             "queue": merge_queues(data.get("queue") or {} for _, data in answers if data),
+            # the workers' common config; empty while they differ (one of them has not reloaded yet)
+            "config": {"digest": digests.pop() if len(digests) == 1 else ""},
             "workers": workers,
         }
 

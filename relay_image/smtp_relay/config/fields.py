@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -111,6 +111,24 @@ Nameserver = Annotated[
     str, Field(min_length=1, max_length=MAX_NAMESERVER_LENGTH, json_schema_extra={"pattern": NAMESERVER_PATTERN})
 ]
 SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN, max_length=253)]
+
+
+OFF_ALIAS = "disabled"
+"""Another name for "off" that no YAML reads as a boolean: YAML 1.1 turns an unquoted `off` into false, which the
+apiserver refuses for a string field; `disabled` (or a quoted 'off') passes everywhere."""
+
+
+def _off(value: object) -> object:
+    return "off" if value is False or value == OFF_ALIAS else value
+
+
+OFF_IS_FALSE = BeforeValidator(_off)
+"""For an enum with "off": YAML's unquoted `off` (false, from a local file) and `disabled` are "off"."""
+
+
+def off_enum(*values: str) -> Any:
+    """The CRD side of such an enum: `disabled` is accepted beside the values."""
+    return Field(json_schema_extra={"enum": [*values, OFF_ALIAS]})
 
 
 class SpecModel(BaseModel):

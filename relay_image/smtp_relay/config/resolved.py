@@ -49,6 +49,9 @@ class RelayConfig:
     """caSecret name -> PEM bundle."""
     sending_domains: SendingDomains | None = None
     """The SendingDomains of this relay and their signing keys; None while the verified set is unknown."""
+    digest: str = ""
+    """sha256 (16 hex digits) of the manifest file as loaded: the operator compares it with the ConfigMap it
+    rendered, so status can say whether every pod runs the current config."""
 
 
 def _need(secrets: Mapping[str, SecretData], name: str, keys: tuple[str, ...], where: str) -> SecretData:

@@ -18,6 +18,11 @@ from smtp_relay.config.manifest import load_file, load_mounted_secrets
 from smtp_relay.config.resolved import RelayConfig, resolve
 
 
+def config_digest(text: bytes) -> str:
+    """The identity of a config file's content, as the relay reports it and the operator computes it."""
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ConfigSource:
     """The manifest file and, in a pod, the folder of mounted Secrets."""
@@ -27,11 +32,15 @@ class ConfigSource:
 
     def load(self) -> RelayConfig:
         """Read and check everything; raise ManifestError naming each problem."""
+        try:
+            digest = config_digest(self.manifest.read_bytes())
+        except OSError:
+            digest = ""  # load_file says why
         manifest = load_file(self.manifest)
         secrets = dict(manifest.secrets)
         if self.secrets_dir is not None:
             secrets.update(load_mounted_secrets(self.secrets_dir))
-        config = resolve(manifest.name, manifest.namespace, manifest.spec, secrets)
+        config = dataclasses.replace(resolve(manifest.name, manifest.namespace, manifest.spec, secrets), digest=digest)
         # Known when the file holds the domains: a local file always does (none means none); in a pod, only
         # once the operator rendered them (until then senders needing verification are deferred, not refused).
         if manifest.domains_included or self.secrets_dir is None:

@@ -19,6 +19,7 @@ from smtp_relay.config.fields import (
     MAX_NETWORKS,
     MAX_ROUTES,
     MAX_SMARTHOSTS,
+    OFF_IS_FALSE,
     DnsSpec,
     DomainName,
     Duration,
@@ -27,6 +28,7 @@ from smtp_relay.config.fields import (
     Quantity,
     SecretName,
     SpecModel,
+    off_enum,
 )
 from smtp_relay.config.units import parse_quantity
 
@@ -34,6 +36,15 @@ API_GROUP = "relayfleet.io"
 API_VERSION = "v1alpha1"
 
 TlsMode = Literal["none", "starttls", "implicit"]
+# Enums with "off", which YAML 1.1 reads as false when unquoted (`spf: off`): a local file's false is "off", and
+# `disabled` names it in a way no YAML misreads (the apiserver cannot take false for a string field).
+SpfMode = Annotated[Literal["off", "tag", "reject"], OFF_IS_FALSE, off_enum("off", "tag", "reject")]
+SpamEngine = Annotated[
+    Literal["off", "builtin", "rspamd", "spamassassin"],
+    OFF_IS_FALSE,
+    off_enum("off", "builtin", "rspamd", "spamassassin"),
+]
+VirusEngine = Annotated[Literal["off", "clamd"], OFF_IS_FALSE, off_enum("off", "clamd")]
 AuthMode = Literal["none", "optional", "required"]
 
 
@@ -113,7 +124,7 @@ class DnsblSpec(SpecModel):
 class IpAuthoritySpec(SpecModel):
     """Is the client IP allowed to send for the sender's domain?"""
 
-    spf: Literal["off", "tag", "reject"] = "tag"
+    spf: SpfMode = "tag"
     """SPF check of the MAIL FROM domain (or HELO for the null sender) against the client IP."""
     dnsbl: DnsblSpec = DnsblSpec()
     """DNS blocklists."""
@@ -122,7 +133,7 @@ class IpAuthoritySpec(SpecModel):
 class SpamSpec(SpecModel):
     """Spam scoring."""
 
-    engine: Literal["off", "builtin", "rspamd", "spamassassin"] = "builtin"
+    engine: SpamEngine = "builtin"
     """off, builtin (fast local rules), rspamd (HTTP) or spamassassin (spamd)."""
     address: str = ""
     """host:port of rspamd or spamd; required for those engines."""
@@ -143,7 +154,7 @@ class SpamSpec(SpecModel):
 class VirusSpec(SpecModel):
     """Virus scanning."""
 
-    engine: Literal["off", "clamd"] = "off"
+    engine: VirusEngine = "off"
     """off or clamd."""
     address: str = ""
     """clamd host:port; required for engine clamd."""
@@ -365,11 +376,34 @@ class QueueSpec(SpecModel):
     """Delete the spool PVCs when the SmtpRelay is deleted (default: keep them, they may hold mail)."""
 
 
+class AutoscalingSpec(SpecModel):
+    """Replicas from the queue: ceil(queue depth / targetQueuePerReplica), within min and max; scale-ups at once,
+    scale-downs only to the highest recommendation of the last scaleDownStabilization (so a burst's tail does
+    not flap), and every scale-down through the drain."""
+
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Fewest relay pods."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Most relay pods."""
+    target_queue_per_replica: Annotated[int, Field(ge=1)] = 1000
+    """Queued messages one pod should hold at most."""
+    scale_down_stabilization: Duration = "5m"
+    """How long a lower recommendation must hold before the fleet scales down."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise PydanticCustomError("autoscaling", "minReplicas must not be above maxReplicas")
+        return self
+
+
 class SmtpRelaySpec(SpecModel):
     """Desired state of an SMTP relay fleet."""
 
     replicas: Annotated[int, Field(ge=0, le=1000)] = 2
-    """Number of relay pods."""
+    """Number of relay pods (with spec.autoscaling, the operator sets it from the queue)."""
+    autoscaling: AutoscalingSpec | None = None
+    """Queue-aware autoscaling by the operator; any HorizontalPodAutoscaler on the scale subresource works too."""
     image: str = ""
     """Relay container image; empty uses the operator's default."""
     listeners: Annotated[list[Listener], Field(min_length=1, max_length=32)] = [Listener(name="smtp", port=2525)]

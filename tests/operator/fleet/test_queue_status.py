@@ -13,8 +13,8 @@ def figures(active: int, deferred: int, oldest: float, received: int, delivered:
 
 def test_sums_over_the_pods_that_answered_and_names_the_others() -> None:
     samples = [
-        PodSample("r-0", "u0", 100.0, figures(2, 3, 50, 10, 5)),
-        PodSample("r-1", "u1", 100.0, figures(1, 0, 90, 4, 4)),
+        PodSample("r-0", "u0", 100.0, figures(2, 3, 50, 10, 5), config_digest="new"),
+        PodSample("r-1", "u1", 100.0, figures(1, 0, 90, 4, 4), config_digest="old"),
         PodSample("r-2", "u2", 100.0, error="ClientConnectorError"),
     ]
     queue, keep = summarize(samples, {})
@@ -27,6 +27,7 @@ def test_sums_over_the_pods_that_answered_and_names_the_others() -> None:
         "deferred": 3,
         "quarantined": 2,
         "oldestAgeSeconds": 90,
+        "configDigests": {"new": ["r-0"], "old": ["r-1"]},
     }
     assert set(keep) == {"u0", "u1"} and "ratesPerMinute" not in queue, "one sample gives no rate"
 

@@ -69,6 +69,9 @@ async def test_queue_figures_of_every_pod_into_status_queue(kube_api: KubeApi, r
             assert first["unreachable"][0] == "outbound-2: not running (Pending)"
             assert first["unreachable"][1].startswith("outbound-3: ")
             assert first["depth"] == 0 and first["quarantined"] == 0 and "ratesPerMinute" not in first
+            by_digest = {d: names for d, names in first["configDigests"].items()}
+            assert sorted(n for names in by_digest.values() for n in names) == ["outbound-0", "outbound-1"]
+            assert all(len(digest) == 16 for digest in by_digest), "each pod says which config it loaded"
             with smtplib.SMTP("127.0.0.1", smtp_ports[1], timeout=10) as client:
                 client.sendmail("a@example.com", ["b@example.net"], b"Subject: x\r\n\r\nhi\r\n")
             second = await telemetry.queue_status(kube, OWNER)

@@ -160,3 +160,18 @@ def test_the_queue_judges_degraded_and_a_refresh_between_samples_keeps_it() -> N
     nobody = {"podsReporting": 0, "podsUnreachable": 3, "unreachable": ["a: x", "b: x", "c: x"]}
     silent = compute_status(OWNER, SPEC, sts(3, 3), status, T0, queue=nobody)
     assert silent["queueDepth"] is None, "no pod answered: the column is cleared, not guessed"
+
+
+def test_config_applied_once_every_reporting_pod_runs_the_rendered_config() -> None:
+    unknown = conditions(compute_status(OWNER, SPEC, sts(3, 3), None, T0, config_digest="abc"))["ConfigApplied"]
+    assert (unknown["status"], unknown["reason"]) == ("Unknown", "NotReported")
+    mixed = {"podsReporting": 2, "configDigests": {"abc": ["outbound-0"], "old": ["outbound-1"]}}
+    status = compute_status(OWNER, SPEC, sts(3, 3), None, T0, queue=mixed, config_digest="abc")
+    pending = conditions(status)["ConfigApplied"]
+    assert (pending["status"], pending["reason"]) == ("False", "Pending") and "outbound-1 still run" in pending[
+        "message"
+    ]
+    assert status["configDigest"] == "abc"
+    caught_up = {"podsReporting": 2, "configDigests": {"abc": ["outbound-0", "outbound-1"]}}
+    applied = conditions(compute_status(OWNER, SPEC, sts(3, 3), status, T0, queue=caught_up))["ConfigApplied"]
+    assert (applied["status"], applied["message"]) == ("True", "the 2 reporting pods run the current config")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from smtp_relay.config.manifest import ManifestError, load_file, parse_spec
+from smtp_relay.config.manifest import ManifestError, load_documents, load_file, parse_spec
 from smtp_relay.config.units import parse_duration, parse_quantity
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -55,3 +56,21 @@ def test_units() -> None:
     assert parse_quantity("1k") == 1000
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("5 minutes")
+
+
+def test_an_unquoted_off_in_a_local_file_means_off() -> None:
+    """YAML 1.1 reads `spf: off` as false; the loader takes it for "off", as it takes `disabled`."""
+    text = """
+apiVersion: relayfleet.io/v1alpha1
+kind: SmtpRelay
+metadata: {name: local}
+spec:
+  policy:
+    ipAuthority: {spf: off}
+    spam: {engine: off}
+    virus: {engine: disabled}
+"""
+    policy = load_documents(list(yaml.safe_load_all(text))).spec.policy
+    assert (policy.ip_authority.spf, policy.spam.engine, policy.virus.engine) == ("off", "off", "off")
+    dumped = yaml.safe_dump(policy.model_dump(mode="json", by_alias=True))
+    assert "spf: 'off'" in dumped, "written back quoted, so the relay's own config reads it as a string"

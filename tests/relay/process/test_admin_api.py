@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from bench.peers.ports import closed_port, free_port
 
+from smtp_relay.config.source import config_digest
 from tests.harness.relay_proc import RELAY_BIN, RelayProcess, relay_manifest
 from tests.harness.waiting import wait_for
 
@@ -157,3 +158,11 @@ def test_queue_figures_carry_the_counters_the_operator_turns_into_rates(relay_fa
     assert queue["received_total"] == 3 and queue["total"] == 0
     assert queue["rejected_total"] >= 1 and queue["bounced_total"] == 0 and queue["delivery_failures_total"] == 0
     assert queue["quarantined"] == 0
+    # which config it runs: the digest the operator computes from the ConfigMap it rendered (ConfigApplied)
+    before = relay.queue()["config"]["digest"]
+    assert before == config_digest(relay.manifest.read_bytes())
+    relay.manifest.write_text(relay.manifest.read_text() + "# a new ConfigMap version\n")
+    relay.reload()
+    after = config_digest(relay.manifest.read_bytes())
+    assert after != before
+    wait_for(lambda: relay.queue()["config"]["digest"] == after, timeout=10)
