@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -50,11 +51,20 @@ def watched_resources(settings: Settings) -> list[tuple[str, str, str]]:
 def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
     """A watch per child kind on `registry`, all sharing one debounce per SmtpRelay."""
     pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+    triggers: dict[tuple[str, str], list[tuple[str | None, dict[str, Any]]]] = {}
 
     async def heal(namespace: str, name: str) -> None:
         await asyncio.sleep(HEAL_DELAY)
         pending.pop((namespace, name), None)
         kube = await client()
+        # Judged again now: a watch event can arrive before the response of the write that caused it, when the
+        # operator did not yet know that version as its own; after the delay it does.
+        events_seen = triggers.pop((namespace, name), [])
+        if all(
+            child_event_action(kind, body, kube.seen.get(str(body["metadata"].get("uid") or ""))) != "reconcile"
+            for kind, body in events_seen
+        ):
+            return
         relay = await kube.get("SmtpRelay", namespace, name)
         if relay is None or relay["metadata"].get("deletionTimestamp"):
             return  # the children are going with their owner
@@ -64,8 +74,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         except ApiError as exc:  # the relay's own handlers retry; this was a courtesy
             logger.warning("reconcile of %s/%s after a child's change failed: %s", namespace, name, exc)
 
-    def schedule(namespace: str, name: str) -> None:
+    def schedule(namespace: str, name: str, kind: str | None, body: Mapping[str, Any]) -> None:
         key = (namespace, name)
+        meta = body.get("metadata") or {}
+        triggers.setdefault(key, []).append((kind, {"kind": body.get("kind"), "metadata": dict(meta)}))
         if key not in pending:
             pending[key] = asyncio.ensure_future(heal(namespace, name))
 
@@ -77,7 +89,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         kube = await client()
         action = child_event_action(type, body, kube.seen.get(str(body.metadata.uid or "")))
         if action == "reconcile":
-            schedule(namespace, name)
+            schedule(namespace, name, type, body)
         elif action == "status":
             await rec.refresh_status(kube, namespace, name, statefulset=body)
 
@@ -86,6 +98,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         for task in list(pending.values()):
             task.cancel()
         pending.clear()
+        triggers.clear()
 
     for group, version, plural in watched_resources(settings):
         kopf.on.event(group, version, plural, registry=registry, labels=MANAGED)(child_event)

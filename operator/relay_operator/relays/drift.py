@@ -35,6 +35,8 @@ def child_event_action(event_type: str | None, body: Mapping[str, Any], seen: tu
         return "ignore"  # the initial listing: nothing happened, and each relay is reconciled on resume anyway
     if event_type == "DELETED":
         return "reconcile"  # a child is gone: put it back (unless its SmtpRelay is going too)
+    if event_type == "ADDED":
+        return "ignore"  # a child came to exist (the operator created it): nothing drifted
     if meta.get("deletionTimestamp"):
         return "ignore"  # being deleted: its DELETED event follows
     if seen is not None:
