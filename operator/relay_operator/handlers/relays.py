@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aiohttp
 import kopf
 
 from relay_operator.backoff import retry_delay
@@ -88,8 +89,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
                 await drain.reconcile(body, kube, settings, events, telemetry)
         try:
             queue = await telemetry.queue_status(kube, Owner.from_body(body))
-        except ApiError as exc:  # the pods could not even be listed: the last figures stand
-            logger.warning("queue figures of %s/%s not read: %s", namespace, name, exc)
+        except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the pods not even listed: the last figures stand
+            logger.warning("queue figures of %s/%s not read: %s", namespace, name, exc or type(exc).__name__)
             queue = None
         await rec.refresh_status(kube, namespace, name, queue=queue)
         spec, _problems = parse_or_problems(body)
