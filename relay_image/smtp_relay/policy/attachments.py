@@ -27,7 +27,7 @@ from email import errors as email_errors
 from email.message import Message
 from typing import Final, Literal
 
-from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.config.policy_spec import AttachmentsSpec
 from smtp_relay.policy.archive_formats import (
     ARCHIVE_EXTENSIONS,
     HEAD_BYTES,

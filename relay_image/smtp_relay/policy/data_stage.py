@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from typing import TypeVar
 
-from smtp_relay.config.spec import AttachmentsSpec, PolicySpec
+from smtp_relay.config.policy_spec import AttachmentsSpec, PolicySpec
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.attachments import AttachmentFinding, NeedsWorker, inspect_attachments
 from smtp_relay.policy.chain import Accounting

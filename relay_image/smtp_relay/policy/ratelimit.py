@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from smtp_relay.config.spec import RateLimit
+from smtp_relay.config.policy_spec import RateLimit
 from smtp_relay.config.units import parse_duration
 from smtp_relay.model.envelope import domain_of
 from smtp_relay.policy.verdict import Verdict, defer, reject

@@ -7,7 +7,7 @@ import zipfile
 from email.message import EmailMessage
 from email.policy import SMTP
 
-from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.config.policy_spec import AttachmentsSpec
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"

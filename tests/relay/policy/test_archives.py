@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.config.policy_spec import AttachmentsSpec
 from smtp_relay.policy import archive_formats, attachments, mime
 from smtp_relay.policy.attachments import AttachmentFinding, NeedsWorker, blocked_extensions, inspect_attachments
 from tests.relay.policy.archive_samples import (

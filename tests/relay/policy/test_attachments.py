@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.config.policy_spec import AttachmentsSpec
 from smtp_relay.policy import archive_formats, attachments, mime
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 from smtp_relay.policy.mime import parse_message

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtp_relay.cleanup.headers import HeaderInjectionError, prepend_headers
-from smtp_relay.config.spec import AttachmentsSpec
+from smtp_relay.config.policy_spec import AttachmentsSpec
 from smtp_relay.policy.attachments import AttachmentFinding, inspect_attachments
 from smtp_relay.policy.mime import _parse_single_part, parse_message
 from smtp_relay.policy.spam_builtin import _SIMPLE_FROM, from_address, score_builtin

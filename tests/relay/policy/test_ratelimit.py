@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtp_relay.config.spec import RateLimit
+from smtp_relay.config.policy_spec import RateLimit
 from smtp_relay.policy.ratelimit import AuthThrottle, ConnectionLimiter, RateLimiter, SlidingWindow, limit_key
 
 

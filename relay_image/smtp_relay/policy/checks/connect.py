@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from smtp_relay.config.spec import ClientsSpec, DnsblSpec
+from smtp_relay.config.policy_spec import DnsblSpec
+from smtp_relay.config.spec import ClientsSpec
 from smtp_relay.policy.dnsbl import dnsbl_verdict
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.ratelimit import ConnectionLimiter

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from smtp_relay.config.spec import SpamSpec, VirusSpec
+from smtp_relay.config.policy_spec import SpamSpec, VirusSpec
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.attachments import AttachmentFinding
 from smtp_relay.policy.ratelimit import RateLimiter
