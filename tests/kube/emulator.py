@@ -64,6 +64,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _log_floor: int = attrs.field(default=0, init=False)  # events with rv <= floor were compacted away
     _wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    _live: dict[kmock.resource, dict[tuple[str | None, str], Json]] = attrs.field(factory=dict, init=False)
+    """Live objects by resource: a list or watch reads its own kind, not every stored object."""
     # The Kubernetes version served at /version; built-in schemas, messages and CEL libraries follow it.
     kubernetes_version: str = "1.31.0"
     # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
@@ -241,10 +243,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # -- storage --
 
     def _get(self, res: kmock.resource, ns: str | None, name: str) -> Json | None:
-        key = (res, ns, name)
-        if key not in self._objects or self._objects[key].deleted:
-            return None
-        return self._objects[key].raw
+        obj = self._live.get(res, {}).get((ns, name))
+        return None if obj is None else dict(obj)  # a shallow copy, as kmock's ``.raw`` gives
 
     def _must_get(self, res: kmock.resource, ns: str | None, name: str) -> Json:
         obj = self._get(res, ns, name)
@@ -265,6 +265,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._objects[key].delete()
         else:
             self._objects[key].history.append(body)
+        live = self._live.setdefault(res, {})
+        if event == "DELETED":
+            live.pop(key[1:], None)
+        else:
+            live[key[1:]] = body
         self._log.append((self._rv, event, res, body, old))
         if len(self._log) > LOG_LIMIT:
             self._log_floor = self._log[LOG_LIMIT // 10][0]
@@ -279,9 +284,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._control.poke()
 
     def _all(self, res: kmock.resource | None = None) -> Iterable[tuple[kmock.resource, Json]]:
-        for (r, _, _), obj in list(self._objects.items()):
-            if (res is None or r == res) and not obj.deleted:
-                yield r, obj.raw
+        for r in [res] if res is not None else list(self._live):
+            for obj in list(self._live.get(r, {}).values()):
+                yield r, dict(obj)  # a shallow copy, as kmock's ``.raw`` gives
 
     def _list(self, res: kmock.resource, ns: str | None, params: Mapping[str, str]) -> list[Json]:
         match = self._matcher(params, ns, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import kopf
 
+from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers import children, domains, relays, wiring
 from relay_operator.settings import Settings
@@ -22,9 +23,10 @@ SETTINGS = Settings.from_env()
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     """Register every handler on `registry` (kopf's default one on import; a test may use its own)."""
     telemetry = Telemetry(settings.telemetry_concurrency, settings.telemetry_timeout_seconds)
-    wiring.register(registry, children.watched_resources(settings))
-    relays.register(registry, settings, telemetry)
-    children.register(registry, settings, telemetry)
+    observed = Observed()
+    wiring.register(registry, [*children.watched_resources(settings), children.PODS])
+    relays.register(registry, settings, telemetry, observed)
+    children.register(registry, settings, telemetry, observed)
     domains.register(registry, settings, telemetry)
 
 
