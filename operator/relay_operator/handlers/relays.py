@@ -82,7 +82,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Periodic refresh with the pods' queue figures; a Degraded relay gets a full reconcile first, so a
-        Secret created later heals it."""
+        Secret created later heals it. An API server that is slow or failing makes it try again soon."""
+        with retried_when_transient():
+            await refresh(body, logger)
+
+    async def refresh(body: kopf.Body, logger: kopf.Logger) -> None:
         kube = await client()
         namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
         current: kopf.Body | None = body  # what kopf's watch showed: no need to read it again

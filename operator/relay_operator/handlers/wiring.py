@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import kopf
 
 from relay_operator.kube import ApiError, Connection, Kube
@@ -55,13 +56,21 @@ async def client() -> Kube:
 @contextmanager
 def retried_when_transient() -> Iterator[None]:
     """An API conflict, throttling or server error becomes kopf's TemporaryError: retried in 2 s
-    (without the traceback and the backoff of a handler failure)."""
+    (without the traceback and the backoff of a handler failure). An API server that did not answer
+    in time, or could not be reached, is given `UNREACHABLE_RETRY_SECONDS` (a loaded server needs room,
+    but not kopf's 60 s for an unknown failure), also logged as one line."""
     try:
         yield
     except ApiError as exc:
         if exc.status in (409, 429) or exc.status >= 500:
             raise kopf.TemporaryError(str(exc), delay=2) from exc
         raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        why = f"the API server did not answer: {exc or type(exc).__name__}"
+        raise kopf.TemporaryError(why, delay=UNREACHABLE_RETRY_SECONDS) from exc
+
+
+UNREACHABLE_RETRY_SECONDS = 10
 
 
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
