@@ -66,6 +66,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _closing: bool = attrs.field(default=False, init=False)
     _live: dict[kmock.resource, dict[tuple[str | None, str], Json]] = attrs.field(factory=dict, init=False)
     """Live objects by resource: a list or watch reads its own kind, not every stored object."""
+    _uids: dict[str, Json] = attrs.field(factory=dict, init=False)
+    """Live objects by uid: the garbage collector finds an owner without a scan."""
     # The Kubernetes version served at /version; built-in schemas, messages and CEL libraries follow it.
     kubernetes_version: str = "1.31.0"
     # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
@@ -266,10 +268,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             self._objects[key].history.append(body)
         live = self._live.setdefault(res, {})
+        uid = str(meta.get("uid") or "")
         if event == "DELETED":
             live.pop(key[1:], None)
+            self._uids.pop(uid, None)
         else:
             live[key[1:]] = body
+            self._uids[uid] = body
         self._log.append((self._rv, event, res, body, old))
         if len(self._log) > LOG_LIMIT:
             self._log_floor = self._log[LOG_LIMIT // 10][0]
