@@ -8,6 +8,7 @@ older stops, it leaves the peering object and the newer takes over. Every peerin
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from relay_operator.settings import Settings
 from tests.harness.kopf_thread import KopfThread, fast_settings
 from tests.harness.waiting import wait_for
 from tests.kube.audit import bound_rules, rbac_diff
-from tests.operator.handlers.test_e2e import GROUP, EmulatorApi, get, ok
+from tests.operator.handlers.test_e2e import GROUP, MERGE, EmulatorApi, get, ok
 from tests.operator.handlers.test_rbac_audit import chart, install_rbac
 from tests.peers.kube import KubeApi
 
@@ -94,12 +95,46 @@ def test_of_two_peered_operators_the_older_handles_and_the_newer_takes_over(kube
             if operator.thread.is_alive():
                 operator.stop()
         wiring.set_login(None)
-    requests = kube_api._call(lambda: kube_api.audit.requests(operator_api.api.user))
+    # the patch grant is for the release's own peering object only: another release's is out of reach
+    other = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "other-relayfleet-x"}}
+    ok(admin, "POST", "/apis/kopf.dev/v1/clusterkopfpeerings", other)
+    code, _ = operator_api.call("PATCH", "/apis/kopf.dev/v1/clusterkopfpeerings/other-relayfleet-x",
+                                {"status": {"intruder": None}}, MERGE)  # fmt: skip
+    assert code == 403
+    requests = kube_api._call(lambda: kube_api.audit.requests(operator_api.api.user, allowed=True))
     refused = kube_api._call(lambda: kube_api.audit.requests(operator_api.api.user, allowed=False))
-    assert refused == [], f"the operators were refused: {refused}"
+    assert [r.name for r in refused] == ["other-relayfleet-x"], f"the operators were refused: {refused}"
     peering_rules = [r for r in bound_rules(docs, "relayfleet", account) if r["apiGroups"] == ["kopf.dev"]]
     peering_requests = [r for r in requests if r.resource_request and r.group == "kopf.dev"]
     assert rbac_diff(peering_requests, peering_rules) == (set(), set())
+
+
+def test_a_peer_that_died_holds_the_others_back_only_for_its_lifetime(kube_api: KubeApi) -> None:
+    """A leader killed hard (no clean exit) leaves its entry: the survivor waits out its lifetime (kopf's 60 s
+    by default; 4 s here), then removes it and handles."""
+    docs = chart("replicaCount=2")
+    for crd in (smtprelay_crd(), sendingdomain_crd(), *[d for d in docs if d["kind"] == "CustomResourceDefinition"]):
+        kube_api.register_crd(crd)
+    admin = EmulatorApi(kube_api)
+    account = install_rbac(admin, docs)
+    operator_api = EmulatorApi(kube_api.as_service_account("relayfleet", account))
+    lastseen = datetime.datetime.now(datetime.UTC).isoformat()
+    ghost = {"priority": peering_priority(time.time() - 3600, 0), "lifetime": 4, "lastseen": lastseen}
+    ok(admin, "POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
+       {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING},
+        "status": {"killed-leader": ghost}})  # fmt: skip
+    wiring.set_login(lambda **_: operator_api.login())
+    survivor = PeeredOperator("operator-b", started=time.time(), image="relay:from-b")
+    try:
+        survivor.start()
+        ok(admin, "POST", f"{GROUP}/namespaces/{NS}/smtprelays", relay("during"))
+        time.sleep(1.5)
+        assert image_of(admin, "during") is None, "handled while a live peer of higher priority was announced"
+        assert wait_for(lambda: image_of(admin, "during"), timeout=20) == "relay:from-b"
+        assert "killed-leader" not in peers(admin)
+    finally:
+        survivor.stop()
+        wiring.set_login(None)
 
 
 def test_a_peered_operator_without_the_peering_crd_stops_saying_what_is_missing(kube_api: KubeApi) -> None:
