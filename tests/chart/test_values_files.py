@@ -93,3 +93,10 @@ def test_values_the_schema_refuses(values: Path) -> None:
     expected = values.read_text().splitlines()[0].removeprefix("# refused: ")
     result = helm("template", "rf", str(CHART), "-f", str(values), check=False)
     assert result.returncode != 0 and expected in result.stderr, result.stderr
+
+
+def test_the_oldest_supported_kubernetes_renders_and_an_older_one_is_refused() -> None:
+    everything = ["-f", str(VALUES / "everything.yaml")]
+    assert helm("template", "rf", str(CHART), "--kube-version", VERSIONS[0], *everything).stdout
+    result = helm("template", "rf", str(CHART), "--kube-version", "1.30.9", *everything, check=False)
+    assert result.returncode != 0 and "chart requires kubeVersion: >=1.31.0-0" in result.stderr, result.stderr
