@@ -4,24 +4,31 @@ operator wrote say, per-relay replicas, and a deleted object's series gone with 
 
 from __future__ import annotations
 
+import base64
 import logging
+import random
+import smtplib
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import kopf
 import pytest
+from bench.peers.ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay_operator import handlers
 from relay_operator.handlers import wiring
 from relay_operator.handlers.observe import MetricsEndpoint
+from relay_operator.relays.render.common import ADMIN_PORT
 from relay_operator.settings import Settings
 from tests.harness.kopf_thread import KopfThread, fast_settings
+from tests.harness.relay_proc import relay_factory  # noqa: F401 (the fixture)
 from tests.harness.waiting import wait_for
 from tests.operator.domains.dns import DOMAIN, EGRESS, expected, reload, zone
 from tests.operator.handlers.test_e2e import GROUP, MERGE, EmulatorApi, emulator, get, ok  # noqa: F401
 from tests.peers.dns import DnsServer, ZoneSpec
+from tests.peers.kube import KubeApi
 
 NS = "default"
 RELAY = f"{GROUP}/namespaces/{NS}/smtprelays/outbound"
@@ -162,3 +169,58 @@ def test_domains_by_verdict_on_metrics(
         ready = {**not_ready, "status": "True"}
         assert value(samples, "relayfleet_operator_objects_by_condition", **ready) == 1
         assert value(samples, "relayfleet_operator_objects_by_condition", **not_ready) == 0
+
+
+class IdleKubelet:
+    """Leaves the pods Pending: the test runs the relay process and reports the pod Running itself."""
+
+    def start(self, pod: dict[str, Any], node: Any) -> None:
+        pass
+
+    def stop(self, pod: dict[str, Any], grace: int, node: Any) -> None:
+        node.stopped(pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+
+@pytest.mark.peers
+def test_the_queue_as_the_operator_reads_it_from_the_pods(
+    kube_api: KubeApi,
+    emulator: EmulatorApi,  # noqa: F811
+    relay_factory: Any,  # noqa: F811
+) -> None:
+    """A real relay stands in for the pod outbound-0 at its own loopback address; its upstream refuses, so three
+    messages stay queued. The resync timer reads the pod's /queue into status.queue, and the metrics show it."""
+    kube_api._call(lambda: setattr(kube_api.emulator, "kubelet", IdleKubelet()))
+    relay = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": "outbound"},
+             "spec": {"replicas": 1}}  # fmt: skip
+    with MeteredOperator(emulator, settings(resync_seconds=1)) as operator:
+        ok(emulator, "POST", f"{GROUP}/namespaces/{NS}/smtprelays", relay)
+        secret = wait_for(lambda: get(emulator, f"/api/v1/namespaces/{NS}/secrets/outbound-admin-token"))
+        wait_for(lambda: get(emulator, f"/api/v1/namespaces/{NS}/pods/outbound-0"))
+        smtp, closed = free_port(), free_port()  # nothing listens on `closed`: every delivery is deferred
+        upstream = {"host": "127.0.0.1", "port": closed, "tls": "none"}
+        spec = {"listeners": [{"name": "relay", "port": smtp}], "clients": {"allowedNetworks": ["127.0.0.0/8"]},
+                "routing": {"default": {"smarthosts": [upstream]}}}  # fmt: skip
+        address = f"127.{random.randint(100, 199)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+        process = relay_factory(spec, start=False, http_host=address, http_port=ADMIN_PORT)
+        process.admin_token_file.write_text(base64.b64decode(secret["data"]["token"]).decode() + "\n")
+        process.start()
+        for _ in range(3):
+            with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as client:
+                client.sendmail("a@example.com", ["b@example.net"], b"Subject: queued\r\n\r\nhi\r\n")
+        running = {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+        ok(emulator, "PATCH", f"/api/v1/namespaces/{NS}/pods/outbound-0/status", {"status": running}, MERGE)
+        relay_labels = {"namespace": NS, "name": "outbound"}
+        samples = wait_for(
+            lambda: (s := operator.scrape()) and value(s, "relayfleet_operator_relay_queue_depth", **relay_labels) == 3
+            and s,
+            timeout=30,
+        )  # fmt: skip
+        assert (get(emulator, RELAY) or {})["status"]["queue"]["depth"] == 3, "the figure is the status's"
+        assert value(samples, "relayfleet_operator_relay_pods_unreachable", **relay_labels) == 0
+        oldest = value(samples, "relayfleet_operator_relay_queue_oldest_age_seconds", **relay_labels)
+        later = (get(emulator, RELAY) or {})["status"]["queue"]["oldestAgeSeconds"]  # read after the scrape: older
+        assert oldest is not None and 0 <= oldest <= later
+        resyncs = value(samples, "relayfleet_operator_reconciles_total", kind="SmtpRelay", handler="resync",
+                        result="success")  # fmt: skip
+        assert resyncs is not None and resyncs >= 1
