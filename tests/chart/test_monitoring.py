@@ -204,6 +204,14 @@ def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(tmp_path: P
     titles = {p["title"] for p in dashboard["panels"] if p["type"] != "row"}
     wanted = ["Queue depth", "Oldest queued message", "Received, delivered, bounced, rejected", "Verdicts by check"]
     assert set(wanted) | {"Delivery latency", "Domains verified"} <= titles
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "namespace", "relay"]
+    for panel in dashboard["panels"]:
+        assert set(panel["gridPos"]) == {"h", "w", "x", "y"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            assert panel["targets"] and panel["description"], panel["title"]
     elsewhere = one(render(tmp_path, ALL_ON, {"grafanaDashboard": {"namespace": "monitoring", "sidecarLabel": "dash",
                                                                     "sidecarLabelValue": "yes"}}), "ConfigMap",
                     "rf-relayfleet-relayfleet-dashboard")  # fmt: skip
