@@ -319,3 +319,21 @@ def test_two_releases_with_monitoring_share_no_name(tmp_path: Path) -> None:
             assert key not in seen, f"{key} rendered by {seen.get(key)} and {release}/{namespace}"
             seen[key] = f"{release}/{namespace}"
     assert ("ConfigMap", "monitoring", "relayfleet-team-a-dashboard") in seen
+
+
+@needs_helm
+@pytest.mark.parametrize("version", ["1.31.0", "1.37.0"], ids=["floor", "latest"])
+def test_the_built_in_objects_it_adds_validate_strictly(tmp_path: Path, version: str) -> None:
+    """The metrics Service, the dashboard ConfigMap and the Deployment with its metrics port, against the Kubernetes
+    OpenAPI schemas of the chart's floor (Chart.yaml kubeVersion) and the newest kubernetes-validate knows."""
+    import kubernetes_validate
+
+    docs = render(tmp_path, ALL_ON)
+    checked = [d for d in docs if d["kind"] in ("Service", "ConfigMap", "Deployment")]
+    assert {d["kind"] for d in checked} == {"Service", "ConfigMap", "Deployment"}
+    for doc in checked:
+        kubernetes_validate.validate(doc, version, strict=True)
+    wrong = json.loads(json.dumps(one(docs, "Service", "rf-relayfleet-metrics")))
+    wrong["spec"]["ports"][0]["port"] = "eighty"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong, version, strict=True)
