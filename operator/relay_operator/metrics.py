@@ -11,6 +11,7 @@ Pure: no I/O here (the HTTP side is `handlers/observe.py`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,21 +100,25 @@ def condition_counts(states: Iterable[ObjectState], kind: str) -> dict[tuple[str
 
 
 class ObjectBook:
-    """The objects as last seen, by (kind, namespace, name). Written from the operator's event loop, read by the
-    scrape in the same loop (the metrics server runs there), so no lock is needed."""
+    """The objects as last seen, by (kind, namespace, name). Written from the operator's event loop, read by a scrape
+    in a worker thread (formatting thousands of samples must not hold up the loop), hence the lock."""
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str, str], ObjectState] = {}
+        self._lock = threading.Lock()
 
     def seen(self, kind: str, body: Mapping[str, Any]) -> None:
         state = object_state(kind, body)
-        self._states[kind, state.namespace, state.name] = state
+        with self._lock:
+            self._states[kind, state.namespace, state.name] = state
 
     def gone(self, kind: str, namespace: str, name: str) -> None:
-        self._states.pop((kind, namespace, name), None)
+        with self._lock:
+            self._states.pop((kind, namespace, name), None)
 
     def states(self) -> list[ObjectState]:
-        return list(self._states.values())
+        with self._lock:
+            return list(self._states.values())
 
 
 def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:

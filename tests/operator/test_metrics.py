@@ -147,3 +147,37 @@ def test_a_registry_serves_metrics_only_when_asked() -> None:
     watches = {h.id for h in served._watching.get_all_handlers()} - {h.id for h in quiet._watching.get_all_handlers()}
     assert watches == {"smtprelay_seen_for_metrics", "sendingdomain_seen_for_metrics"}
     assert handlers.SETTINGS.metrics_enabled, "relayfleet-operator serves /metrics by default"
+
+
+async def test_a_scrape_of_a_large_fleet_does_not_hold_up_the_event_loop() -> None:
+    """Formatting thousands of samples takes a while: it runs in a thread, the handlers' loop keeps turning."""
+    import aiohttp
+
+    from relay_operator.handlers.observe import MetricsEndpoint
+
+    metrics = OperatorMetrics()
+    for i in range(2000):
+        metrics.book.seen("SmtpRelay", relay(f"r{i}", [READY, BACKLOG], replicas=3, readyReplicas=3))
+    endpoint = MetricsEndpoint(metrics, "127.0.0.1", 0)
+    await endpoint.start()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.002)
+            gaps.append(loop.time() - before)
+
+    ticking = asyncio.ensure_future(ticker())
+    try:
+        async with aiohttp.ClientSession() as session:
+            started = asyncio.get_running_loop().time()
+            async with session.get(f"http://127.0.0.1:{endpoint.port}/metrics") as response:
+                text = await response.text()
+            took = asyncio.get_running_loop().time() - started
+    finally:
+        ticking.cancel()
+        await endpoint.stop()
+    assert sum(line.startswith("relayfleet_operator_condition{") for line in text.splitlines()) == 4000
+    assert len(gaps) > 5 and max(gaps) < took / 2, (max(gaps), took)

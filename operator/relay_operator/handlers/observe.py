@@ -3,11 +3,13 @@ handler run, the watches that keep the book of statuses, and /metrics served fro
 
 The book is filled from watch events on SmtpRelays and SendingDomains, which kopf streams for the operator's
 handlers anyway: the statuses the operator wrote, as the API holds them, with no API call of ours. The server
-runs in kopf's loop (aiohttp, like the relays' admin port), so a scrape reads the book where it is written.
+runs in kopf's loop (aiohttp, like the relays' admin port); a scrape's text is formatted in a worker thread, since
+at hundreds of objects that takes long enough to delay the handlers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -72,7 +74,8 @@ class MetricsEndpoint:
         self._runner: web.AppRunner | None = None
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
         app = web.Application()
