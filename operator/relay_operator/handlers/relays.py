@@ -19,8 +19,10 @@ from relay_operator.fleet import drain
 from relay_operator.fleet.autoscale import Stabilizer, decision
 from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
+from relay_operator.handlers.observe import instrumented
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import ApiError
+from relay_operator.metrics import OperatorMetrics
 from relay_operator.relays import reconcile as rec
 from relay_operator.relays.render.common import Owner
 from relay_operator.relays.status import QUEUE_REASONS
@@ -49,12 +51,20 @@ def _deletes_claims(spec: kopf.Spec, **_: Any) -> bool:
     return bool((spec.get("queue") or {}).get("deleteClaimsOnDelete"))
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry, observed: Observed) -> None:
-    """Register the SmtpRelay handlers on `registry`."""
+def register(
+    registry: kopf.OperatorRegistry,
+    settings: Settings,
+    telemetry: Telemetry,
+    observed: Observed,
+    metrics: OperatorMetrics,
+) -> None:
+    """Register the SmtpRelay handlers on `registry`, each run counted and timed in `metrics`."""
+    counted = instrumented(metrics, "SmtpRelay")
 
     @kopf.on.resume(*RELAYS, registry=registry)
     @kopf.on.create(*RELAYS, registry=registry)
     @kopf.on.update(*RELAYS, registry=registry)
+    @counted
     async def relay_changed(
         body: kopf.Body, patch: kopf.Patch, reason: str, retry: int, logger: kopf.Logger, **_: Any
     ) -> None:
@@ -80,6 +90,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
     stabilizers: dict[tuple[str, str], Stabilizer] = {}
 
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
+    @counted
     async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Periodic refresh with the pods' queue figures; a Degraded relay gets a full reconcile first, so a
         Secret created later heals it. An API server that is slow or failing makes it try again soon."""
@@ -126,6 +137,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         await telemetry.close()
 
     @kopf.on.delete(*RELAYS, registry=registry, when=_deletes_claims)
+    @counted
     async def relay_deleted(body: kopf.Body, **_: Any) -> None:
         """Children go with the ownerReferences; spool PVCs only when spec.queue.deleteClaimsOnDelete."""
         kube = await client()
