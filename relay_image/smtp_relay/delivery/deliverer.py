@@ -200,6 +200,7 @@ class Deliverer:
                     result = await run_transaction(conn, envelope, data, recipients, self._timeout)
                     conn.transactions += 1
                     if reuse is not None and conn.transactions >= reuse:
+                        # QUIT while the slot is held, so a new connection cannot open before this one closes
                         await conn.quit()  # closed: release() will not pool it
                     return result
                 except BaseException as exc:
