@@ -39,6 +39,7 @@ class ShapingGate:
 
     def __init__(self, metrics: RelayMetrics | None, clock: Callable[[], float] = time.time) -> None:
         self.shaper = Shaper(clock)
+        self._clock = clock
         self._metrics = metrics
         self._reduced: set[str] = set()
         self._labelled: set[str] = set()
@@ -55,16 +56,16 @@ class ShapingGate:
             held = Outcome.shaped(decision.not_before, f"4.7.0 held by traffic shaping ({reason})", key)
             return dict.fromkeys(recipients, held)
         feedback = Feedback.NEUTRAL
-        started = time.monotonic()
+        started = self._clock()
         try:
             if decision.wait > 0:
                 await asyncio.sleep(decision.wait)
-                started = time.monotonic()
+                started = self._clock()
             result = await transaction()
             feedback = feedback_of(result.values())
             return result
         finally:
-            self._finished(key, limits, feedback, time.monotonic() - started)
+            self._finished(key, limits, feedback, self._clock() - started)
 
     def _finished(self, key: str, limits: Limits, feedback: Feedback, duration: float) -> None:
         transition = self.shaper.release(key, limits, feedback, duration)

@@ -4,14 +4,19 @@ schedule consumed, no delivery slot held while waiting, and still bounced at max
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from smtp_relay.config.shaping_spec import ShapingSpec
 from smtp_relay.config.spec import RetrySpec
+from smtp_relay.delivery.gate import ShapingGate
+from smtp_relay.delivery.shaper import Limits
 from smtp_relay.model.envelope import Outcome, QueueState, StoredMessage
-from tests.relay.queue.conftest import START, FakeDelivery, deliver_all, relay, sample, submit, until
+from smtp_relay.telemetry.metrics import RelayMetrics
+from tests.relay.queue.conftest import START, Call, FakeDelivery, deliver_all, relay, sample, submit, until
 
 
 def _now() -> float:
@@ -112,3 +117,49 @@ async def test_held_past_max_age_bounces(tmp_path: Path) -> None:
         [bounce] = delivery.bounces()
         assert bounce.message.envelope.rcpt_tos == ("alice@example.org",)
         assert sample(metrics, "smtp_relay_bounced_recipients_total", reason="expired") == 1
+
+
+@pytest.mark.looptime(start=START)
+async def test_a_backlog_behind_a_paced_destination_with_the_real_gate(tmp_path: Path) -> None:
+    """The scheduler and the real ShapingGate together, in virtual time: 300 messages for a destination paced
+    at 60 a minute go out one a second, each coming back about once (not polling), while mail for another
+    destination submitted in the middle goes out at once."""
+    loop = asyncio.get_running_loop()
+    gate = ShapingGate(RelayMetrics(), clock=loop.time)
+    slow = Limits.from_spec(ShapingSpec(messages_per_minute=60))
+    sent: dict[str, float] = {}
+
+    async def transaction(rcpts: list[str]) -> dict[str, Outcome]:
+        await asyncio.sleep(0.2)
+        for rcpt in rcpts:
+            sent[rcpt] = loop.time()
+        return {r: Outcome.delivered("sink:25") for r in rcpts}
+
+    class GatedDelivery(FakeDelivery):
+        """Mail for slow.test goes through the gate, the rest straight out; every call is recorded."""
+
+        async def __call__(self, message: StoredMessage, data: bytes, rcpts: list[str]) -> Mapping[str, Outcome]:
+            self.calls.append(Call(loop.time(), message, data, list(rcpts)))
+            try:
+                if rcpts[0].endswith("@slow.test"):
+                    return await gate.run("slow", slow, rcpts, lambda: transaction(rcpts))
+                return await transaction(rcpts)
+            finally:
+                self.event.set()
+
+    delivery = GatedDelivery(deliver_all)
+    async with relay(tmp_path, delivery, RetrySpec(schedule=["1h"])) as (spool, sched, _):
+        backlog = [await submit(spool, sched, f"u{i}@slow.test") for i in range(300)]
+        await until(lambda: len(sent) >= 100, delivery)
+        other = await submit(spool, sched, "v@fast.test")
+        submitted = loop.time()
+        await until(lambda: "v@fast.test" in sent, delivery)
+        assert sent["v@fast.test"] - submitted <= 1.0
+        await until(lambda: spool.depth() == 0, delivery)
+    times = sorted(t for r, t in sent.items() if r.endswith("@slow.test"))
+    assert len(times) == 300
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1.0 - 1e-6  # 60 a minute, paced
+    assert times[-1] - times[0] <= 299 * 1.0 + 5  # and the destination was kept busy
+    calls = len(delivery.calls) - 1  # the fast one
+    assert calls <= 2 * 300, calls  # each held message comes back once, at its place: no polling
+    assert all(m.attempts == 1 for m in backlog) and len(delivery.of(other)) == 1
