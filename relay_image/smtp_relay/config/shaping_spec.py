@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 from smtp_relay.config.fields import Duration, SpecModel
-from smtp_relay.config.units import parse_duration
+
+BackoffDuration = Annotated[Duration, Field(max_length=16)]
+"""A pause: `30s`, `10m` (bounded like every string of the CRD)."""
 
 
 class AdaptiveSpec(SpecModel):
@@ -30,16 +31,10 @@ class AdaptiveSpec(SpecModel):
 
     enabled: bool = True
     """Off: 4xx replies are only retried on the retry schedule, the limits stay fixed."""
-    initial_backoff: Duration = "30s"
+    initial_backoff: BackoffDuration = "30s"
     """Pause after the first deferral of a destination."""
-    max_backoff: Duration = "10m"
-    """Longest pause after repeated deferrals."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AdaptiveSpec:
-        if parse_duration(self.initial_backoff) > parse_duration(self.max_backoff):
-            raise PydanticCustomError("adaptive", "initialBackoff must not be longer than maxBackoff")
-        return self
+    max_backoff: BackoffDuration = "10m"
+    """Longest pause after repeated deferrals (every pause is capped by it, the first one too)."""
 
 
 class ShapingSpec(SpecModel):

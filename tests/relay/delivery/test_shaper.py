@@ -153,6 +153,11 @@ def test_repeated_throttles_double_the_pause_up_to_max_and_delivery_resets_it() 
         assert transition is not None
         pauses.append(transition.pause)
     assert pauses == [10.0, 20.0, 35.0, 35.0]
+    capped = limits(adaptive={"initialBackoff": "5m", "maxBackoff": "1m"})
+    clock.now += 1000
+    assert shaper.acquire("e", capped).admitted
+    first = shaper.release("e", capped, Feedback.THROTTLED, 0.1)
+    assert first is not None and first.pause == 60.0  # the first pause is capped by maxBackoff too
     clock.now += 100
     assert shaper.acquire("d", lim).admitted
     shaper.release("d", lim, Feedback.DELIVERED, 0.1)
@@ -229,7 +234,7 @@ def test_destination_limits_route_replaces_the_default() -> None:
     ("shaping", "message"),
     [
         ({"messagesPerMinute": 0}, "spec.routing.shaping.messagesPerMinute"),
-        ({"adaptive": {"initialBackoff": "5m", "maxBackoff": "1m"}}, "initialBackoff must not be longer"),
+        ({"adaptive": {"initialBackoff": "5 minutes"}}, "spec.routing.shaping.adaptive.initialBackoff"),
         ({"maxConnections": 5000}, "spec.routing.shaping.maxConnections"),
         ({"burst": 3}, "spec.routing.shaping.burst"),
     ],
