@@ -4,6 +4,8 @@ Recipients are grouped per destination and the destinations run in parallel; eac
 `Outcome` per recipient. A smarthost that cannot take the transaction at all hands it to the next;
 the MX hosts of a domain are tried in preference order. All host names are resolved through the
 relay's own resolver, so `spec.dns` is honoured and the TLS name stays the configured host name.
+A shaped destination's transaction goes through the `ShapingGate` (delivery/gate.py): a smarthost route as a
+whole, an mx route per MX site once the MX hosts are known; an unshaped one takes the plain path.
 """
 
 from __future__ import annotations
