@@ -223,6 +223,7 @@ class Kube:
         self._relogin = relogin
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self.requests = 0
         """Requests sent, for the benchmark and the idempotency tests."""
         self.writes = 0
@@ -237,11 +238,19 @@ class Kube:
         await self.close()
 
     async def close(self) -> None:
+        """For good: a request after this fails (a handler still running at shutdown must not open a session
+        that nobody closes)."""
+        self._closed = True
+        await self._drop_session()
+
+    async def _drop_session(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the Kubernetes client is closed: the operator is stopping")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 base_url=self.connection.server,
@@ -269,7 +278,7 @@ class Kube:
             async with session.request(method, path, json=body, params=params, headers=headers) as response:
                 if response.status == 401 and attempt == 1 and self._relogin is not None:
                     self.connection = await self._relogin()  # expired token: log in again, once
-                    await self.close()
+                    await self._drop_session()
                     continue
                 if response.status == 404 and method == "GET":
                     return None

@@ -31,10 +31,13 @@ class Telemetry:
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tokens: dict[tuple[str, str], str] = {}
+        self._closed = False
         self._previous: dict[tuple[str, str], dict[str, PodSample]] = {}
         """The last answers per SmtpRelay, by pod uid: the base of the next rates."""
 
     async def close(self) -> None:
+        """For good (the operator stops): a later call answers "operator stopping" without opening a session."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -79,6 +82,8 @@ class Telemetry:
         if status.get("phase") != "Running" or not ip:
             return None, f"not running ({status.get('phase') or 'Pending'})"
         host = f"[{ip}]" if ":" in str(ip) else str(ip)
+        if self._closed:
+            return None, "operator stopping"
         session, slots = self._open()
         async with slots:
             try:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 
 from relay_operator.events import recorder
@@ -70,13 +71,13 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
             for kind, body in events_seen
         ):
             return
-        relay = await kube.get("SmtpRelay", namespace, name)
-        if relay is None or relay["metadata"].get("deletionTimestamp"):
-            return  # the children are going with their owner
         try:
+            relay = await kube.get("SmtpRelay", namespace, name)
+            if relay is None or relay["metadata"].get("deletionTimestamp"):
+                return  # the children are going with their owner
             with recorder(relay) as events:
                 await drain.reconcile(relay, kube, settings, events, telemetry)
-        except ApiError as exc:  # the relay's own handlers retry; this was a courtesy
+        except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the relay's own handlers retry: a courtesy
             logger.warning("reconcile of %s/%s after a child's change failed: %s", namespace, name, exc)
 
     def schedule(namespace: str, name: str, kind: str | None, body: Mapping[str, Any]) -> None:
