@@ -81,10 +81,12 @@ async def send_load(
     per_connection: int = 5,
     refresh: float = 0.2,
     deadline: float = 120.0,
+    rate: float | None = None,
     report: LoadReport | None = None,
 ) -> LoadReport:
-    """Send `total` messages over `concurrency` clients, each keeping a connection for `per_connection` ones;
-    `report` (filled as the load runs) lets a caller act when part of it was accepted."""
+    """Send `total` messages over `concurrency` clients, each keeping a connection for `per_connection` ones,
+    as fast as they are accepted or at about `rate` per second in all; `report` (filled as the load runs) lets a
+    caller act when part of it was accepted."""
     report = report if report is not None else LoadReport()
     run, started = uuid.uuid4().hex[:8], time.monotonic()
     numbers = iter(range(total))
@@ -114,6 +116,8 @@ async def send_load(
                     for _ in range(per_connection):
                         await smtp.send_message(pending)
                         report.accepted[str(pending["Message-ID"])] = host
+                        if rate:
+                            await asyncio.sleep(concurrency / rate)
                         n = next(numbers, None)
                         if n is None:
                             pending = None

@@ -34,7 +34,8 @@ STS = f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/{NAME}"
 SELECTOR = f"app.kubernetes.io/instance={NAME}"
 MERGE = "application/merge-patch+json"
 TERMINATION_GRACE = 20
-"""The pods' terminationGracePeriodSeconds in these tests (the relay's --grace is 16 s)."""
+"""The pods' terminationGracePeriodSeconds in these tests (the relay's --grace is 16 s); a test may parametrize
+`termination_grace` with another."""
 
 
 async def until(check: Callable[[], T], seconds: float = 30.0, interval: float = 0.1) -> T:
@@ -107,10 +108,10 @@ class Fleet:
 
         await until(done, seconds)
 
-    async def load(self, total: int, report: LoadReport, concurrency: int = 6) -> LoadReport:
+    async def load(self, total: int, report: LoadReport, concurrency: int = 6, rate: float | None = None) -> LoadReport:
         async with aiohttp.ClientSession() as session:
             targets = api_targets(session, self.api.url, self.api.token, NAMESPACE, SELECTOR, self.port)
-            return await send_load(targets, total, concurrency=concurrency, report=report)
+            return await send_load(targets, total, concurrency=concurrency, rate=rate, report=report)
 
     def delivered_ids(self) -> list[str]:
         return [str(m.email()["Message-ID"]) for m in self.sink.messages()]
@@ -119,6 +120,10 @@ class Fleet:
         """Wait until every accepted message arrived (or `seconds` passed), then account per Message-ID."""
         await until(lambda: not account(report.accepted, self.delivered_ids()).lost, seconds, interval=0.5)
         return account(report.accepted, self.delivered_ids())
+
+    def relay_logs(self) -> str:
+        """Every container log of every pod this node ran (stopped ones too)."""
+        return "".join(p.read_text() for p in sorted(self.kubelet.root.glob("pods/*/container.log")))
 
     async def stranded(self, ordinals: range) -> dict[str, int]:
         """Unfinished spool records in the claim folders of these ordinals."""
@@ -136,7 +141,12 @@ def _ready(pod: Json) -> bool:
 
 
 @pytest.fixture
-def fleet(kube_api: KubeApi, smtp_sink_factory: Any, tmp_path: Path) -> Iterator[Fleet]:
+def termination_grace() -> int:
+    return TERMINATION_GRACE
+
+
+@pytest.fixture
+def fleet(kube_api: KubeApi, smtp_sink_factory: Any, tmp_path: Path, termination_grace: int) -> Iterator[Fleet]:
     """The emulator with `RelayKubelet` as its node, the operator running, an smtp-sink as the upstream."""
     kube_api.register_crd(smtprelay_crd())
     kube_api.register_crd(sendingdomain_crd())
@@ -144,7 +154,7 @@ def fleet(kube_api: KubeApi, smtp_sink_factory: Any, tmp_path: Path) -> Iterator
     kube_api._call(lambda: setattr(kube_api.emulator, "kubelet", kubelet))
     sink = smtp_sink_factory()
     emulator = EmulatorApi(kube_api)
-    settings = Settings(termination_grace_seconds=TERMINATION_GRACE, resync_seconds=2.0)
+    settings = Settings(termination_grace_seconds=termination_grace, resync_seconds=2.0)
     try:
         with Operator(emulator, NAMESPACE, settings):
             yield Fleet(kube_api, emulator, kubelet, sink, free_port())

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from bench.fleet_load import LoadReport
+from bench.peers.ports import free_port
 
-from tests.e2e.fleet import Fleet, fleet, until  # noqa: F401 (the fixture)
+from tests.e2e.fleet import NAME, NAMESPACE, RELAYS, Fleet, until
+from tests.operator.handlers.test_e2e import ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers, pytest.mark.slow]
 
 
-async def test_scale_down_under_load_loses_nothing(fleet: Fleet) -> None:  # noqa: F811
+async def test_scale_down_under_load_loses_nothing(fleet: Fleet) -> None:
     fleet.create(replicas=3)
     await fleet.settled(3)
     report = LoadReport()
@@ -32,3 +35,52 @@ async def test_scale_down_under_load_loses_nothing(fleet: Fleet) -> None:  # noq
     assert sorted(e.pod for e in stops) == ["outbound-1", "outbound-2"]
     assert all(e.code == 0 and not e.killed for e in stops), stops
     print(f"scale 3 -> 1 under load: {account}, refused and retried: {dict(report.refused)}")
+
+    # the claims outlive their pods (Retain) until the SmtpRelay goes with spec.queue.deleteClaimsOnDelete
+    claims = [fleet.kubelet.claim_folder(NAMESPACE, f"spool-{NAME}-{i}") for i in range(3)]
+    assert all(folder.is_dir() for folder in claims)
+    fleet.patch({"queue": {"deleteClaimsOnDelete": True}})
+    ok(fleet.emulator, "DELETE", f"{RELAYS}/{NAME}")
+    await until(lambda: not any(folder.exists() for folder in claims), seconds=30)
+
+
+@pytest.mark.parametrize("termination_grace", [8])
+async def test_rolling_update_under_load_with_the_upstream_down_loses_nothing(fleet: Fleet) -> None:
+    """RollingUpdate relies on the persistent spool and the relay's SIGTERM drain: each replaced pod stops
+    accepting, finishes its transactions, delivers what it can within its grace and leaves the rest in its
+    claim; the new pod of the same ordinal mounts that claim and delivers it. With the upstream down during the
+    rollout, every message is left on a claim and must be carried over."""
+    fleet.create(replicas=3)
+    await fleet.settled(3)
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()}
+    fleet.sink.stop()  # every message accepted from now on waits in a spool
+    report = LoadReport()
+    load = asyncio.create_task(fleet.load(300, report, rate=15))  # about 20 s: the rollout happens under it
+    await until(lambda: len(report.accepted) >= 30 or load.done())
+    fleet.patch({"listeners": [{"name": "relay", "port": fleet.port}, {"name": "alt", "port": free_port()}]})
+    await until(lambda: len(fleet.pods()) < 3 or load.done(), seconds=20)
+    assert not load.done(), "a pod was replaced while the load ran"
+    await load
+    assert report.refused, "clients met the stopping pods (421 or refused connections) and went elsewhere"
+    await fleet.settled(3, seconds=120)
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()}
+    assert set(after) == set(before) and not set(after.values()) & set(before.values()), "every pod was replaced"
+
+    logs = fleet.relay_logs()
+    left = sum(int(n) for n in re.findall(r"shutdown: (\d+) message\(s\) left in the spool", logs))
+    recovered = sum(int(n) for n in re.findall(r"recovered (\d+) message\(s\) from the spool", logs))
+    assert left > 0 and recovered >= left, (left, recovered)
+    fleet.sink.start()
+    account = await fleet.delivered(report, seconds=90)
+    assert account.accepted == 300 and account.lost == [], account
+
+    def emptied() -> bool:
+        """status.queue: every pod reports, nothing queued (the operator's telemetry asks the relays)."""
+        queue = fleet.relay()["status"].get("queue") or {}
+        return bool(queue.get("podsReporting") == 3 and queue.get("depth") == 0 and queue["podsUnreachable"] == 0)
+
+    await until(emptied, seconds=30)
+    stops = [e for e in fleet.kubelet.exits if e.stop_seconds is not None]
+    assert len(stops) == 3 and all(e.code == 0 and not e.killed for e in stops), stops
+    print(f"rolling update under load, upstream down: {account}, {left} carried over on claims,"
+          f" refused and retried: {dict(report.refused)}")  # fmt: skip
