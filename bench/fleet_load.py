@@ -83,10 +83,11 @@ async def send_load(
     deadline: float = 120.0,
     rate: float | None = None,
     report: LoadReport | None = None,
+    stop: asyncio.Event | None = None,
 ) -> LoadReport:
     """Send `total` messages over `concurrency` clients, each keeping a connection for `per_connection` ones,
     as fast as they are accepted or at about `rate` per second in all; `report` (filled as the load runs) lets a
-    caller act when part of it was accepted."""
+    caller act when part of it was accepted; once `stop` is set, each client ends after its current message."""
     report = report if report is not None else LoadReport()
     run, started = uuid.uuid4().hex[:8], time.monotonic()
     numbers = iter(range(total))
@@ -103,7 +104,7 @@ async def send_load(
         pending: EmailMessage | None = None
         while time.monotonic() - started < deadline:
             if pending is None:
-                n = next(numbers, None)
+                n = next(numbers, None) if stop is None or not stop.is_set() else None
                 if n is None:
                     return
                 pending = message(n, run)
@@ -118,7 +119,7 @@ async def send_load(
                         report.accepted[str(pending["Message-ID"])] = host
                         if rate:
                             await asyncio.sleep(concurrency / rate)
-                        n = next(numbers, None)
+                        n = next(numbers, None) if stop is None or not stop.is_set() else None
                         if n is None:
                             pending = None
                             return

@@ -108,10 +108,17 @@ class Fleet:
 
         await until(done, seconds)
 
-    async def load(self, total: int, report: LoadReport, concurrency: int = 6, rate: float | None = None) -> LoadReport:
+    async def load(
+        self,
+        total: int,
+        report: LoadReport,
+        concurrency: int = 6,
+        rate: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> LoadReport:
         async with aiohttp.ClientSession() as session:
             targets = api_targets(session, self.api.url, self.api.token, NAMESPACE, SELECTOR, self.port)
-            return await send_load(targets, total, concurrency=concurrency, rate=rate, report=report)
+            return await send_load(targets, total, concurrency=concurrency, rate=rate, report=report, stop=stop)
 
     def delivered_ids(self) -> list[str]:
         return [str(m.email()["Message-ID"]) for m in self.sink.messages()]

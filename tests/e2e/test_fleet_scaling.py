@@ -53,18 +53,20 @@ async def test_rolling_update_under_load_with_the_upstream_down_loses_nothing(fl
     fleet.create(replicas=3)
     await fleet.settled(3)
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()}
+    revision = fleet.statefulset()["status"]["updateRevision"]
     fleet.sink.stop()  # every message accepted from now on waits in a spool
-    report = LoadReport()
-    load = asyncio.create_task(fleet.load(300, report, rate=15))  # about 20 s: the rollout happens under it
+    report, stop = LoadReport(), asyncio.Event()
+    load = asyncio.create_task(fleet.load(5000, report, rate=15, stop=stop))  # until the rollout is over
     await until(lambda: len(report.accepted) >= 30 or load.done())
     fleet.patch({"listeners": [{"name": "relay", "port": fleet.port}, {"name": "alt", "port": free_port()}]})
-    await until(lambda: len(fleet.pods()) < 3 or load.done(), seconds=20)
-    assert not load.done(), "a pod was replaced while the load ran"
-    await load
-    assert report.refused, "clients met the stopping pods (421 or refused connections) and went elsewhere"
-    await fleet.settled(3, seconds=120)
+    await until(lambda: fleet.statefulset()["status"]["updateRevision"] != revision, seconds=30)
+    await fleet.settled(3, seconds=180)
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()}
     assert set(after) == set(before) and not set(after.values()) & set(before.values()), "every pod was replaced"
+    assert not load.done(), "the load ran through the whole rollout"
+    stop.set()
+    await load
+    assert report.refused, "clients met the stopping pods (421 or refused connections) and went elsewhere"
 
     logs = fleet.relay_logs()
     left = sum(int(n) for n in re.findall(r"shutdown: (\d+) message\(s\) left in the spool", logs))
@@ -72,7 +74,7 @@ async def test_rolling_update_under_load_with_the_upstream_down_loses_nothing(fl
     assert left > 0 and recovered >= left, (left, recovered)
     fleet.sink.start()
     account = await fleet.delivered(report, seconds=90)
-    assert account.accepted == 300 and account.lost == [], account
+    assert account.accepted == len(report.accepted) > 100 and account.lost == [], account
 
     def emptied() -> bool:
         """status.queue: every pod reports, nothing queued (the operator's telemetry asks the relays)."""

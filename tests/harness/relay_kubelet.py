@@ -174,7 +174,7 @@ class RelayKubelet:
                     self._mount(run, spec, container)
                     break
                 except VolumeNotReady as exc:  # as a real node: ContainerCreating until the object exists
-                    (run.folder / "events.log").open("a").write(f"{exc}\n")
+                    _event(run, str(exc))
                     time.sleep(self.sync_interval)
             run.argv = self._argv(run, container)
             run.env = _env(container)
@@ -183,8 +183,7 @@ class RelayKubelet:
                 if run.stopping is None and not self._closed.is_set():
                     self._spawn(run)
         except Exception as exc:  # a harness bug: visible in the pod's folder, and the pod never gets ready
-            run.folder.mkdir(parents=True, exist_ok=True)
-            (run.folder / "events.log").open("a").write(f"launch failed: {exc!r}\n")
+            _event(run, f"launch failed: {exc!r}")
             raise
 
     def _address(self, ports: list[int]) -> str:
@@ -257,7 +256,7 @@ class RelayKubelet:
                 try:
                     self._sync(run, objects)
                 except (OSError, urllib.error.URLError) as exc:
-                    (run.folder / "events.log").open("a").write(f"sync: {exc!r}\n")
+                    _event(run, f"sync: {exc!r}")
             self._collect_claims()
 
     def _sync(self, run: PodRun, objects: dict[tuple[str, str], Json | None]) -> None:
@@ -327,6 +326,13 @@ class RelayKubelet:
                 return reply.status, json.loads(reply.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, None
+
+
+def _event(run: PodRun, text: str) -> None:
+    """A line in the pod's events.log (what `kubectl describe pod` would show as an event)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    with (run.folder / "events.log").open("a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
 
 def _pod_path(run: PodRun) -> str:
