@@ -89,6 +89,12 @@ class Fleet:
         ]
         return items
 
+    def pod_ips(self) -> dict[str, str]:
+        """Pod name -> its IP, of the pods the API lists now."""
+        return {
+            p["metadata"]["name"]: p["status"]["podIP"] for p in self.pods() if (p.get("status") or {}).get("podIP")
+        }
+
     def ready_pods(self) -> list[str]:
         return sorted(p["metadata"]["name"] for p in self.pods() if _ready(p))
 

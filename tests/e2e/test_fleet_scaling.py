@@ -9,7 +9,7 @@ import pytest
 from bench.fleet_load import LoadReport
 from bench.peers.ports import free_port
 
-from tests.e2e.fleet import NAME, NAMESPACE, RELAYS, Fleet, until
+from tests.e2e.fleet import MERGE, NAME, NAMESPACE, RELAYS, STS, Fleet, until
 from tests.operator.handlers.test_e2e import ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers, pytest.mark.slow]
@@ -87,3 +87,28 @@ async def test_rolling_update_under_load_with_the_upstream_down_loses_nothing(fl
     took = [round(e.stop_seconds or 0, 1) for e in stops]
     print(f"rolling update under load, upstream down: {account}, {left} carried over on claims,"
           f" refused and retried: {dict(report.refused)}, stops took {took} s")  # fmt: skip
+
+
+@pytest.mark.parametrize("termination_grace", [6])
+async def test_a_statefulset_scaled_down_by_hand_gets_its_pods_and_their_mail_back(fleet: Fleet) -> None:
+    """`kubectl scale sts --replicas=1` bypasses the drain: the StatefulSet controller stops two pods at once with
+    mail queued (the upstream is down). Their claims are kept (Retain), the operator puts the replicas back, and
+    the pods return on the same claims and deliver what they held."""
+    fleet.create(replicas=3)
+    await fleet.settled(3)
+    fleet.sink.stop()
+    report = LoadReport()
+    await fleet.load(90, report)
+    held = {name: sum(1 for pod in report.accepted.values() if pod == ip) for name, ip in fleet.pod_ips().items()}
+    assert held[f"{NAME}-1"] and held[f"{NAME}-2"], held
+    ok(fleet.emulator, "PATCH", STS, {"spec": {"replicas": 1}}, MERGE)
+    await until(lambda: any(e.pod == f"{NAME}-2" and e.stop_seconds is not None for e in fleet.kubelet.exits))
+    await fleet.settled(3, seconds=60)
+    assert fleet.relay()["spec"]["replicas"] == 3
+    logs = fleet.relay_logs()
+    left = sum(int(n) for n in re.findall(r"shutdown: (\d+) message\(s\) left in the spool", logs))
+    recovered = sum(int(n) for n in re.findall(r"recovered (\d+) message\(s\) from the spool", logs))
+    assert left >= held[f"{NAME}-1"] + held[f"{NAME}-2"] and recovered >= left, (held, left, recovered)
+    fleet.sink.start()
+    account = await fleet.delivered(report)
+    assert account.accepted == 90 and account.lost == [], account
