@@ -95,9 +95,6 @@ class Fleet:
             p["metadata"]["name"]: p["status"]["podIP"] for p in self.pods() if (p.get("status") or {}).get("podIP")
         }
 
-    def ready_pods(self) -> list[str]:
-        return sorted(p["metadata"]["name"] for p in self.pods() if _ready(p))
-
     async def settled(self, replicas: int, seconds: float = 60.0) -> None:
         """The StatefulSet runs `replicas` pods of its update revision, all Ready, no other pod left."""
 

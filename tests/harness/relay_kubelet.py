@@ -12,7 +12,8 @@ command, from this venv) for every pod the emulator's StatefulSet controller cre
   as the kubelet's AtomicWriter does and kept up to date (every `sync_interval` s, so hot reload is exercised),
   emptyDirs as plain folders, a claim as a symlink to its folder under ``root/claims/<ns>/<claim>``, which
   outlives the process and the pod and is deleted only once the PersistentVolumeClaim is gone;
-  absolute paths in the command are rewritten into the pod's folder;
+  absolute paths in the command are rewritten into the pod's folder (whole arguments only: there is no chroot,
+  so a path inside a shell script is not);
 - readiness follows the container's readinessProbe (an httpGet on the pod IP); a process that exits on its
   own is restarted (restartPolicy Always) on the same folders;
 - deletion sends SIGTERM and reports the pod stopped when the process exits; the emulator's Node calls
