@@ -47,7 +47,13 @@ def test_a_pod_runs_with_its_volumes_and_is_killed_past_its_grace(kube_api: Kube
     # copies its config to the emptyDir every 0.1 s, ignores SIGTERM: only the SIGKILL at the grace stops it
     script = 'trap \'\' TERM; while true; do cat "$1" > "$2"; sleep 0.1; done'
     ok(api, "POST", PODS, _pod("p", script, "/etc/app/greeting", "/data/seen", grace=1))
-    pod = wait_for(lambda: (p := get(api, f"{PODS}/p")) and (p.get("status") or {}).get("phase") == "Running" and p)
+
+    def running() -> dict[str, Any] | None:
+        found = get(api, f"{PODS}/p")
+        return found if found and (found.get("status") or {}).get("phase") == "Running" else None
+
+    pod = wait_for(running)
+    assert pod is not None
     assert pod["status"]["podIP"].startswith("127.244.")
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
     run = node.pod("default", "p")
