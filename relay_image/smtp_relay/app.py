@@ -165,13 +165,15 @@ class Relay:
         }
 
     async def start_drain(self) -> Mapping[str, Any]:
-        """Stop accepting new mail; delivery goes on. Idempotent; answers what is left."""
+        """Stop accepting new mail; delivery goes on. Idempotent; answers what is left: the queue, and the SMTP
+        sessions still open, since a transaction in flight may yet commit a message (empty means both are 0)."""
         if not self._draining:
             log.info("drain: refusing new mail with 421, delivering what is queued")
             self._draining = True
             self.metrics.draining.set(1)
             self.server.stop_accepting()
-        return {"draining": True, "queue": _stats_dict(self.scheduler.stats())}
+        stats = _stats_dict(self.scheduler.stats())
+        return {"draining": True, "queue": stats, "sessions": self.server.active_sessions()}
 
     async def end_drain(self) -> Mapping[str, Any]:
         """POST /undrain: accept mail again, unless the process is stopping (then it stays draining)."""

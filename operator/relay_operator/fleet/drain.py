@@ -53,7 +53,9 @@ async def scale_plan(
         if error.startswith("401"):
             telemetry.forget_token(owner)
         total = ((body or {}).get("queue") or {}).get("total") if isinstance(body, dict) else None
-        leaving.append(LeavingPod(name, int(total) if isinstance(total, int | float) else None, error))
+        sessions = body.get("sessions") if isinstance(body, dict) else None
+        queued = int(total) if isinstance(total, int | float) else None
+        leaving.append(LeavingPod(name, queued, error, int(sessions) if isinstance(sessions, int) else 0))
     return plan(desired, current, leaving, previous_drain, now, drain_timeout)
 
 

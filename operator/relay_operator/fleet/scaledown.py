@@ -3,9 +3,11 @@
 When an SmtpRelay asks for fewer replicas than its StatefulSet runs (a spec edit, `kubectl scale`, an
 autoscaler), the pods that will go are the highest ordinals. The operator drains them first (`POST /drain`: they
 stop accepting, so they leave the Service endpoints, and keep delivering) and lowers the StatefulSet's replicas
-only once every one of them reports an empty spool. A pod that does not answer is not known to be empty, so it
-is waited for too; a drain that outlasts `spec.queue.drainTimeout` is reported (Degraded, DrainStuck) and the pod
-is kept, never removed with mail in it. Scaling up again undrains the pods that stay.
+only once every one of them reports an empty spool and no SMTP session open (a transaction that began before
+the drain may still commit a message after the answer; a session ends at its next MAIL with 421). A pod that
+does not answer is not known to be empty, so it is waited for too; a drain that outlasts
+`spec.queue.drainTimeout` is reported (Degraded, DrainStuck) and the pod is kept, never removed with mail in it.
+Scaling up again undrains the pods that stay.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ class LeavingPod:
     name: str
     queued: int | None
     error: str = ""
+    sessions: int = 0
+    """SMTP sessions still open: a transaction in flight may still commit a message, so the pod is not empty."""
+
+    @property
+    def empty(self) -> bool:
+        return self.queued == 0 and self.sessions == 0
+
+    def waiting(self) -> str:
+        """What the status says the drain waits for on this pod."""
+        if self.queued is None:
+            return f"{self.name} (no answer: {self.error})"
+        open_sessions = f", {self.sessions} SMTP session(s) open" if self.sessions else ""
+        return f"{self.name} ({self.queued} queued{open_sessions})"
 
 
 @dataclass(frozen=True)
@@ -62,12 +77,11 @@ def plan(
     if desired >= current:
         return Plan(replicas=desired)
     names = [p.name for p in leaving]
-    if all(p.queued == 0 for p in leaving):
+    if all(p.empty for p in leaving):
         return Plan(replicas=desired, leaving=names)
     since_text = (previous or {}).get("since") if (previous or {}).get("targetReplicas") == desired else None
     since = datetime.fromisoformat(str(since_text).replace("Z", "+00:00")) if since_text else now
-    waiting = [f"{p.name} ({p.queued} queued)" if p.queued is not None else f"{p.name} (no answer: {p.error})"
-               for p in leaving if p.queued != 0]  # fmt: skip
+    waiting = [p.waiting() for p in leaving if not p.empty]
     drain = {"targetReplicas": desired, "since": timestamp(since), "waitingFor": waiting}
     progress = f"draining before scaling from {current} to {desired}: waiting for {', '.join(waiting)}"
     stuck = ""

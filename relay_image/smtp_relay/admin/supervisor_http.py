@@ -167,7 +167,9 @@ class SupervisorAdmin(AdminServer):
             self.draining = True
             self._metrics.draining.set(1)
         answers = await self._client.json_from_each(self._workers, "POST", "/drain")
-        return {"draining": True, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}
+        queue = merge_queues(data.get("queue") or {} for _, data in answers if data)
+        sessions = sum(int(data.get("sessions") or 0) for _, data in answers if data)
+        return {"draining": True, "queue": queue, "sessions": sessions}
 
     async def undrain(self) -> Mapping[str, Any]:
         """POST /undrain: every worker accepts again (unless the supervisor is stopping)."""

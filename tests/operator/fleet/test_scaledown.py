@@ -41,3 +41,11 @@ def test_a_drain_past_its_deadline_is_reported_and_the_pods_are_kept() -> None:
     assert "has not finished since 2026-12-03T08:00:00Z" in later.stuck and "kept with their mail" in later.stuck
     other_target = plan(0, 2, [LeavingPod("r-0", 1), LeavingPod("r-1", 2)], first.drain, T0 + 2 * HOUR, HOUR)
     assert other_target.drain is not None and other_target.drain["since"] == "2026-12-03T10:00:00Z", "a new drain"
+
+
+def test_an_open_smtp_session_keeps_the_pod_until_it_ends() -> None:
+    """A transaction that began before the drain may still commit a message after the pod answered 0 queued."""
+    waiting = plan(1, 2, [LeavingPod("r-1", 0, sessions=2)], None, T0, HOUR)
+    assert waiting.replicas == 2
+    assert waiting.drain is not None and waiting.drain["waitingFor"] == ["r-1 (0 queued, 2 SMTP session(s) open)"]
+    assert plan(1, 2, [LeavingPod("r-1", 0, sessions=0)], waiting.drain, T0, HOUR).replicas == 1

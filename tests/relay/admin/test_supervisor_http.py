@@ -28,6 +28,8 @@ class FakeWorker:
 
     queue: dict[str, Any]
     ready: bool = True
+    sessions: int = 0
+    """SMTP sessions open, as a worker's /drain answers them."""
     drains: int = 0
     undrains: int = 0
     asked: list[str] = field(default_factory=list)
@@ -40,7 +42,7 @@ class FakeWorker:
 
         async def drain(_request: web.Request) -> web.Response:
             self.drains += 1
-            return web.json_response({"draining": True, "queue": self.queue})
+            return web.json_response({"draining": True, "queue": self.queue, "sessions": self.sessions})
 
         async def undrain(_request: web.Request) -> web.Response:
             self.undrains += 1
@@ -137,9 +139,11 @@ async def test_readyz_names_the_worker_that_is_not_ready_or_down(fleet: Fleet) -
 async def test_drain_reaches_every_worker_and_one_started_later(fleet: Fleet) -> None:
     await fleet.admin.drain_if_draining(fleet.workers[0])
     assert fleet.fakes[0].drains == 0, "no drain before POST /drain"
+    fleet.fakes[0].sessions, fleet.fakes[1].sessions = 2, 1
     status, body = await fleet.get("/drain", method="POST")
     assert status == 200
-    assert json.loads(body) == {"draining": True, "queue": json.loads((await fleet.get("/queue"))[1])["queue"]}
+    queue = json.loads((await fleet.get("/queue"))[1])["queue"]
+    assert json.loads(body) == {"draining": True, "queue": queue, "sessions": 3}, "the workers' open sessions add up"
     assert [f.drains for f in fleet.fakes] == [1, 1]
     assert await fleet.get("/readyz") == (503, "not ready: draining\n")
     assert "smtp_relay_draining 1.0" in (await fleet.get("/metrics"))[1]

@@ -7,6 +7,7 @@ held for malware or drain a relay for good).
 
 from __future__ import annotations
 
+import json
 import smtplib
 import subprocess
 from pathlib import Path
@@ -166,3 +167,18 @@ def test_queue_figures_carry_the_counters_the_operator_turns_into_rates(relay_fa
     after = config_digest(relay.manifest.read_bytes())
     assert after != before
     wait_for(lambda: relay.queue()["config"]["digest"] == after, timeout=10)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_drain_answers_the_sessions_still_open(relay_factory: Any, workers: int) -> None:
+    """A transaction begun before the drain can still commit a message after /drain answered an empty queue:
+    the answer counts the open SMTP sessions, so the operator waits for them too."""
+    port = free_port()
+    relay: RelayProcess = relay_factory(_spec(port), args=["--workers", str(workers)])
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("test")
+        client.mail("a@example.com")  # began before the drain: its DATA may still be accepted
+        status, body = relay.http("/drain", method="POST")
+        answer = json.loads(body)
+        assert status == 200 and answer["queue"]["total"] == 0 and answer["sessions"] == 1, answer
+    wait_for(lambda: json.loads(relay.http("/drain", method="POST")[1])["sessions"] == 0, timeout=10)
