@@ -61,3 +61,7 @@ locks: $(STAMP)
 	$(UV_COMPILE) pyproject.toml --extra operator -o requirements-operator.lock
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 		| $(UV_COMPILE) - -o requirements-build.lock
+
+## make docs: regenerate the CRD reference in docs/reference/ from crds/ (a test fails when it is stale)
+docs: $(STAMP)
+	PYTHONPATH=operator $(BIN)/python -m crdgen.reference --crds crds --out docs/reference
