@@ -52,9 +52,12 @@ bench: $(STAMP) peers
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
-## make locks: refresh the hash-pinned locks of the images (and their build stage) from pyproject.toml (needs PyPI)
+## make locks: refresh the hash-pinned locks of the images (and their build stage) from pyproject.toml (needs PyPI).
+## Pins already in a lock are kept where pyproject.toml still allows them; `make locks LOCK_ARGS=--upgrade` takes
+## the newest release of everything.
+LOCK_ARGS ?=
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --python-platform linux \
-	--custom-compile-command 'make locks'
+	--custom-compile-command 'make locks' $(LOCK_ARGS)
 locks: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,lock]'
 	$(UV_COMPILE) pyproject.toml -o relay_image/requirements.lock

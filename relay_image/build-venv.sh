@@ -7,18 +7,19 @@
 set -eu
 [ "$#" -eq 4 ] || { echo "usage: $0 BUILD_LOCK LOCK SOURCE TARGET" >&2; exit 2; }
 build_lock=$1 lock=$2 source=$3 target=$4
+python=${PYTHON:-python3}  # the interpreter the venvs are made from (the image's /usr/local/bin/python3)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # BUILD_TOOLS names a tools venv to make once and reuse (the tests build both images' venvs in one run).
 tools=${BUILD_TOOLS:-$work/tools}
 if [ ! -x "$tools/bin/pip" ]; then
-  python3 -m venv "$tools"
+  "$python" -m venv "$tools"
   "$tools/bin/pip" --quiet --disable-pip-version-check install --require-hashes --no-deps -r "$build_lock"
 fi
 pip="$tools/bin/pip --quiet --disable-pip-version-check"
 $pip wheel --require-hashes --no-deps --no-build-isolation --wheel-dir "$work/wheels" -r "$lock"
 $pip wheel --no-deps --no-build-isolation --wheel-dir "$work/wheels" "$source"
-python3 -m venv --without-pip "$target"
+"$python" -m venv --without-pip "$target"
 $pip --python "$target/bin/python" install --no-index --no-deps "$work/wheels"/*.whl
 # A console script of the project whose package SOURCE did not hold (the relay image is built without
 # relay_operator, so relayfleet-operator) would only fail with ModuleNotFoundError: remove it.

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,7 @@ def build_venv(lock: Path, source: Path, target: Path, tools: Path) -> None:
     """relay_image/build-venv.sh, as the Dockerfiles run it (it fetches the pinned files from the index)."""
     result = subprocess.run(
         ["sh", str(BUILD_VENV), str(BUILD_LOCK), str(lock), str(source), str(target)],
-        env={**os.environ, "BUILD_TOOLS": str(tools)},
+        env={**os.environ, "BUILD_TOOLS": str(tools), "PYTHON": sys.executable},  # the 3.11 the locks are for
         capture_output=True,
         text=True,
         timeout=540,
