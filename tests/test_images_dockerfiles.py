@@ -153,6 +153,15 @@ def test_every_copied_path_exists_in_the_repository(dockerfile: Path) -> None:
                 assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
 
 
+def test_the_build_context_leaves_out_the_checkouts_state() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
+    assert {".git", ".venv", ".tools", "var", "**/__pycache__"} <= ignored
+    copied = " ".join(
+        value for path in (RELAY, OPERATOR) for stage in parse(path.read_text()) for value in stage.args("COPY")
+    )
+    assert not any(entry in copied.split() for entry in ignored)  # nothing a Dockerfile copies is left out
+
+
 @pytest.mark.parametrize("dockerfile", [RELAY, OPERATOR], ids=["relay", "operator"])
 def test_final_stage_suits_a_read_only_root(dockerfile: Path) -> None:
     final = parse(dockerfile.read_text())[-1]
