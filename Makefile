@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CRD_DIRS := crds charts/relayfleet/crds
 
-.PHONY: run send test lint peers venv crds bench clean
+.PHONY: run send test lint peers venv crds docs locks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,20 @@ bench: $(STAMP) peers
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+## make locks: refresh the hash-pinned locks of the images (and their build stage) from pyproject.toml (needs PyPI).
+## Pins already in a lock are kept where pyproject.toml still allows them; `make locks LOCK_ARGS=--upgrade` takes
+## the newest release of everything.
+LOCK_ARGS ?=
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --python-platform linux \
+	--custom-compile-command 'make locks' $(LOCK_ARGS)
+locks: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,lock]'
+	$(UV_COMPILE) pyproject.toml -o relay_image/requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra operator -o requirements-operator.lock
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(UV_COMPILE) - -o requirements-build.lock
+
+## make docs: regenerate the CRD reference in docs/reference/ from crds/ (a test fails when it is stale)
+docs: $(STAMP)
+	PYTHONPATH=operator $(BIN)/python -m crdgen.reference --crds crds --out docs/reference
