@@ -17,12 +17,12 @@ from jsonschema import Draft202012Validator
 from relay_operator.metrics import OperatorMetrics
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.telemetry.metrics import RelayMetrics
+from tests.chart.helm import helm, needs_helm
 from tests.chart.promql import SYNTHETIC, exported_names, metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "relayfleet"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-HELM = str(ROOT / ".tools" / "bin" / "helm") if (ROOT / ".tools" / "bin" / "helm").exists() else shutil.which("helm")
 PROMTOOL = shutil.which("promtool")
 MONITORING = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 ALL_ON = {
@@ -35,16 +35,6 @@ ALL_ON = {
     },
     "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Mail"}},
 }
-
-needs_helm = pytest.mark.skipif(HELM is None, reason="helm not installed: run `make peers`")
-
-
-def helm(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60, check=False)
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def render(tmp_path: Path, *values: dict[str, Any], sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -285,7 +275,7 @@ def test_the_metric_name_check_sees_through_promql() -> None:
     ],
 )
 def test_wrong_monitoring_values_fail_naming_the_key(value: str, refusal: str) -> None:
-    result = helm("template", "rf", str(CHART), "--set", value, ok=False)
+    result = helm("template", "rf", str(CHART), "--set", value, check=False)
     assert result.returncode != 0 and refusal in result.stderr, result.stderr
 
 
@@ -301,7 +291,7 @@ def test_wrong_monitoring_values_fail_naming_the_key(value: str, refusal: str) -
     ],
 )
 def test_values_that_contradict_each_other_fail_saying_why(values: tuple[str, ...], refusal: str) -> None:
-    result = helm("template", "rf", str(CHART), *[a for v in values for a in ("--set", v)], ok=False)
+    result = helm("template", "rf", str(CHART), *[a for v in values for a in ("--set", v)], check=False)
     assert result.returncode != 0 and refusal in result.stderr, result.stderr
 
 

@@ -5,28 +5,23 @@ operator wrote say, per-relay replicas, and a deleted object's series gone with 
 from __future__ import annotations
 
 import base64
-import logging
 import random
 import smtplib
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import kopf
 import pytest
 from bench.peers.ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay_operator import handlers
-from relay_operator.handlers import wiring
 from relay_operator.handlers.observe import MetricsEndpoint
 from relay_operator.relays.render.common import ADMIN_PORT
 from relay_operator.settings import Settings
-from tests.harness.kopf_thread import KopfThread, fast_settings
 from tests.harness.relay_proc import relay_factory  # noqa: F401 (the fixture)
 from tests.harness.waiting import wait_for
 from tests.operator.domains.dns import DOMAIN, EGRESS, expected, reload, zone
-from tests.operator.handlers.test_e2e import GROUP, MERGE, EmulatorApi, emulator, get, ok  # noqa: F401
+from tests.operator.handlers.test_e2e import GROUP, MERGE, EmulatorApi, Operator, emulator, get, ok  # noqa: F401
 from tests.peers.dns import DnsServer, ZoneSpec
 from tests.peers.kube import KubeApi
 
@@ -36,31 +31,18 @@ SD = f"{GROUP}/namespaces/{NS}/sendingdomains/example"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-class MeteredOperator(KopfThread):
+class MeteredOperator(Operator):
     """The operator as `relayfleet-operator` runs it, metrics served (on a free loopback port)."""
 
     def __init__(self, api: EmulatorApi, settings: Settings) -> None:
-        super().__init__(kopf.OperatorRegistry(), namespaces=[NS])
-        endpoint = handlers.register(self.registry, settings, serve_metrics=True)
-        assert endpoint is not None
-        self.endpoint: MetricsEndpoint = endpoint
-        wiring.set_login(lambda **_: api.login())
-
-        @kopf.on.startup(registry=self.registry)
-        def fast(settings: kopf.OperatorSettings, **_: Any) -> None:
-            fast_settings(settings)
-            settings.posting.level = logging.INFO
+        super().__init__(api, NS, settings, serve_metrics=True)
+        assert self.metrics_endpoint is not None
+        self.endpoint: MetricsEndpoint = self.metrics_endpoint
 
     def __enter__(self) -> MeteredOperator:
-        self.start()
+        super().__enter__()
         wait_for(lambda: self.endpoint.port != 0)
         return self
-
-    def __exit__(self, *_: object) -> None:
-        try:
-            self.stop()
-        finally:
-            wiring.set_login(None)
 
     def scrape(self) -> Samples:
         url = f"http://127.0.0.1:{self.endpoint.port}/metrics"

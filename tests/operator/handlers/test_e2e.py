@@ -124,9 +124,12 @@ def get(api: Api, path: str) -> Json | None:
 class Operator(KopfThread):
     """relay_operator's handlers on a private registry, run by kopf in a thread with its own loop."""
 
-    def __init__(self, api: Api, namespace: str, settings: Settings | None = None) -> None:
+    def __init__(
+        self, api: Api, namespace: str, settings: Settings | None = None, *, serve_metrics: bool = False
+    ) -> None:
         super().__init__(kopf.OperatorRegistry(), namespaces=[namespace])
-        handlers.register(self.registry, settings or Settings(termination_grace_seconds=30))
+        settings = settings or Settings(termination_grace_seconds=30)
+        self.metrics_endpoint = handlers.register(self.registry, settings, serve_metrics=serve_metrics)
         wiring.set_login(lambda **_: api.login()) if api.emulated else wiring.set_login(None)
 
         @kopf.on.startup(registry=self.registry)
