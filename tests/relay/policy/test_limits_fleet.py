@@ -14,16 +14,24 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
+import dns.asyncresolver
 import pytest
 from bench.peers.redis import RedisServer
 from prometheus_client import CollectorRegistry
 
+from smtp_relay.config.manifest import parse_spec
 from smtp_relay.config.policy_spec import RateLimit
+from smtp_relay.config.resolved import RelayConfig
+from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy import limits_fleet
+from smtp_relay.policy.checks.content import count_message
+from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.limits_fleet import FleetAuthThrottle, FleetRateLimiter, RedisHealth
 from smtp_relay.policy.limits_redis import RedisLimits, RedisTarget
+from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.ratelimit import AuthThrottle, RateLimiter, divided
 from smtp_relay.telemetry.metrics import LimitsMetrics
+from tests.relay.policy.transactions import facts
 
 pytestmark = pytest.mark.peers
 
@@ -187,3 +195,40 @@ async def test_the_auth_throttle_is_fleet_wide(redis_server: RedisServer) -> Non
     finally:
         for health in healths:
             await health.close()
+
+
+async def test_the_engine_swaps_backends_and_shares_on_reload(redis_server: RedisServer) -> None:
+    """A reload that changes only spec.replicas keeps the Redis connection and its counts, with a new share;
+    switching to backend local closes the connection."""
+    registry = CollectorRegistry()
+
+    def config(replicas: int, backend: str = "redis") -> RelayConfig:
+        spec = parse_spec(
+            {
+                "replicas": replicas,
+                "policy": {"rateLimits": [{"key": "client", "limit": 30, "per": "1m"}]},
+                "limits": {"backend": backend, "redis": {"address": redis_server.address}},
+            }
+        )
+        return RelayConfig(name="outbound", namespace="mail", spec=spec)
+
+    engine = PolicyEngine(
+        config(3), dns.asyncresolver.Resolver(configure=False), hostname="relay.test", metrics=PolicyMetrics(registry),
+        workers=2,
+    )  # fmt: skip
+    fleet = engine.rate_limiter
+    assert isinstance(fleet, FleetRateLimiter) and isinstance(engine.auth_limits, FleetAuthThrottle)
+    assert registry.get_sample_value("smtp_relay_limits_share") == 6
+    envelope = Envelope(mail_from="a@x.test", rcpt_tos=["b@y.test"])
+    assert await count_message(engine.rate_limiter, facts("192.0.2.1"), envelope) is None
+    await engine.update(config(5))
+    assert engine.rate_limiter is not fleet and isinstance(engine.rate_limiter, FleetRateLimiter)
+    assert engine.rate_limiter.health is fleet.health  # same connection, the fleet's counts go on
+    assert registry.get_sample_value("smtp_relay_limits_share") == 10
+    inspector = redis_server.client()
+    assert inspector.keys("relayfleet:{mail/outbound}:rl:client:*")
+    assert len(inspector.client_list()) == 2  # the engine's connection and ours
+    await engine.update(config(5, backend="local"))
+    assert isinstance(engine.rate_limiter, RateLimiter) and engine.auth_limits is engine.auth_throttle
+    assert [c["name"] for c in inspector.client_list()] == [""] and len(inspector.client_list()) == 1  # closed
+    await engine.close()
