@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import dns.asyncresolver
 import pytest
@@ -232,3 +233,22 @@ async def test_the_engine_swaps_backends_and_shares_on_reload(redis_server: Redi
     assert isinstance(engine.rate_limiter, RateLimiter) and engine.auth_limits is engine.auth_throttle
     assert [c["name"] for c in inspector.client_list()] == [""] and len(inspector.client_list()) == 1  # closed
     await engine.close()
+
+
+async def test_concurrent_decisions_share_pipelines_and_stay_exact(
+    redis_server: RedisServer, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod = fleet(redis_server, limits=[RateLimit(key="sender", limit=30, per="1m")])
+    redis = pod.health.redis
+    batches: list[int] = []
+    send = redis._pipeline
+
+    async def counted(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return await send(batch)
+
+    monkeypatch.setattr(redis, "_pipeline", counted)
+    redis_server.client().script_flush()  # the first pipeline finds the script unknown and loads it
+    verdicts = await asyncio.gather(*[pod.count("192.0.2.1", None, "a@x.test") for _ in range(50)])
+    assert sum(v is None for v in verdicts) == 30  # exact under concurrency: each script is atomic
+    assert sum(batches) >= 50 and len(batches) <= 3, batches  # 50 sessions' decisions in a few pipelines
