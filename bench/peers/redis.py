@@ -70,7 +70,7 @@ class RedisServer:
         else:
             cmd += ["--port", str(self.port)]
         if self.username is not None and self.password is not None:
-            cmd += ["--user", "default off", "--user", f"{self.username} on >{self.password} ~* +@all"]
+            cmd += ["--user", "default", "off", "--user", self.username, "on", f">{self.password}", "~*", "+@all"]
         elif self.password is not None:
             cmd += ["--requirepass", self.password]
         return cmd

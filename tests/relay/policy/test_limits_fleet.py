@@ -17,12 +17,12 @@ from typing import Any
 
 import dns.asyncresolver
 import pytest
-from bench.peers.redis import RedisServer
+from bench.peers.redis import RedisServer, RedisTls
 from prometheus_client import CollectorRegistry
 
-from smtp_relay.config.manifest import parse_spec
+from smtp_relay.config.manifest import SecretData, parse_spec
 from smtp_relay.config.policy_spec import RateLimit
-from smtp_relay.config.resolved import RelayConfig
+from smtp_relay.config.resolved import RelayConfig, resolve
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy import limits_fleet
 from smtp_relay.policy.checks.content import count_message
@@ -32,6 +32,7 @@ from smtp_relay.policy.limits_redis import RedisLimits, RedisTarget
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.ratelimit import AuthThrottle, RateLimiter, divided
 from smtp_relay.telemetry.metrics import LimitsMetrics
+from tests.peers.tls import IssuedCert, ThrowawayCA
 from tests.relay.policy.transactions import facts
 
 pytestmark = pytest.mark.peers
@@ -252,3 +253,43 @@ async def test_concurrent_decisions_share_pipelines_and_stay_exact(
     verdicts = await asyncio.gather(*[pod.count("192.0.2.1", None, "a@x.test") for _ in range(50)])
     assert sum(v is None for v in verdicts) == 30  # exact under concurrency: each script is atomic
     assert sum(batches) >= 50 and len(batches) <= 3, batches  # 50 sessions' decisions in a few pipelines
+
+
+async def test_tls_with_the_ca_of_a_secret_and_an_acl_user(
+    redis_factory: Callable[..., RedisServer], test_ca: ThrowawayCA, server_cert: IssuedCert
+) -> None:
+    tls = RedisTls(cert=server_cert.cert_path, key=server_cert.key_path, ca=test_ca.ca_path)
+    server = redis_factory(tls=tls, username="relay", password="acl-pw")
+
+    def pod(ca_pem: bytes | None, username: str = "relay") -> FleetRateLimiter:
+        target = RedisTarget(server.address, tls=True, username=username, password="acl-pw", ca_pem=ca_pem)
+        health = RedisHealth(RedisLimits(target, "default", "relay"), 3, LimitsMetrics(CollectorRegistry()))
+        return FleetRateLimiter(LIMITS, health, RateLimiter(divided(LIMITS, 3)))
+
+    trusted, unknown_ca, wrong_user = pod(test_ca.ca_pem), pod(None), pod(test_ca.ca_pem, username="default")
+    try:
+        assert await accepted(trusted, "a@x.test", 7) == 6 and trusted.health.up
+        assert await accepted(unknown_ca, "a@x.test", 3) == 2 and not unknown_ca.health.up  # not verified: local
+        assert await accepted(wrong_user, "a@x.test", 3) == 2 and not wrong_user.health.up  # ACL: default is off
+    finally:
+        for limiter in (trusted, unknown_ca, wrong_user):
+            await limiter.health.close()
+
+    # the same through a relay's config: the CA from spec.limits.redis.caSecret, the user from secretName
+    redis_spec = {"address": server.address, "tls": True, "caSecret": "redis-ca", "secretName": "redis-auth"}
+    limits = {"backend": "redis", "redis": redis_spec}
+    spec = parse_spec({"policy": {"rateLimits": [LIMITS[0].model_dump()]}, "limits": limits})
+    mounted = {
+        "redis-ca": SecretData("redis-ca", {"ca.crt": test_ca.ca_pem}),
+        "redis-auth": SecretData("redis-auth", {"username": b"relay", "password": b"acl-pw"}),
+    }
+    registry = CollectorRegistry()
+    engine = PolicyEngine(
+        resolve("outbound", "mail", spec, mounted), dns.asyncresolver.Resolver(configure=False),
+        hostname="relay.test", metrics=PolicyMetrics(registry),
+    )  # fmt: skip
+    envelope = Envelope(mail_from="b@x.test", rcpt_tos=["c@y.test"])
+    verdicts = [await count_message(engine.rate_limiter, facts("192.0.2.1"), envelope) for _ in range(7)]
+    assert [v is None for v in verdicts] == [True] * 6 + [False]
+    assert registry.get_sample_value("smtp_relay_limits_decisions_total", {"backend": "redis"}) == 7
+    await engine.close()
