@@ -186,6 +186,9 @@ class PolicyEngine:
             or fallback_changed
         ):
             self.rate_limiter = FleetRateLimiter(limits, health, RateLimiter(divided(limits, processes), self._clock))
+        current = getattr(self, "auth_limits", None)
+        if isinstance(current, FleetAuthThrottle) and current.health is health and not fallback_changed:
+            return  # the fallback's failures survive a reload too
         t = self.auth_throttle
         fallback = AuthThrottle(
             max_failures=max(1, t.max_failures // processes),

@@ -166,7 +166,7 @@ class FleetAuthThrottle:
 
     def __init__(self, settings: AuthThrottle, health: RedisHealth, fallback: AuthThrottle) -> None:
         self._settings = settings
-        self._health = health
+        self.health = self._health = health
         self._fallback = fallback
         self._settling: set[asyncio.Task[None]] = set()
 
