@@ -33,7 +33,7 @@ def _spec(port: int, redis: RedisServer) -> dict[str, Any]:
         "policy": {"rateLimits": [{"key": "sender", "limit": LIMIT, "per": "1h"}]},
         "limits": {
             "backend": "redis",
-            "redis": {"address": redis.address, "secretName": "redis-auth", "timeout": "200ms"},
+            "redis": {"address": redis.address, "secretName": "redis-auth", "timeout": "2s"},
         },
         "routing": {"default": {"capture": {}}},
     }
