@@ -4,10 +4,11 @@ Every call is bounded by the spec's timeout (connect, read and the whole call), 
 any failure (refused, timed out, a wrong password, a script error) becomes `RedisUnavailable`, so the
 caller decides locally instead: a hung or lost Redis costs a session at most one timeout.
 
-Message counts are pipelined: the decisions that sessions ask for during one pass of the event loop (or
-while the previous batch is on the wire) go to Redis as one pipeline, one write and one read, as the
-spool group-commits its fsyncs. A redis-py command costs ~100 us of CPU of its own; shared by a batch,
-that is what keeps fleet-wide limits within a few percent of local ones at full load.
+Message counts are pipelined: the decisions that sessions ask for during one pass of the event loop go
+to Redis as one pipeline, one write and one read, as the spool group-commits its fsyncs (a few pipelines
+may be on the wire at once, so a decision rarely waits for another batch's reply). A lone redis-py
+command costs ~200 us of CPU of its own; shared by a batch, that is what keeps fleet-wide limits within
+a few percent of local ones at full load.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def describe(exc: BaseException) -> str:
 _Decision = tuple[list[str], list[int | str], "asyncio.Future[int]"]
 MAX_BATCH = 256
 """Decisions in one pipeline at most (a larger backlog goes in the next)."""
+MAX_IN_FLIGHT = 4
+"""Pipelines on the wire at once: decisions asked while one is out need not wait for its reply."""
 
 
 class RedisLimits:
@@ -90,7 +93,8 @@ class RedisLimits:
         self._auth_failure = self._client.register_script(limits_scripts.AUTH_FAILURE)
         self._auth_success = self._client.register_script(limits_scripts.AUTH_SUCCESS)
         self._waiting: list[_Decision] = []
-        self._sending: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+        self._collecting = False
 
     @staticmethod
     def key_prefix(namespace: str, name: str) -> str:
@@ -115,31 +119,38 @@ class RedisLimits:
         keys = [self.prefix + "rl:" + key for key, _, _ in counters]
         decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, decided))
-        if self._sending is None:
-            self._sending = asyncio.get_running_loop().create_task(self._send_batches())
+        if not self._collecting and len(self._senders) < MAX_IN_FLIGHT:
+            self._collecting = True
+            sender = asyncio.get_running_loop().create_task(self._send_batches())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         return await decided
 
     async def _send_batches(self) -> None:
-        """Send what is waiting as pipelines, one at a time, until nothing waits."""
-        try:
+        """Collect what sessions ask during one loop pass and send it as one pipeline; then, if more waited
+        meanwhile and no other sender collects, go on with those (at most MAX_IN_FLIGHT pipelines at once)."""
+        while True:
             await asyncio.sleep(0)  # let the sessions of this loop pass add theirs
-            while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                try:
-                    results = await self._pipeline(batch)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    batch, self._waiting = batch + self._waiting, []  # those waiting would only wait longer
-                    results = [RedisUnavailable(describe(exc))] * len(batch)
-                for (_, _, decided), result in zip(batch, results, strict=True):
-                    if decided.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        error = result if isinstance(result, RedisUnavailable) else RedisUnavailable(describe(result))
-                        decided.set_exception(error)
-                    else:
-                        decided.set_result(int(result))
-        finally:
-            self._sending = None
+            self._collecting = False
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            if not batch:
+                return
+            try:
+                results = await self._pipeline(batch)
+            except (RedisError, OSError, TimeoutError) as exc:
+                batch, self._waiting = batch + self._waiting, []  # those waiting would only wait longer
+                results = [RedisUnavailable(describe(exc))] * len(batch)
+            for (_, _, decided), result in zip(batch, results, strict=True):
+                if decided.done():
+                    continue
+                if isinstance(result, BaseException):
+                    error = result if isinstance(result, RedisUnavailable) else RedisUnavailable(describe(result))
+                    decided.set_exception(error)
+                else:
+                    decided.set_result(int(result))
+            if not self._waiting or self._collecting:
+                return
+            self._collecting = True
 
     async def _pipeline(self, batch: list[_Decision]) -> list[Any]:
         """One pipeline of RATE scripts by hash (loaded once when Redis does not know it yet)."""
@@ -185,9 +196,9 @@ class RedisLimits:
             raise RedisUnavailable(describe(exc)) from exc
 
     async def close(self) -> None:
-        if self._sending is not None:
-            self._sending.cancel()
-            await asyncio.gather(self._sending, return_exceptions=True)
+        for sender in list(self._senders):
+            sender.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
         for _, _, decided in self._waiting:
             decided.cancel()
         await self._client.aclose()
