@@ -150,7 +150,7 @@ RULES: dict[str, list[Rule]] = {
     "RedisSpec": [
         Rule("!has(self.caSecret) || (has(self.tls) && self.tls)", "caSecret needs tls: true"),
         Rule(
-            "int(self.address.substring(self.address.lastIndexOf(':') + 1)) >= 1"
+            "!has(self.address) || int(self.address.substring(self.address.lastIndexOf(':') + 1)) >= 1"
             " && int(self.address.substring(self.address.lastIndexOf(':') + 1)) <= 65535",
             "address: port must be between 1 and 65535",
         ),
