@@ -132,6 +132,7 @@ KINDS: dict[str, Kind] = {
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "SmtpRelay": Kind("relayfleet.io/v1alpha1", "smtprelays"),
     "SendingDomain": Kind("relayfleet.io/v1alpha1", "sendingdomains"),
+    "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings", namespaced=False),
 }
 
 IMMUTABLE: dict[str, tuple[str, ...]] = {

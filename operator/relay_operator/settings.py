@@ -82,6 +82,16 @@ class Settings:
     telemetry_timeout_seconds: float = 2.0
     """RELAYFLEET_TELEMETRY_TIMEOUT_SECONDS: how long one pod may take to answer before it counts as unreachable."""
 
+    metrics_enabled: bool = True
+    """RELAYFLEET_METRICS_ENABLED: serve the operator's own Prometheus metrics (metrics.py) on metrics_port."""
+
+    metrics_port: int = 8081
+    """RELAYFLEET_METRICS_PORT: the port of the operator's /metrics (kopf's liveness endpoint has its own, 8080
+    in the chart); 0 takes a free port from the OS."""
+
+    metrics_host: str = "0.0.0.0"
+    """RELAYFLEET_METRICS_HOST: the address /metrics listens on (all of the pod's, so Prometheus reaches it)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from RELAYFLEET_* variables; unset or empty ones keep their defaults."""
@@ -114,6 +124,8 @@ class Settings:
             raise ValueError(
                 "RELAYFLEET_DOMAIN_RECHECK_SECONDS must be > 0 and RELAYFLEET_DNS_OUTAGE_GRACE_SECONDS >= 0"
             )
+        if not 0 <= settings.metrics_port <= 65535:
+            raise ValueError(f"RELAYFLEET_METRICS_PORT must be a port number (0-65535), not {settings.metrics_port}")
         for item in settings.nameservers():
             try:
                 split_nameserver(item)

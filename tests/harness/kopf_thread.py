@@ -13,6 +13,8 @@ class KopfThread:
     """Runs `kopf.operator` on `registry` in a daemon thread; a context manager that fails on a crash or a hang.
 
     `namespaces=None` watches the whole cluster. Subclasses register their handlers on `self.registry`.
+    `peering` names the peering object to run in (kopf's --peering) with this `priority` and `identity`;
+    without it the operator runs standalone.
     """
 
     def __init__(
@@ -22,11 +24,17 @@ class KopfThread:
         namespaces: list[str] | None = None,
         ready_timeout: float = 15.0,
         stop_timeout: float = 20.0,
+        peering: str | None = None,
+        priority: int | None = None,
+        identity: str | None = None,
     ) -> None:
         self.registry = registry
         self.namespaces = namespaces
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
+        self.peering = peering
+        self.priority = priority
+        self.identity = identity
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
         self.error: BaseException | None = None
@@ -36,11 +44,13 @@ class KopfThread:
         scope: dict[str, Any] = (
             {"clusterwide": True} if self.namespaces is None else {"namespaces": list(self.namespaces)}
         )
+        if self.peering is not None:
+            scope.update(peering_name=self.peering, priority=self.priority, identity=self.identity)
         try:
             asyncio.run(
                 kopf.operator(
                     registry=self.registry,
-                    standalone=True,
+                    standalone=self.peering is None,
                     stop_flag=self.stop_flag,
                     ready_flag=self.ready_flag,
                     **scope,
@@ -60,9 +70,9 @@ class KopfThread:
         assert self.error is None, self.error
 
 
-def fast_settings(settings: kopf.OperatorSettings, *, scanning: bool = False) -> None:
-    """Settings for a test operator: no peering objects, quick reconnects and quick worker exits."""
-    settings.peering.standalone = True  # no KopfPeering CRDs in the emulator
+def fast_settings(settings: kopf.OperatorSettings, *, scanning: bool = False, peering: bool = False) -> None:
+    """Settings for a test operator: no peering (unless `peering`), quick reconnects and quick worker exits."""
+    settings.peering.standalone = not peering  # the peering CRD is registered only by the tests of peering
     settings.scanning.disabled = not scanning  # CRDs are registered before the start; no rescans needed
     settings.watching.reconnect_backoff = 0.05
     settings.queueing.idle_timeout = 0.5  # per-object workers exit fast, so the operator stops fast

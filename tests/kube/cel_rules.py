@@ -2,7 +2,9 @@
 
 Each rule runs at its schema node with ``self`` bound to the (defaulted) value there, and, for transition
 rules on update, ``oldSelf`` bound to the correlated old value (same property path, same map key, same
-list-type=map key; a transition rule without an old value is skipped). A false rule becomes
+list-type=map key; a transition rule without an old value is skipped). From 1.30 (CRDValidationRatcheting, beta
+and on by default) a value equal to its old value is ratcheted: its rules that do not use ``oldSelf`` are not
+run, since an error there would be ignored, while transition rules still are. A false rule becomes
 ``field.Invalid(<path>, <schema type>, <message>)`` (apiextensions-apiserver schema/cel/validation.go,
 Kubernetes 1.31; from 1.35 the value is left out for objects and arrays, and scalars show their value).
 """
@@ -111,11 +113,19 @@ def evaluate(schema: Json, value: Any, old: Any = _MISSING, path: str = "", mino
     return errors
 
 
+_RATCHETING_MINOR = 30
+"""CRDValidationRatcheting: alpha in 1.28, beta (on by default) in 1.30, GA in 1.33."""
+
+
 def _walk(schema: Json, value: Any, old: Any, path: str, minor: int, errors: list[FieldError]) -> None:
     if value is None:
         return
+    unchanged = minor >= _RATCHETING_MINOR and old is not _MISSING and value == old
+    if unchanged and not _has_transition_rules(schema):
+        return
     for rule in schema.get("x-kubernetes-validations") or []:
-        _run(rule, value, old, schema, path, minor, errors)
+        if not unchanged or _compiled(rule["rule"])[1]:
+            _run(rule, value, old, schema, path, minor, errors)
     if isinstance(value, dict):
         props, extra = schema.get("properties") or {}, schema.get("additionalProperties")
         for key, item in value.items():
@@ -133,6 +143,29 @@ def _walk(schema: Json, value: Any, old: Any, path: str, minor: int, errors: lis
         for i, item in enumerate(value):
             old_item = by_key.get(repr([item.get(k) for k in keys]), _MISSING) if isinstance(item, dict) else _MISSING
             _walk(items, item, old_item, f"{path}[{i}]", minor, errors)
+
+
+def _has_transition_rules(schema: Any) -> bool:
+    """Whether ``schema`` or a node below it has a rule that uses ``oldSelf`` (those are never ratcheted)."""
+    if not isinstance(schema, dict):
+        return False
+    key = id(schema)
+    cached = _TRANSITION_CACHE.get(key)
+    if cached is None or cached[0] is not schema:
+        found = any(_compiled(r["rule"])[1] for r in schema.get("x-kubernetes-validations") or []) or any(
+            _has_transition_rules(s)
+            for s in (
+                *(schema.get("properties") or {}).values(),
+                schema.get("items"),
+                schema.get("additionalProperties"),
+            )
+        )
+        cached = _TRANSITION_CACHE[key] = (schema, found)
+    return cached[1]
+
+
+_TRANSITION_CACHE: dict[int, tuple[Json, bool]] = {}
+"""id(schema node) -> (the node, so a reused id is detected; has transition rules)."""
 
 
 def has_rules(schema: Any) -> bool:

@@ -17,6 +17,7 @@ objects none of whose owners is still there (honouring the dependents' own final
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import datetime
@@ -167,12 +168,42 @@ def delete(emulator: KubeEmulator, res: kmock.resource, ns: str | None, name: st
 
 
 class GarbageCollector:
-    """One pass over the stored objects does what the GC's workers would; the emulator schedules passes."""
+    """One pass over the stored objects does what the GC's workers would; the emulator schedules passes.
+
+    A pass has work only after a deletion (an object gone or being deleted: its dependents may dangle, a
+    foreground owner may be free) or a write of an object whose owner is missing, of another kind, or
+    going: other passes, most of them while a fleet is being created, look at the changed objects only.
+    """
 
     def __init__(self, emulator: KubeEmulator) -> None:
         self.emulator = emulator
+        self._read_rv = 0
 
     def run_pass(self) -> None:
+        if self._needs_full_pass():
+            self._full_pass()
+
+    def _needs_full_pass(self) -> bool:
+        em, since = self.emulator, self._read_rv
+        self._read_rv = em._rv
+        if since == 0 or since < em._log_floor:
+            return True
+        for _rv, kind, _res, obj, _old in em._log[bisect.bisect_right(em._log, since, key=lambda e: e[0]) :]:
+            meta = obj["metadata"]
+            if kind == "DELETED" or meta.get("deletionTimestamp"):
+                return True
+            for ref in meta.get("ownerReferences") or []:
+                owner = em._uids.get(str(ref.get("uid")))
+                if (
+                    owner is None
+                    or owner.get("kind") != ref.get("kind")
+                    or owner["metadata"].get("deletionTimestamp")
+                    or owner["metadata"].get("namespace") not in (None, meta.get("namespace"))
+                ):
+                    return True
+        return False
+
+    def _full_pass(self) -> None:
         em = self.emulator
         objects = list(em._all())
         by_uid = {o["metadata"]["uid"]: (r, o) for r, o in objects}

@@ -13,11 +13,15 @@ in ordinal order once the previous ones are Ready, and removes one at a time fro
 Parallel does all at once; RollingUpdate replaces pods from the highest ordinal down to ``partition``, one
 at a time, each once its successor is Ready; OnDelete waits for pods to be deleted. Orphan pods named like
 the set's and matching its selector are adopted. Nothing is done for a set that is being deleted.
+
+Like the real controller, a pass syncs only the sets whose object, pods, revisions or claims changed since the
+previous pass (from the emulator's event log), so a thousand idle sets cost nothing; every set is synced on
+the first pass and whenever the log was compacted past what the controller had read.
 """
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import copy
 import hashlib
 import json
@@ -69,12 +73,62 @@ def template_hash(template: Json) -> str:
 class StatefulSetController:
     def __init__(self, emulator: KubeEmulator) -> None:
         self.emulator = emulator
+        self._read_rv = 0
+        """The emulator's resourceVersion when the last pass began: later events make sets dirty."""
+        self._retry: set[tuple[str | None, str]] = set()
+        """Sets whose sync failed on a conflict: synced again in the next pass."""
 
     def run_pass(self) -> None:
+        dirty = self._dirty()
+        if dirty is not None:
+            dirty |= self._retry
+        self._retry = set()
         for _, sts in list(self.emulator._all(STS)):
-            if not sts["metadata"].get("deletionTimestamp"):
-                with contextlib.suppress(ApiError):  # a conflict with another writer: the next pass starts anew
+            meta = sts["metadata"]
+            key = (meta.get("namespace"), meta["name"])
+            if dirty is not None and key not in dirty:
+                continue
+            if not meta.get("deletionTimestamp"):
+                try:
                     self.sync(sts)
+                except ApiError:  # a conflict with another writer: the next pass starts anew
+                    self._retry.add(key)
+        if self._retry:
+            self.emulator._notify()  # schedules that pass
+
+    def _dirty(self) -> set[tuple[str | None, str]] | None:
+        """The sets an event since the last pass may concern; None: all of them (first pass, compacted log)."""
+        em, since = self.emulator, self._read_rv
+        self._read_rv = em._rv
+        if since == 0 or since < em._log_floor:
+            return None
+        sets = {s["metadata"]["uid"]: (s["metadata"].get("namespace"), s["metadata"]["name"]) for _, s in em._all(STS)}
+        pod_owner: dict[str, str | None] | None = None
+        dirty: set[tuple[str | None, str]] = set()
+        for _rv, _kind, res, obj, old in em._log[bisect.bisect_right(em._log, since, key=lambda e: e[0]) :]:
+            meta = obj["metadata"]
+            if res == STS:
+                dirty.add((meta.get("namespace"), meta["name"]))
+                continue
+            if res not in (PODS, REVISIONS, CLAIMS):
+                continue
+            refs = [
+                *(meta.get("ownerReferences") or []),
+                *((old or {}).get("metadata", {}).get("ownerReferences") or []),
+            ]
+            if not refs:  # an orphan named like a set's pod or claim may be adopted: its namespace's sets look
+                dirty.update(key for key in sets.values() if key[0] == meta.get("namespace"))
+            for ref in refs:
+                uid = str(ref.get("uid"))
+                if uid in sets:
+                    dirty.add(sets[uid])
+                elif ref.get("kind") == "Pod":  # a claim owned by its pod (whenScaled: Delete)
+                    if pod_owner is None:
+                        pod_owner = {p["metadata"]["uid"]: controller_uid(p) for _, p in em._all(PODS)}
+                    owner = pod_owner.get(uid)
+                    if owner in sets:
+                        dirty.add(sets[owner])
+        return dirty
 
     # -- revisions --
 

@@ -196,3 +196,23 @@ def test_every_rule_of_the_repository_crds_compiles_and_evaluates() -> None:
                 assert "evaluating rule" not in str(error), str(error)  # false is fine, a runtime error is not
             seen += len(node["x-kubernetes-validations"])
     assert seen == 24  # 3 of them spec.limits (LimitsSpec, RedisSpec)
+
+
+def test_unchanged_values_are_ratcheted_from_1_30_but_transition_rules_still_run() -> None:
+    """CRDValidationRatcheting (beta, on by default from 1.30): a rule without oldSelf is not run on a value equal
+    to the stored one (its error would be ignored); a transition rule is never ratcheted."""
+    schema: Json = {
+        "type": "object",
+        "properties": {
+            "plain": {"type": "string", "x-kubernetes-validations": [{"rule": "self.size() < 3", "message": "short"}]},
+            "moving": {
+                "type": "string",
+                "x-kubernetes-validations": [{"rule": "oldSelf.size() < 3", "message": "was"}],
+            },
+        },
+    }
+    stored = {"plain": "long", "moving": "long"}
+    assert [e.field for e in cel_rules.evaluate(schema, dict(stored), stored)] == ["moving"]
+    assert [e.field for e in cel_rules.evaluate(schema, {**stored, "plain": "longer"}, stored)] == ["plain", "moving"]
+    assert [e.field for e in cel_rules.evaluate(schema, dict(stored), stored, minor=29)] == ["plain", "moving"]
+    assert [e.field for e in cel_rules.evaluate(schema, dict(stored))] == ["plain"], "a create has no oldSelf"

@@ -50,6 +50,39 @@ def test_a_dangling_owner_reference_is_collected(kube_api: KubeApi) -> None:
     wait_for(lambda: "child" not in names(kube_api), timeout=5)
 
 
+def test_the_collector_scans_the_store_only_when_something_was_deleted_or_dangles(kube_api: KubeApi) -> None:
+    """A fleet being created (owners present, nothing deleted) costs the collector no scan of every object."""
+    collector = kube_api.emulator.control.gc
+    scans: list[int] = []
+    original = collector._full_pass
+
+    def counting() -> None:
+        scans.append(1)
+        original()
+
+    def caught_up() -> bool:
+        return bool(kube_api._call(lambda: collector._read_rv == kube_api.emulator.resource_version))
+
+    owner = cm(kube_api, "owner")
+    wait_for(caught_up, timeout=5)  # the first pass scans everything once
+    kube_api._call(lambda: setattr(collector, "_full_pass", counting))
+    try:
+        for i in range(5):
+            cm(kube_api, f"child-{i}", [owner])
+        ok(kube_api, "PATCH", f"{CM}/child-0", {"data": {"k": "v"}}, "application/merge-patch+json")
+        wait_for(caught_up, timeout=5)
+        assert scans == [], "owners present and nothing deleted: no scan"
+        cm(kube_api, "stray", [{**owner, "metadata": {**owner["metadata"], "uid": "no-such-uid"}}])
+        wait_for(lambda: "stray" not in names(kube_api), timeout=10)
+        assert scans, "a dangling owner reference is collected after a scan"
+        scans.clear()
+        ok(kube_api, "DELETE", f"{CM}/owner")
+        wait_for(lambda: not {f"child-{i}" for i in range(5)} & names(kube_api), timeout=10)
+        assert scans, "a deletion makes the collector look at the dependents"
+    finally:
+        kube_api._call(lambda: setattr(collector, "_full_pass", original))
+
+
 def test_orphan_keeps_the_owner_until_dependents_are_released(kube_api: KubeApi) -> None:
     owner = cm(kube_api, "owner")
     cm(kube_api, "child", [owner])

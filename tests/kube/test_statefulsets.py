@@ -191,3 +191,30 @@ def test_the_controller_can_be_switched_off(kube_api: KubeApi) -> None:
     ok(kube_api, "PATCH", f"{STS}/web/status", {"status": {"replicas": 3, "readyReplicas": 3}}, MERGE)
     wait_for(lambda: True)
     assert not pods(kube_api) and status(kube_api) == {"replicas": 3, "readyReplicas": 3}
+
+
+def test_a_pass_syncs_only_the_sets_an_event_concerns(kube_api: KubeApi) -> None:
+    """As the real controller's work queue: a change to one set's pod syncs that set, not every set."""
+    for name in ("web", "mail"):
+        ok(kube_api, "POST", STS, statefulset(name, replicas=1))
+        settled(kube_api, 1, name)
+    controller = kube_api.emulator.control.statefulsets
+    synced: list[str] = []
+    original = controller.sync
+
+    def counting(sts: Json) -> None:
+        synced.append(sts["metadata"]["name"])
+        original(sts)
+
+    kube_api._call(lambda: setattr(controller, "sync", counting))
+    try:
+        ok(kube_api, "PATCH", f"{PODS}/mail-0", {"metadata": {"labels": {"touched": "yes"}}}, MERGE)
+        wait_for(lambda: "mail" in synced, timeout=10)
+        ok(kube_api, "DELETE", f"{PODS}/web-0")
+        wait_for(lambda: "web" in synced, timeout=10)
+        settled(kube_api, 1, "web")
+    finally:
+        kube_api._call(lambda: setattr(controller, "sync", original))
+    assert synced.index("web") > synced.index("mail"), f"the set whose pod changed was synced alone first: {synced}"
+    assert synced[: synced.index("web")] == ["mail"] * synced.index("web"), synced
+    assert pods(kube_api)["web-0"]["metadata"]["uid"], "the deleted pod was recreated by its set's sync"

@@ -1,9 +1,11 @@
 """The operator's client against the API emulator, which (like the apiserver) returns quantities canonical:
 an equal amount written in another spelling is neither patched on every reconcile nor, in the StatefulSet's
-immutable volumeClaimTemplates, a reason to recreate it."""
+immutable volumeClaimTemplates, a reason to recreate it. The StatefulSet's owner exists, so the emulator's
+garbage collector leaves it alone."""
 
 from __future__ import annotations
 
+from crdgen.documents import smtprelay_crd
 from relay_operator.kube import Connection, Kube
 from relay_operator.relays.render.common import Owner
 from relay_operator.relays.render.statefulset import build_statefulset
@@ -13,7 +15,16 @@ from tests.peers.kube import KubeApi
 
 
 async def test_non_canonical_quantities_converge_without_patch_or_recreate(kube_api: KubeApi) -> None:
-    owner = Owner(name="outbound", namespace="default", uid="uid-1", generation=1)
+    kube_api.register_crd(smtprelay_crd())
+    relay = {
+        "apiVersion": "relayfleet.io/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": "outbound", "namespace": "default"},
+        "spec": {},
+    }
+    async with Kube(Connection(server=kube_api.url, token=kube_api.token, insecure=True)) as kube:
+        created_relay = await kube.create(relay)
+    owner = Owner(name="outbound", namespace="default", uid=created_relay["metadata"]["uid"], generation=1)
     spec = parse_spec(
         {
             "queue": {"storage": "1024Mi"},

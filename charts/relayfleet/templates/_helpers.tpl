@@ -31,3 +31,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
+
+{{- /* What selects the operator's pods (Deployment, PodDisruptionBudget, spread constraints). */ -}}
+{{- define "relayfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "relayfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /* The operator pods' labels: podLabels, then the chart's (which win, so the selector always matches). */ -}}
+{{- define "relayfleet.podLabels" -}}
+{{- $labels := merge (include "relayfleet.labels" . | fromYaml) (deepCopy .Values.podLabels) -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
+{{- /* Non-empty when the operator pods peer (replicaCount > 1): peering CRD, RBAC, PDB, rolling updates. */ -}}
+{{- define "relayfleet.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{- /* The example SmtpRelay's name (relay.enabled): relay.name, else <fullname>-relay, within the CRD's 52. */ -}}
+{{- define "relayfleet.relayName" -}}
+{{- .Values.relay.name | default (printf "%s-relay" (include "relayfleet.fullname" .)) | trunc 52 | trimSuffix "-" -}}
+{{- end -}}

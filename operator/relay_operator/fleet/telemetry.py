@@ -39,9 +39,10 @@ class Telemetry:
             await self._session.close()
             self._session = None
 
-    async def queue_status(self, kube: Kube, owner: Owner) -> dict[str, Any]:
-        """status.queue of one SmtpRelay, from each of its pods."""
-        pods = await kube.list("Pod", owner.namespace, selector_string(owner))
+    async def queue_status(self, kube: Kube, owner: Owner, pods: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """status.queue of one SmtpRelay, from each of its pods (`pods`: as the watches showed them, else listed)."""
+        if pods is None:
+            pods = await kube.list("Pod", owner.namespace, selector_string(owner))
         token = await self._token(kube, owner)
         samples = await asyncio.gather(*(self._sample(pod, token) for pod in pods))
         if any(s.error == "401 Unauthorized" for s in samples):

@@ -1,5 +1,7 @@
 """The watches on an SmtpRelay's children: a deleted or hand-edited child is put back, status follows the pods.
 
+The StatefulSets' and the relay pods' events also feed `fleet.observed`, so the resync timer reads neither.
+
 Every child kind is watched with a server-side label selector (`wiring.configure` sets it), so the operator
 streams only its own children, never every StatefulSet or ConfigMap of the cluster. `relays.drift` decides
 what an event needs; a reconcile it asks for is debounced per SmtpRelay (several children of one relay
@@ -17,6 +19,7 @@ import kopf
 
 from relay_operator.events import recorder
 from relay_operator.fleet import drain
+from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.wiring import client
 from relay_operator.kube import ApiError
@@ -34,6 +37,8 @@ from relay_operator.settings import Settings
 logger = logging.getLogger(__name__)
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+PODS = ("", "v1", "pods")
+"""Watched (with the same label selector) for `Observed` only: pods are the StatefulSet's, never healed here."""
 HEAL_DELAY = 0.5
 """Seconds an SmtpRelay's reconcile waits after a child's event, to take its other children's events along."""
 
@@ -48,8 +53,8 @@ def watched_resources(settings: Settings) -> list[tuple[str, str, str]]:
     return resources
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
-    """A watch per child kind on `registry`, all sharing one debounce per SmtpRelay."""
+def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry, observed: Observed) -> None:
+    """A watch per child kind on `registry`, all sharing one debounce per SmtpRelay, and one on the pods."""
     pending: dict[tuple[str, str], asyncio.Task[None]] = {}
     triggers: dict[tuple[str, str], list[tuple[str | None, dict[str, Any]]]] = {}
 
@@ -82,6 +87,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
             pending[key] = asyncio.ensure_future(heal(namespace, name))
 
     async def child_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if body.get("kind") == "StatefulSet":
+            observed.saw_statefulset(type, body)
         name = owner_name(body)
         if name is None:
             return
@@ -100,6 +107,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         pending.clear()
         triggers.clear()
 
+    async def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        observed.saw_pod(type, body)
+
     for group, version, plural in watched_resources(settings):
         kopf.on.event(group, version, plural, registry=registry, labels=MANAGED)(child_event)
+    kopf.on.event(*PODS, registry=registry, labels=MANAGED)(pod_event)
     kopf.on.cleanup(registry=registry, id="cancel_pending_heals")(cancel_pending)

@@ -20,8 +20,10 @@ from relay_operator.domains.status import check_due
 from relay_operator.events import recorder
 from relay_operator.fleet import drain
 from relay_operator.fleet.telemetry import Telemetry
+from relay_operator.handlers.observe import instrumented
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import Kube
+from relay_operator.metrics import OperatorMetrics
 from relay_operator.settings import Settings
 from smtp_relay.config.spec import API_GROUP, API_VERSION
 
@@ -46,17 +48,22 @@ async def _check(body: Mapping[str, Any], settings: Settings, telemetry: Telemet
         await _reconcile_relays(kube, namespace, result.relays, settings, telemetry)
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
-    """Register the SendingDomain handlers on `registry`."""
+def register(
+    registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry, metrics: OperatorMetrics
+) -> None:
+    """Register the SendingDomain handlers on `registry`, the checks counted and timed in `metrics`."""
+    counted = instrumented(metrics, "SendingDomain")
 
     @kopf.on.resume(*DOMAINS, registry=registry)
     @kopf.on.create(*DOMAINS, registry=registry)
     @kopf.on.update(*DOMAINS, registry=registry)
+    @counted
     async def domain_changed(body: kopf.Body, **_: Any) -> None:
         """Keys, DNS checks, rotation, status; the named relays when the verdict or the active key changed."""
         await _check(body, settings, telemetry)
 
     @kopf.timer(*DOMAINS, registry=registry, interval=settings.domain_recheck_seconds)
+    @counted
     async def recheck(body: kopf.Body, **_: Any) -> None:
         """The periodic check, when status.nextCheck says it is due."""
         if check_due(body.get("status"), datetime.now(UTC), slack=settings.domain_recheck_seconds / 10):

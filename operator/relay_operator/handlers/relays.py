@@ -17,9 +17,12 @@ from relay_operator.backoff import retry_delay
 from relay_operator.events import recorder
 from relay_operator.fleet import drain
 from relay_operator.fleet.autoscale import Stabilizer, decision
+from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
+from relay_operator.handlers.observe import instrumented
 from relay_operator.handlers.wiring import client, retried_when_transient
 from relay_operator.kube import ApiError
+from relay_operator.metrics import OperatorMetrics
 from relay_operator.relays import reconcile as rec
 from relay_operator.relays.render.common import Owner
 from relay_operator.relays.status import QUEUE_REASONS
@@ -48,12 +51,20 @@ def _deletes_claims(spec: kopf.Spec, **_: Any) -> bool:
     return bool((spec.get("queue") or {}).get("deleteClaimsOnDelete"))
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Telemetry) -> None:
-    """Register the SmtpRelay handlers on `registry`."""
+def register(
+    registry: kopf.OperatorRegistry,
+    settings: Settings,
+    telemetry: Telemetry,
+    observed: Observed,
+    metrics: OperatorMetrics,
+) -> None:
+    """Register the SmtpRelay handlers on `registry`, each run counted and timed in `metrics`."""
+    counted = instrumented(metrics, "SmtpRelay")
 
     @kopf.on.resume(*RELAYS, registry=registry)
     @kopf.on.create(*RELAYS, registry=registry)
     @kopf.on.update(*RELAYS, registry=registry)
+    @counted
     async def relay_changed(
         body: kopf.Body, patch: kopf.Patch, reason: str, retry: int, logger: kopf.Logger, **_: Any
     ) -> None:
@@ -79,20 +90,28 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
     stabilizers: dict[tuple[str, str], Stabilizer] = {}
 
     @kopf.timer(*RELAYS, registry=registry, interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
+    @counted
     async def resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Periodic refresh with the pods' queue figures; a Degraded relay gets a full reconcile first, so a
-        Secret created later heals it."""
+        Secret created later heals it. An API server that is slow or failing makes it try again soon."""
+        with retried_when_transient():
+            await refresh(body, logger)
+
+    async def refresh(body: kopf.Body, logger: kopf.Logger) -> None:
         kube = await client()
         namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+        current: kopf.Body | None = body  # what kopf's watch showed: no need to read it again
         if _degraded(body) or (body.get("status") or {}).get("drain"):
             with recorder(body) as events:
                 await drain.reconcile(body, kube, settings, events, telemetry)
+            current = None  # the reconcile may have changed it: read it afresh
         try:
-            queue = await telemetry.queue_status(kube, Owner.from_body(body))
+            queue = await telemetry.queue_status(kube, Owner.from_body(body), observed.pods(namespace, name))
         except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the pods not even listed: the last figures stand
             logger.warning("queue figures of %s/%s not read: %s", namespace, name, exc or type(exc).__name__)
             queue = None
-        await rec.refresh_status(kube, namespace, name, queue=queue)
+        statefulset = observed.statefulset(namespace, name)
+        await rec.refresh_status(kube, namespace, name, queue=queue, body=current, statefulset=statefulset)
         spec, _problems = parse_or_problems(body)
         if spec is not None and spec.autoscaling is not None and queue is not None:
             stabilizer = stabilizers.setdefault((namespace, name), Stabilizer())
@@ -104,11 +123,21 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
                     events.info("Autoscaled", f"replicas {spec.replicas} -> {target}: {queue.get('depth')} queued,"
                                 f" {per_pod} per pod")  # fmt: skip
 
+    @kopf.on.event(*RELAYS, registry=registry)
+    async def relay_gone(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """What telemetry and the watch cache kept of a deleted SmtpRelay goes with it."""
+        if type == "DELETED":
+            namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+            telemetry.forget(namespace, name)
+            observed.forget(namespace, name)
+            stabilizers.pop((namespace, name), None)
+
     @kopf.on.cleanup(registry=registry, id="close_telemetry")
     async def close_telemetry(**_: Any) -> None:
         await telemetry.close()
 
     @kopf.on.delete(*RELAYS, registry=registry, when=_deletes_claims)
+    @counted
     async def relay_deleted(body: kopf.Body, **_: Any) -> None:
         """Children go with the ownerReferences; spool PVCs only when spec.queue.deleteClaimsOnDelete."""
         kube = await client()

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import kopf
 
 from relay_operator.kube import ApiError, Connection, Kube
@@ -55,13 +56,21 @@ async def client() -> Kube:
 @contextmanager
 def retried_when_transient() -> Iterator[None]:
     """An API conflict, throttling or server error becomes kopf's TemporaryError: retried in 2 s
-    (without the traceback and the backoff of a handler failure)."""
+    (without the traceback and the backoff of a handler failure). An API server that did not answer
+    in time, or could not be reached, is given `UNREACHABLE_RETRY_SECONDS` (a loaded server needs room,
+    but not kopf's 60 s for an unknown failure), also logged as one line."""
     try:
         yield
     except ApiError as exc:
         if exc.status in (409, 429) or exc.status >= 500:
             raise kopf.TemporaryError(str(exc), delay=2) from exc
         raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        why = f"the API server did not answer: {exc or type(exc).__name__}"
+        raise kopf.TemporaryError(why, delay=UNREACHABLE_RETRY_SECONDS) from exc
+
+
+UNREACHABLE_RETRY_SECONDS = 10
 
 
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -75,6 +84,7 @@ def configure_with(children: list[tuple[str, str, str]]) -> Callable[..., Awaita
         await configure(settings, **kwargs)
         for group, version, plural in children:
             settings.watching.label_selectors[group, version, plural] = MANAGED_SELECTOR
+        await ensure_peering(settings)
 
     return configure_all
 
@@ -94,6 +104,30 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.queueing.error_delays = [1, 2, 5, 10, 30]
+
+
+async def ensure_peering(settings: kopf.OperatorSettings) -> None:
+    """With `--peering NAME`: peer cluster-wide through the ClusterKopfPeering NAME, created here if absent.
+
+    kopf pauses a peered operator until it sees its peering object, and never creates one; a chart cannot
+    template it beside the CRD that defines it (Helm maps every object before applying any), so the operator
+    makes its own. Cluster-wide also under --namespace: one object per release, whatever the watch scope.
+    """
+    if settings.peering.standalone or not settings.peering.mandatory:
+        return
+    settings.peering.clusterwide = True
+    name = settings.peering.name
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        await (await client()).create(body)
+    except ApiError as exc:
+        if exc.status == 409:
+            return  # another pod (or an earlier start) made it
+        await close_clients()  # the operator exits: kopf runs no cleanup after a failed startup
+        raise kopf.PermanentError(
+            f"cannot create ClusterKopfPeering {name!r} for --peering: {exc} (the chart installs its CRD"
+            " clusterkopfpeerings.kopf.dev unless peering.installCRD is false, and grants create on it)"
+        ) from exc
 
 
 async def login(**kwargs: Any) -> Any:

@@ -326,11 +326,14 @@ async def refresh_status(
     name: str,
     statefulset: Mapping[str, Any] | None = None,
     queue: Mapping[str, Any] | None = None,
+    body: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Status only, from a fresh read of the SmtpRelay and its StatefulSet (timers, child events);
-    `statefulset`, when given (a watch event's body), is used instead of reading it; `queue` is status.queue
-    as the pods just reported it (the timer's telemetry), else the last one stands."""
-    body = await kube.get("SmtpRelay", namespace, name)
+    """Status only, from the SmtpRelay and its StatefulSet (timers, child events); each is read unless given:
+    `statefulset` as a watch event or the watch cache showed it, `body` the SmtpRelay as kopf's watch handed it
+    to a timer; `queue` is status.queue as the pods just reported it (the timer's telemetry), else the last one
+    stands."""
+    if body is None:
+        body = await kube.get("SmtpRelay", namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     owner = Owner.from_body(body)

@@ -30,6 +30,7 @@ from smtp_relay.config.fields import (
 )
 from smtp_relay.config.limits_spec import LimitsSpec
 from smtp_relay.config.policy_spec import PolicySpec
+from smtp_relay.config.shaping_spec import ShapingSpec
 
 API_GROUP = "relayfleet.io"
 API_VERSION = "v1alpha1"
@@ -188,6 +189,8 @@ class Route(Destination):
 
     match: RouteMatch
     """Which mail this route takes."""
+    shaping: ShapingSpec | None = None
+    """Traffic shaping of this route's destination (replaces routing.shaping); see config/shaping_spec.py."""
 
 
 class RoutingSpec(SpecModel):
@@ -197,6 +200,8 @@ class RoutingSpec(SpecModel):
     """Where mail goes when no route matches."""
     routes: Annotated[list[Route], Field(max_length=MAX_ROUTES)] = []
     """Per-domain routes; first match wins."""
+    shaping: ShapingSpec | None = None
+    """Traffic shaping of routing.default and of every route without its own (none: unshaped)."""
 
 
 class RetrySpec(SpecModel):

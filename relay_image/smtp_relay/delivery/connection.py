@@ -70,6 +70,8 @@ class Connection:
     reader: ReplyReader
     remote: str
     last_used: float = field(default_factory=time.monotonic)
+    transactions: int = 0
+    """Transactions this session carried (for maxMessagesPerConnection)."""
 
     @property
     def pipelining(self) -> bool:

@@ -4,6 +4,8 @@ Recipients are grouped per destination and the destinations run in parallel; eac
 `Outcome` per recipient. A smarthost that cannot take the transaction at all hands it to the next;
 the MX hosts of a domain are tried in preference order. All host names are resolved through the
 relay's own resolver, so `spec.dns` is honoured and the TLS name stays the configured host name.
+A shaped destination's transaction goes through the `ShapingGate` (delivery/gate.py): a smarthost route as a
+whole, an mx route per MX site once the MX hosts are known; an unshaped one takes the plain path.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import CaptureSpec, Destination, MxSpec, Smarthost
 from smtp_relay.delivery.capture import write_capture
 from smtp_relay.delivery.connection import Connection, HostFailed, client_tls_context, connect
+from smtp_relay.delivery.gate import ShapingGate, site_of
 from smtp_relay.delivery.pool import PROBE_IDLE, ConnectionPool, HostKey, host_key
 from smtp_relay.delivery.resolver import DnsError, NullMxError, PermanentDnsError, lookup_mx, resolve_host
 from smtp_relay.delivery.router import group_by_route, route_label
+from smtp_relay.delivery.shaper import Limits, destination_limits, limits_of
 from smtp_relay.delivery.transaction import StaleConnection, combined_failure, run_transaction
 from smtp_relay.model.envelope import Envelope, Outcome, OutcomeKind, StoredMessage, domain_of
 from smtp_relay.telemetry.metrics import RelayMetrics
@@ -56,6 +60,8 @@ class Deliverer:
         self._pools: dict[HostKey, ConnectionPool] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._mx_context: ssl.SSLContext | None = None
+        self._shaping = destination_limits(config.spec.routing)
+        self._gate = ShapingGate(metrics)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -76,7 +82,7 @@ class Deliverer:
             if self._metrics is not None and delivered:
                 self._metrics.delivered.labels(route=route_label(destination)).inc(delivered)
         for recipient, outcome in outcomes.items():
-            if outcome.kind is not OutcomeKind.DELIVERED:
+            if outcome.kind is not OutcomeKind.DELIVERED and outcome.kind is not OutcomeKind.SHAPED:
                 log.info(
                     "%s to=<%s> %s %s %s: %s",
                     message.id,
@@ -91,6 +97,7 @@ class Deliverer:
     def update(self, config: RelayConfig) -> None:
         """Take a reloaded config; pools whose host, TLS, CA or credentials changed are retired."""
         self._config = config
+        self._shaping = destination_limits(config.spec.routing)
         wanted = {host_key(config, host) for host in self._all_smarthosts()}
         for key in [k for k in self._pools if k not in wanted]:
             pool = self._pools.pop(key)
@@ -108,10 +115,17 @@ class Deliverer:
     async def _deliver_group(
         self, destination: Destination, envelope: Envelope, data: bytes, recipients: list[str]
     ) -> dict[str, Outcome]:
-        if destination.smarthosts is not None:
-            return await self._via_smarthosts(destination.smarthosts, envelope, data, recipients)
+        shaping = limits_of(self._shaping, destination)
+        hosts = destination.smarthosts
+        if hosts is not None:
+            if shaping is None:
+                return await self._via_smarthosts(hosts, envelope, data, recipients)
+            name, limits = shaping
+            return await self._gate.run(
+                name, limits, recipients, lambda: self._via_smarthosts(hosts, envelope, data, recipients, limits)
+            )
         if destination.mx is not None:
-            return await self._via_mx(destination.mx, envelope, data, recipients)
+            return await self._via_mx(destination.mx, envelope, data, recipients, shaping)
         return await self._via_capture(destination.capture or CaptureSpec(), envelope, data, recipients)
 
     async def _via_capture(
@@ -131,11 +145,13 @@ class Deliverer:
         routing = self._config.spec.routing
         return [h for d in (routing.default, *routing.routes) for h in (d.smarthosts or [])]
 
-    def _pool(self, host: Smarthost) -> ConnectionPool:
+    def _pool(self, host: Smarthost, limits: Limits | None) -> ConnectionPool:
+        """The host's pool; a shaped route's maxConnections sizes it (else the relay's pool size)."""
         key = host_key(self._config, host)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = ConnectionPool.for_host(key, host, self._config, self._pool_size)
+            size = self._pool_size if limits is None else limits.max_connections
+            pool = self._pools[key] = ConnectionPool.for_host(key, host, self._config, size)
         return pool
 
     def _retire(self, pool: ConnectionPool) -> None:
@@ -151,21 +167,28 @@ class Deliverer:
         task.add_done_callback(self._retiring.discard)
 
     async def _via_smarthosts(
-        self, hosts: Sequence[Smarthost], envelope: Envelope, data: bytes, recipients: list[str]
+        self,
+        hosts: Sequence[Smarthost],
+        envelope: Envelope,
+        data: bytes,
+        recipients: list[str],
+        limits: Limits | None = None,
     ) -> dict[str, Outcome]:
         """Try each smarthost in order until one runs the transaction (failover on host-level failure)."""
         failures: list[Outcome] = []
+        reuse = None if limits is None else limits.max_messages_per_connection
         for host in hosts:
             try:
-                return await self._smarthost_transaction(self._pool(host), envelope, data, recipients)
+                return await self._smarthost_transaction(self._pool(host, limits), envelope, data, recipients, reuse)
             except HostFailed as exc:
                 log.warning("smarthost %s:%s failed: %s", host.host, host.port, exc.outcome.message)
                 failures.append(exc.outcome)
         return dict.fromkeys(recipients, combined_failure(failures))
 
     async def _smarthost_transaction(
-        self, pool: ConnectionPool, envelope: Envelope, data: bytes, recipients: list[str]
+        self, pool: ConnectionPool, envelope: Envelope, data: bytes, recipients: list[str], reuse: int | None = None
     ) -> dict[str, Outcome]:
+        """One transaction on a pooled connection; one that carried `reuse` transactions is closed (QUIT)."""
         async with pool.slots:
             conn = pool.take_idle()
             if conn is not None and time.monotonic() - conn.last_used > PROBE_IDLE and not await conn.probe():
@@ -176,7 +199,12 @@ class Deliverer:
                 conn = await self._open_smarthost(pool)
             try:
                 try:
-                    return await run_transaction(conn, envelope, data, recipients, self._timeout)
+                    result = await run_transaction(conn, envelope, data, recipients, self._timeout)
+                    conn.transactions += 1
+                    if reuse is not None and conn.transactions >= reuse:
+                        # QUIT while the slot is held, so a new connection cannot open before this one closes
+                        await conn.quit()  # closed: release() will not pool it
+                    return result
                 except BaseException as exc:
                     if not isinstance(exc, StaleConnection):
                         conn.smtp.close()  # cancelled or failed mid-dialogue: never pool a desynced session
@@ -213,19 +241,32 @@ class Deliverer:
 
     # -- direct MX delivery -------------------------------------------------------------------------
 
-    async def _via_mx(self, mx: MxSpec, envelope: Envelope, data: bytes, recipients: list[str]) -> dict[str, Outcome]:
+    async def _via_mx(
+        self,
+        mx: MxSpec,
+        envelope: Envelope,
+        data: bytes,
+        recipients: list[str],
+        shaping: tuple[str, Limits] | None = None,
+    ) -> dict[str, Outcome]:
         by_domain: dict[str, list[str]] = {}
         for recipient in recipients:
             by_domain.setdefault(domain_of(recipient), []).append(recipient)
         results = await asyncio.gather(
-            *(self._mx_domain(mx, domain, envelope, data, members) for domain, members in by_domain.items())
+            *(self._mx_domain(mx, domain, envelope, data, members, shaping) for domain, members in by_domain.items())
         )
         return {recipient: outcome for result in results for recipient, outcome in result.items()}
 
     async def _mx_domain(
-        self, mx: MxSpec, domain: str, envelope: Envelope, data: bytes, recipients: list[str]
+        self,
+        mx: MxSpec,
+        domain: str,
+        envelope: Envelope,
+        data: bytes,
+        recipients: list[str],
+        shaping: tuple[str, Limits] | None,
     ) -> dict[str, Outcome]:
-        """Try the domain's MX hosts in preference order; opportunistic STARTTLS unless requireTLS."""
+        """Look the domain's MX hosts up; a shaped route shapes per MX site (the set of hosts)."""
         try:
             hosts = await lookup_mx(self._resolver, domain)
         except NullMxError as exc:
@@ -234,6 +275,18 @@ class Deliverer:
             return dict.fromkeys(recipients, Outcome.permanent(550, f"5.1.2 {exc}"))
         except DnsError as exc:
             return dict.fromkeys(recipients, Outcome.temporary(451, f"4.4.3 {exc}"))
+        if shaping is None:
+            return await self._mx_hosts(mx, hosts, envelope, data, recipients)
+        name, limits = shaping
+        site = f"{name}/{site_of(hosts)}"
+        return await self._gate.run(
+            site, limits, recipients, lambda: self._mx_hosts(mx, hosts, envelope, data, recipients)
+        )
+
+    async def _mx_hosts(
+        self, mx: MxSpec, hosts: list[str], envelope: Envelope, data: bytes, recipients: list[str]
+    ) -> dict[str, Outcome]:
+        """Try the MX hosts in preference order; opportunistic STARTTLS unless requireTLS."""
         if self._mx_context is None:
             self._mx_context = client_tls_context(verify=False, ca_pem=None)  # RFC 7435: opportunistic, unauthenticated
         failures: list[Outcome] = []

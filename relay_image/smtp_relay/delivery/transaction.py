@@ -78,10 +78,16 @@ async def run_transaction(
         smtp.close()
         if not exc.replies:
             raise StaleConnection(exc.reason) from None
+        if not exc.replies[0].positive:  # MAIL refused, then the server hung up (a 421): its reply is the outcome
+            outcomes.update(dict.fromkeys(sent, reply_outcome(exc.replies[0].code, exc.replies[0].text, remote)))
+            return outcomes
         lost = Outcome.temporary(0, f"4.4.2 {exc.reason}", remote)
         for recipient, reply in zip(sent, exc.replies[1:], strict=False):
             if not reply.positive:
                 outcomes[recipient] = reply_outcome(reply.code, reply.text, remote)
+        refusal = next((r for r in exc.replies[1 + len(sent) :] if r.code >= 400), None)
+        if refusal is not None:  # DATA or the message refused before the hang-up (421 at DATA or ".")
+            lost = reply_outcome(refusal.code, refusal.text, remote)
         for recipient in recipients:
             outcomes.setdefault(recipient, lost)
         return outcomes

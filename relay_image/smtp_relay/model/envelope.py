@@ -66,6 +66,8 @@ class OutcomeKind(enum.Enum):
     DELIVERED = "delivered"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
+    SHAPED = "shaped"
+    """Not attempted: the destination's traffic shaping holds it until `not_before` (not a failed attempt)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Outcome:
     """The reply text or the error, for logs and bounces."""
     remote: str = ""
     """Which host answered (host:port), for logs and DSNs."""
+    not_before: float = 0.0
+    """SHAPED: Unix time from which the recipient may be tried again."""
 
     @classmethod
     def delivered(cls, remote: str = "", message: str = "") -> Outcome:
@@ -91,6 +95,10 @@ class Outcome:
     @classmethod
     def permanent(cls, code: int, message: str, remote: str = "") -> Outcome:
         return cls(OutcomeKind.PERMANENT, code, message, remote)
+
+    @classmethod
+    def shaped(cls, not_before: float, message: str, remote: str = "") -> Outcome:
+        return cls(OutcomeKind.SHAPED, 0, message, remote, not_before)
 
 
 def domain_of(address: str) -> str:

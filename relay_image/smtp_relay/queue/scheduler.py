@@ -261,28 +261,32 @@ class Scheduler:
         else:
             outcomes = await self._call_deliver(message, data, recipients)
         now = self._clock()
-        message.attempts += 1
-
         settled: list[str] = []
         failures: dict[str, Outcome] = {}
         temporary: dict[str, Outcome] = {}
+        shaped: dict[str, Outcome] = {}
         for rcpt in recipients:
             outcome = outcomes.get(rcpt) or Outcome.temporary(0, "delivery reported no outcome for this recipient")
             if outcome.kind is OutcomeKind.DELIVERED:
                 settled.append(rcpt)  # counted by delivery, which knows the route
             elif outcome.kind is OutcomeKind.PERMANENT:
                 failures[rcpt] = outcome
+            elif outcome.kind is OutcomeKind.SHAPED:
+                shaped[rcpt] = outcome
             else:
                 temporary[rcpt] = outcome
+        if temporary or not shaped:
+            message.attempts += 1  # held back by shaping is no attempt: the retry schedule stays where it was
         if settled:
             log.info("message %s delivered %s", message.id, _delivery_summary(settled, outcomes))
 
         reason = ""
-        if temporary and expired(message.envelope.received_at, now, self._max_age):
+        if (temporary or shaped) and expired(message.envelope.received_at, now, self._max_age):
             reason = f"The message stayed in the queue for longer than {self._max_age:.0f} seconds (maxAge)."
-            log.warning("message %s expired with %d recipient(s) pending", message.id, len(temporary))
+            log.warning("message %s expired with %d recipient(s) pending", message.id, len(temporary) + len(shaped))
             failures.update(temporary)
-            temporary = {}
+            failures.update((r, Outcome.temporary(0, o.message, o.remote)) for r, o in shaped.items())
+            temporary, shaped = {}, {}
         if failures:
             if await self._bouncer.bounce(message, data, failures, reason, now):
                 settled.extend(failures)
@@ -296,21 +300,30 @@ class Scheduler:
         if not message.pending:
             self._finish(message, bounced=bool(failures), now=now)
             return
-        delay = next_delay(self._schedule, message.attempts)
-        message.next_attempt = min(now + delay, message.envelope.received_at + self._max_age)
-        message.next_attempt = max(message.next_attempt, now)
-        first = next(iter(temporary.values()), None)
-        message.last_error = _describe(first) if first is not None else message.last_error
-        if self._metrics is not None:
-            self._metrics.deferred.inc(len(temporary))
-        log.info(
-            "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
-            message.id,
-            len(temporary),
-            message.attempts,
-            message.next_attempt - now,
-            message.last_error,
-        )
+        retry_at = now + next_delay(self._schedule, message.attempts) if temporary else float("inf")
+        if shaped:
+            retry_at = min(retry_at, min(o.not_before for o in shaped.values()))
+        message.next_attempt = max(min(retry_at, message.envelope.received_at + self._max_age), now)
+        if temporary:
+            first = next(iter(temporary.values()))
+            message.last_error = _describe(first)
+            if self._metrics is not None:
+                self._metrics.deferred.inc(len(temporary))
+            log.info(
+                "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
+                message.id,
+                len(temporary),
+                message.attempts,
+                message.next_attempt - now,
+                message.last_error,
+            )
+        if shaped:
+            log.debug(
+                "message %s held by traffic shaping for %d recipient(s) for %.3fs",
+                message.id,
+                len(shaped),
+                message.next_attempt - now,
+            )
         self._spool.record_attempt(message, settled)
         self._defer(message)
 

@@ -28,6 +28,27 @@ class RelayMetrics:
             "Recipients that failed temporarily and wait for a retry.",
             registry=r,
         )
+        self.shaped = Counter(
+            "smtp_relay_shaped_recipients",
+            "Recipients held back by traffic shaping (not a failed attempt), by reason: connections, rate, backoff.",
+            ["reason"],
+            registry=r,
+        )
+        self.shaping_window = Gauge(
+            "smtp_relay_shaping_window",
+            "Concurrency window of each destination below its maxConnections (backed off or recovering; at most"
+            " 50 destinations are listed, the gone ones are removed on recovery).",
+            ["destination"],
+            registry=r,
+        )
+        self.shaping_backed_off = Gauge(
+            "smtp_relay_shaping_reduced_destinations",
+            "Destinations whose concurrency window is below their maxConnections (all of them, listed or not).",
+            registry=r,
+        )
+        self.shaping_backoffs = Counter(
+            "smtp_relay_shaping_backoffs", "Times a destination was paused after a 421 or a 4xx.", registry=r
+        )
         self.bounced = Counter(
             "smtp_relay_bounced_recipients",
             "Recipients given up on (5xx or maxAge): a DSN went to the sender.",

@@ -40,15 +40,23 @@ def test_handler_ids_and_triggers() -> None:
     (timer,) = relays(registry._spawning.get_all_handlers())
     assert timer.id == "register.<locals>.resync"
     assert timer.interval == 42 and timer.initial_delay == 42
-    watches = [w for w in registry._watching.get_all_handlers() if w.id != "register.<locals>.domain_deleted"]
-    assert {w.id for w in watches} == {"register.<locals>.child_event"}
+    own = {"register.<locals>.domain_deleted", "register.<locals>.relay_gone"}  # on the relayfleet.io kinds
+    (relay_gone,) = [w for w in registry._watching.get_all_handlers() if w.id == "register.<locals>.relay_gone"]
+    assert relay_gone.selector is not None and relay_gone.selector.any_name == "smtprelays"
+    watches = [w for w in registry._watching.get_all_handlers() if w.id not in own]
+    assert {w.id for w in watches} == {"register.<locals>.child_event", "register.<locals>.pod_event"}
     assert all(w.labels == {"app.kubernetes.io/managed-by": "relayfleet-operator"} for w in watches)
-    kinds = {(w.selector.group, w.selector.version, w.selector.any_name) for w in watches if w.selector is not None}
+    kinds = {
+        (w.id.rsplit(".", 1)[1], w.selector.group, w.selector.version, w.selector.any_name)
+        for w in watches
+        if w.selector is not None
+    }
     assert kinds == {
-        ("", "v1", "configmaps"),
-        ("", "v1", "services"),
-        ("apps", "v1", "statefulsets"),
-        ("policy", "v1", "poddisruptionbudgets"),
+        ("child_event", "", "v1", "configmaps"),
+        ("child_event", "", "v1", "services"),
+        ("child_event", "apps", "v1", "statefulsets"),
+        ("child_event", "policy", "v1", "poddisruptionbudgets"),
+        ("pod_event", "", "v1", "pods"),  # for the watch cache only: pods are never healed
     }
 
 
@@ -67,7 +75,9 @@ async def test_child_watches_are_label_selected_on_the_server() -> None:
     settings = kopf.OperatorSettings()
     await startup.fn(settings=settings)
     selectors = dict(settings.watching.label_selectors.items())
-    assert len(selectors) == 4
+    assert {s.any_name for s in selectors} == {
+        "configmaps", "services", "statefulsets", "poddisruptionbudgets", "pods",
+    }  # fmt: skip
     assert set(selectors.values()) == {"app.kubernetes.io/managed-by=relayfleet-operator"}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import aiohttp
 import kopf
 import pytest
 
@@ -58,6 +59,14 @@ async def test_transient_api_errors_become_temporary_errors(status: int, retried
         assert raised.value.delay == 2 and raised.value.__cause__ is error
     else:
         assert raised.value is error
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), aiohttp.ClientConnectionError("Connector is closed.")])
+async def test_an_api_server_that_does_not_answer_is_retried_soon(error: Exception) -> None:
+    with pytest.raises(kopf.TemporaryError) as raised, wiring.retried_when_transient():
+        raise error
+    assert raised.value.delay == wiring.UNREACHABLE_RETRY_SECONDS < 60 and raised.value.__cause__ is error
+    assert str(raised.value).startswith("the API server did not answer: ")
 
 
 async def test_progress_and_diff_base_live_in_our_annotations() -> None:

@@ -289,3 +289,21 @@ async def test_each_upstream_failure_gives_the_right_outcome(
     elif code is not None:
         assert all(code <= o.code < code + 100 for o in outcomes.values()), outcomes
     assert sink.count() == 0
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("stage", ["MAIL", "DATA", "."])
+async def test_a_421_then_hang_up_is_reported_as_the_421(
+    stage: str, pipelining: bool, smtp_sink_factory: SinkFactory, tmp_path: Path
+) -> None:
+    """A server that answers 421 and closes (a throttling provider) is reported with its 421, not as a lost
+    connection: traffic shaping backs off on it (delivery/shaper.py feedback_of)."""
+    sink = smtp_sink_factory(behaviour=SinkBehaviour(reply_421=[stage], pipelining=pipelining))
+    d = deliverer({"default": {"smarthosts": [smarthost(sink.port)]}}, tmp_path)
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+    finally:
+        await d.close()
+    assert {(o.kind, o.code) for o in outcomes.values()} == {(OutcomeKind.TEMPORARY, 421)}, outcomes
+    assert sink.count() == 0
