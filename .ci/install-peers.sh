@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 for bin in smtp-sink:postfix postfix:postfix swaks:swaks nsd:nsd dig:dnsutils rspamd:rspamd \
            spamd:spamd clamd:clamav-daemon clamscan:clamav dnsmasq:dnsmasq-base opendkim:opendkim \
-           opendkim-testmsg:opendkim-tools promtool:prometheus; do
+           opendkim-testmsg:opendkim-tools promtool:prometheus redis-server:redis-server; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${bin%%:*}" ] || need+=("${bin##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -18,9 +18,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   # spamassassin ships spamd's rules; postfix gives smtp-sink/smtp-source and the reference relay;
   # opendkim verifies the relay's DKIM signatures (tests) and signs for Postfix (bench --dkim); prometheus gives
-  # promtool, which checks and unit-tests the chart's alerting rules (the tests never start its server).
+  # promtool, which checks and unit-tests the chart's alerting rules (the tests never start its server);
+  # redis-server holds fleet-wide limits (tests, bench --limits redis).
   apt-get install -y -qq --no-install-recommends postfix swaks rspamd spamassassin spamd clamav-daemon \
-    clamav dnsmasq-base nsd dnsutils opendkim opendkim-tools prometheus >/dev/null
+    clamav dnsmasq-base nsd dnsutils opendkim opendkim-tools prometheus redis-server >/dev/null
 fi
 
 # Helm 4 (for `helm lint` / `helm template` of charts/relayfleet): a static binary shipped inside a

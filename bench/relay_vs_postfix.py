@@ -40,6 +40,7 @@ import yaml
 
 from bench.common import BenchError, print_report
 from bench.dkim_targets import DkimKeyFile, PostfixDkimTarget, relay_signed
+from bench.limits_targets import BenchRedis, check_decided_in_redis, limits_spec, rate_limits
 from bench.peers.ports import HOST, free_port
 from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
 from bench.peers.smtp_sink import SmtpSink, wait_for_banner
@@ -217,11 +218,16 @@ class PostfixTarget:
 
 
 def relay_manifest(
-    listen_port: int, sink: SmtpSink, policy: Literal["off", "default"], dns_port: int
+    listen_port: int,
+    sink: SmtpSink,
+    policy: Literal["off", "default"],
+    dns_port: int,
+    limits: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """The SmtpRelay under test.
 
     policy "off": no spam scoring, SPF or attachment checks (the bare relay); "default": as shipped.
+    `limits` (`--limits redis`): spec.limits, with the benchmark's never-reached rate limits.
     """
     spec: dict[str, object] = {
         "replicas": 1,
@@ -230,8 +236,14 @@ def relay_manifest(
         "routing": {"default": {"smarthosts": [{"host": sink.host, "port": sink.port, "tls": "none"}]}},
         "dns": {"nameservers": [f"{HOST}:{dns_port}"]},
     }
+    policy_spec: dict[str, object] = {}
     if policy == "off":
-        spec["policy"] = {"spam": {"engine": "off"}, "ipAuthority": {"spf": "off"}, "attachments": {"enabled": False}}
+        policy_spec = {"spam": {"engine": "off"}, "ipAuthority": {"spf": "off"}, "attachments": {"enabled": False}}
+    if limits is not None:
+        policy_spec["rateLimits"] = rate_limits()
+        spec["limits"] = limits
+    if policy_spec:
+        spec["policy"] = policy_spec
     return {
         "apiVersion": "relayfleet.io/v1alpha1",
         "kind": "SmtpRelay",
@@ -251,12 +263,14 @@ class RelayTarget:
         launcher: Sequence[str],
         dns_port: int,
         name: str = "relay",
+        limits: dict[str, object] | None = None,
     ) -> None:
         self.name = name
         self.host, self.port = HOST, free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
         self.manifest = self.workdir / "relay.yaml"
-        self.manifest.write_text(yaml.safe_dump(relay_manifest(self.port, sink, policy, dns_port), sort_keys=False))
+        manifest = relay_manifest(self.port, sink, policy, dns_port, limits)
+        self.manifest.write_text(yaml.safe_dump(manifest, sort_keys=False))
         self.log = self.workdir / "relay.log"
         self.http_port = free_port()
         self.command = [
@@ -479,6 +493,9 @@ class Settings:
     dkim: bool = False
     """`--dkim`: "relay+dkim" (the relay signing with RSA-2048) beside "relay", and "postfix+dkim"
     (Postfix with the OpenDKIM milter) instead of "postfix"."""
+    limits: Literal["off", "redis"] = "off"
+    """`--limits redis`: "relay+redis" (rate limits counted in a loopback Redis) beside "relay" (the same
+    limits counted locally); bench/limits_targets.py."""
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -507,6 +524,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         action="store_true",
         help="add the relay signing with RSA-2048 (relay+dkim) and sign Postfix's mail with OpenDKIM (postfix+dkim)",
     )
+    parser.add_argument(
+        "--limits",
+        choices=["off", "redis"],
+        default="off",
+        help="redis: add relay+redis (rate limits counted in a loopback redis-server) beside relay (the same limits"
+        " counted locally), to measure what fleet-wide limits cost",
+    )
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of each latency probe (0: skip)")
     parser.add_argument(
         "--min-messages",
@@ -526,6 +550,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         if "relay" in targets:
             at = targets.index("relay") + 1
             targets = (*targets[:at], "relay+dkim", *targets[at:])
+    if args.limits == "redis":
+        if "relay" not in targets:
+            parser.error("--limits redis compares against target relay")
+        at = targets.index("relay") + 1
+        targets = (*targets[:at], "relay+redis", *targets[at:])
     if args.baseline_relay:
         targets = ("baseline", *targets)
     per_session = args.messages or ([10, 50] if args.quick else [10, 100])
@@ -537,7 +566,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         relay_executable=relay, baseline_executable=args.baseline_relay, latency_seconds=latency,
         settle=0.2 if args.quick else 0.5,
         min_messages=args.min_messages if args.min_messages is not None else (0 if args.quick else 1000),
-        dkim=args.dkim,
+        dkim=args.dkim, limits=args.limits,
     )  # fmt: skip
 
 
@@ -593,6 +622,12 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                 f"{per_session:>9} {'change':<9} {now[0] / before[0] - 1:>+9.1%}  {now[1] / before[1] - 1:>+7.1%}  "
                 f"{'':>7} {now[3] / before[3] - 1:>+8.1%}    (relay against the baseline build)"
             )
+        if "relay" in medians and "relay+redis" in medians:
+            local, shared = medians["relay"], medians["relay+redis"]
+            lines.append(
+                f"{per_session:>9} {'redis':<9} {1 - shared[0] / local[0]:>+9.1%}  {1 - shared[1] / local[1]:>+7.1%}  "
+                f"{'':>7} {1 - shared[3] / local[3]:>+8.1%}    (what counting the limits in Redis costs: target <= 10%)"
+            )
         if "relay" in medians and "relay+pol" in medians:
             bare, full = medians["relay"], medians["relay+pol"]
             lines.append(
@@ -632,7 +667,9 @@ def _verdict(what: str, value: float, target: float) -> str:
     return f"  {what}: {value:.2f}x (target >= {target:.1f}x) {'PASS' if value >= target else 'MISS'}"
 
 
-def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int, key: DkimKeyFile | None) -> Target:
+def make_target(
+    name: str, sink: SmtpSink, settings: Settings, dns_port: int, key: DkimKeyFile | None, redis: BenchRedis | None
+) -> Target:
     if name == "postfix":
         return PostfixTarget(sink)
     if name == "postfix+dkim":
@@ -645,7 +682,10 @@ def make_target(name: str, sink: SmtpSink, settings: Settings, dns_port: int, ke
     if name == "relay+dkim":
         assert key is not None
         launcher = key.relay_launcher()
-    return RelayTarget(sink, policy, settings.relay_args, launcher, dns_port, name=name)
+    limits = None
+    if redis is not None and name in ("relay", "relay+redis"):
+        limits = limits_spec(redis.address if name == "relay+redis" else None)
+    return RelayTarget(sink, policy, settings.relay_args, launcher, dns_port, name=name, limits=limits)
 
 
 def run(settings: Settings) -> str:
@@ -657,10 +697,13 @@ def run(settings: Settings) -> str:
     resolver = LoopbackDns([RECIPIENT.split("@")[1], SENDER.split("@")[1]])
     resolver.start()
     key = DkimKeyFile(SENDER.split("@")[1]) if settings.dkim else None
+    redis = BenchRedis() if settings.limits == "redis" else None
     try:
         sink.start()
+        if redis is not None:
+            redis.start()
         for name in settings.targets:
-            target = make_target(name, sink, settings, resolver.port, key)
+            target = make_target(name, sink, settings, resolver.port, key, redis)
             targets.append(target)
             target.start()
             load_run(target, sink, settings.sessions, 5, settings.size, settle=0.0)  # warm-up, not measured
@@ -699,6 +742,9 @@ def run(settings: Settings) -> str:
                 )  # fmt: skip
                 wait_for_sink(sink, base + count, timeout=120)
                 latencies.append(latency)
+        for target in targets:
+            if isinstance(target, RelayTarget) and target.name == "relay+redis":
+                check_decided_in_redis(target.http_port)
         return report(runs, latencies, settings)
     finally:
         for target in targets:
@@ -708,6 +754,8 @@ def run(settings: Settings) -> str:
         shutil.rmtree(sink_dir, ignore_errors=True)
         if key is not None:
             key.remove()
+        if redis is not None:
+            redis.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.peers.rspamd",
     "tests.peers.spamd",
     "tests.peers.opendkim",
+    "tests.peers.redis",
 ]

@@ -141,6 +141,20 @@ RULES: dict[str, list[Rule]] = {
             "minReplicas must not be above maxReplicas",
         ),
     ],
+    "LimitsSpec": [
+        Rule(
+            "!has(self.backend) || self.backend != 'redis' || has(self.redis)",
+            "backend redis needs redis.address",
+        ),
+    ],
+    "RedisSpec": [
+        Rule("!has(self.caSecret) || (has(self.tls) && self.tls)", "caSecret needs tls: true"),
+        Rule(
+            "!has(self.address) || int(self.address.substring(self.address.lastIndexOf(':') + 1)) >= 1"
+            " && int(self.address.substring(self.address.lastIndexOf(':') + 1)) <= 65535",
+            "address: port must be between 1 and 65535",
+        ),
+    ],
     "DkimSpec": [
         Rule(
             "!has(self.secretName) || has(self.selector)",

@@ -77,6 +77,8 @@ class RelayOptions:
     """The admin API's bearer token (admin.auth); None: the protected routes answer 403."""
     drain_liveness_timeout: float = 3600.0
     """Seconds after a POST /drain nobody undid before /livez answers 503 (0: never)."""
+    workers: int = 1
+    """Relay processes of this pod (`--workers`): with fleet-wide limits, the fallback's divisor with replicas."""
 
 
 class Relay:
@@ -102,6 +104,7 @@ class Relay:
             quarantine=self.quarantine,
             scanners=Scanners.from_spec(self.config.spec),
             compose_headers=policy_headers,  # cleanup's headers, handed down: policy never imports cleanup
+            workers=options.workers,
         )
         self.scheduler = Scheduler(
             self.spool,

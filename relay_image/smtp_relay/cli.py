@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIMITS_WORKERS_ENV = "RELAY_LIMITS_WORKERS"
+"""Set by the supervisor for its workers: how many listening processes share this pod's part of a limit."""
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         port_file=args.port_file,
         admin_token_file=args.admin_token_file,
         drain_liveness_timeout=args.drain_liveness_timeout,
+        workers=int(os.environ.get(LIMITS_WORKERS_ENV, "1")) if args.worker_index is not None else 1,
     )
     try:
         relay = Relay(source, options)
@@ -182,6 +187,7 @@ def _supervise(args: argparse.Namespace, source: ConfigSource) -> int:
         print(f"{args.file}: refused:\n{exc}", file=sys.stderr)
         return EXIT_BAD_MANIFEST
     _print_where_to_look(config.spec, args.spool)
+    os.environ[LIMITS_WORKERS_ENV] = str(args.workers)  # the workers inherit it: their share of a fleet-wide limit
     options = SupervisorOptions(
         manifest=args.file,
         secrets_dir=args.secrets_dir,

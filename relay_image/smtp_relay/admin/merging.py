@@ -2,7 +2,8 @@
 
 Pure: the supervisor's HTTP side fetches the texts and JSON, these functions only combine them.
 Counters, histograms and most gauges add up; "oldest" ages and `smtp_relay_draining` take the maximum
-(the fleet is as old, and as draining, as its worst worker); a `_created` timestamp takes the minimum
+(the fleet is as old, and as draining, as its worst worker), as does `smtp_relay_limits_share` (every
+worker divides by the same number); a `_created` timestamp takes the minimum
 (the fleet's counter exists since its first worker's).
 """
 
@@ -24,7 +25,7 @@ def _combiner(family: str, sample: str) -> Callable[[float, float], float]:
     """How two workers' values of one sample make the fleet's."""
     if sample.endswith("_created"):
         return min
-    if "oldest" in family or family == "smtp_relay_draining":
+    if "oldest" in family or family in ("smtp_relay_draining", "smtp_relay_limits_share"):
         return max
     return lambda a, b: a + b
 

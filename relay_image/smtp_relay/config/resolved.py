@@ -47,6 +47,8 @@ class RelayConfig:
     """credentialsSecret name -> credentials."""
     cas: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     """caSecret name -> PEM bundle."""
+    redis_credentials: Credentials | None = field(default=None, repr=False)
+    """spec.limits.redis.secretName's password (username empty: the default user)."""
     sending_domains: SendingDomains | None = None
     """The SendingDomains of this relay and their signing keys; None while the verified set is unknown."""
     digest: str = ""
@@ -70,6 +72,7 @@ def resolve(name: str, namespace: str, spec: SmtpRelaySpec, secrets: Mapping[str
     users: dict[str, str] = {}
     credentials: dict[str, Credentials] = {}
     cas: dict[str, bytes] = {}
+    redis_credentials = None
     for ref in secret_refs(spec):
         secret = _need(secrets, ref.name, ref.keys, ref.field)
         if ref.use is SecretUse.TLS:
@@ -80,8 +83,18 @@ def resolve(name: str, namespace: str, spec: SmtpRelaySpec, secrets: Mapping[str
             credentials[ref.name] = Credentials(
                 username=secret.text("username").strip(), password=secret.text("password").strip()
             )
+        elif ref.use is SecretUse.REDIS:
+            username = secret.text("username").strip() if "username" in secret.data else ""
+            redis_credentials = Credentials(username=username, password=secret.text("password").strip())
         else:
             cas[ref.name] = secret.data["ca.crt"]
     return RelayConfig(
-        name=name, namespace=namespace, spec=spec, tls=tls, users=users, credentials=credentials, cas=cas
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        tls=tls,
+        users=users,
+        credentials=credentials,
+        cas=cas,
+        redis_credentials=redis_credentials,
     )

@@ -15,6 +15,8 @@ from smtp_relay.config.spec import SmtpRelaySpec
 TLS_KEYS = ("tls.crt", "tls.key")
 CREDENTIAL_KEYS = ("username", "password")
 CA_KEYS = ("ca.crt",)
+REDIS_KEYS = ("password",)
+"""The limits Redis's Secret: password, and optionally username (a Redis 6 ACL user)."""
 
 
 class SecretUse(enum.Enum):
@@ -27,7 +29,9 @@ class SecretUse(enum.Enum):
     CREDENTIALS = "credentials"
     """A smarthost's SMTP AUTH username and password."""
     CA = "ca"
-    """The CA bundle that signs a smarthost's certificate."""
+    """The CA bundle that signs a smarthost's (or the limits Redis's) certificate."""
+    REDIS = "redis"
+    """The limits Redis's password and optional username."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class SecretRef:
 
 def secret_refs(spec: SmtpRelaySpec) -> list[SecretRef]:
     """Every Secret reference of the spec, in field order: tls, clients.users, then each smarthost of
-    the default destination and the routes (credentials before CA). A Secret named twice appears twice."""
+    the default destination and the routes (credentials before CA), then the limits Redis (password before
+    CA). A Secret named twice appears twice."""
     refs: list[SecretRef] = []
     if spec.tls is not None:
         refs.append(SecretRef("spec.tls.secretName", spec.tls.secret_name, TLS_KEYS, SecretUse.TLS))
@@ -64,4 +69,9 @@ def secret_refs(spec: SmtpRelaySpec) -> list[SecretRef]:
                 refs.append(SecretRef(field, host.credentials_secret, CREDENTIAL_KEYS, SecretUse.CREDENTIALS))
             if host.ca_secret:
                 refs.append(SecretRef(f"{where}.smarthosts[{j}].caSecret", host.ca_secret, CA_KEYS, SecretUse.CA))
+    redis = spec.limits.redis if spec.limits.backend == "redis" else None
+    if redis is not None and redis.secret_name:
+        refs.append(SecretRef("spec.limits.redis.secretName", redis.secret_name, REDIS_KEYS, SecretUse.REDIS))
+    if redis is not None and redis.ca_secret:
+        refs.append(SecretRef("spec.limits.redis.caSecret", redis.ca_secret, CA_KEYS, SecretUse.CA))
     return refs

@@ -4,7 +4,7 @@ The operator validates a custom resource with these models and renders it into t
 the relay parses the very same document. The CRD OpenAPI schema is generated from (and tested
 against) these models, so the two cannot drift. Field names are camelCase on the wire (as in every
 Kubernetes API) and snake_case in Python. The field types live in config/fields.py, the SendingDomain
-spec in config/domain_spec.py.
+spec in config/domain_spec.py, the filtering policy in config/policy_spec.py, spec.limits in config/limits_spec.py.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from smtp_relay.config.fields import (
     SecretName,
     SpecModel,
 )
+from smtp_relay.config.limits_spec import LimitsSpec
 from smtp_relay.config.policy_spec import PolicySpec
 from smtp_relay.config.shaping_spec import ShapingSpec
 
@@ -281,6 +282,8 @@ class SmtpRelaySpec(SpecModel):
     """Resolver for every DNS lookup."""
     queue: QueueSpec = QueueSpec()
     """Spool and retries."""
+    limits: LimitsSpec = LimitsSpec()
+    """Where rate limits and the AUTH throttle count: per process (local) or fleet-wide (redis)."""
     resources: dict[str, Any] = {}
     """Container resources (requests/limits) of the relay pods."""
 

@@ -37,7 +37,7 @@ from smtp_relay.policy.checks.content import (
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.mime import parse_message
-from smtp_relay.policy.ratelimit import RateLimiter
+from smtp_relay.policy.ratelimit import MessageLimits
 from smtp_relay.policy.scanners import SCAN_TIMEOUT, ScannerError, Scanners, VirusResult
 from smtp_relay.policy.spam_builtin import score_builtin
 from smtp_relay.policy.spf import SpfResult, spf_applies, spf_verdict
@@ -106,7 +106,7 @@ class DataStage:
         accounting: Accounting,
         metrics: PolicyMetrics,
         scanners: Scanners,
-        rate_limiter: RateLimiter,
+        rate_limiter: MessageLimits,
         lookups: Lookups,
         trusted: NetworkList,
         hostname: str,
@@ -154,7 +154,9 @@ class DataStage:
             findings.note("spam", spam_verdict(report, policy.spam))
 
         if findings.refusal is None:
-            decided = self.accounting.decide("ratelimit", count_message(self.rate_limiter, facts, envelope), facts)
+            decided = self.accounting.decide(
+                "ratelimit", await count_message(self.rate_limiter, facts, envelope), facts
+            )
             if decided is not None:
                 findings.fired.append(decided)
                 findings.refusal = decided

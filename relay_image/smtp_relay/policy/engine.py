@@ -7,6 +7,8 @@ little as possible and reaches the sending application synchronously:
 - connect: DNSBL of the client IP (policy.checks.connect);
 - AUTH: the failure throttle (`before_auth`, `reserve_auth` before each password check, then
   `auth_failed`, `auth_succeeded` or `auth_abandoned`; policy.checks.auth);
+- rate limits and the AUTH throttle count per process, or fleet-wide in Redis (spec.limits,
+  policy.limits_fleet; built here, swapped on reload);
 - MAIL: verified sender domain, rate limits (early refusal), SPF (policy.checks.mail);
 - RCPT: recipient syntax, recipient domain can receive mail (policy.checks.rcpt);
 - end of DATA: blocked attachments, virus, spam, and the rate limits again, now counting the message
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 
@@ -37,18 +39,31 @@ from smtp_relay.policy.data_stage import DataStage
 from smtp_relay.policy.lookups import Lookups
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.quarantine import QuarantineStore
-from smtp_relay.policy.ratelimit import AuthThrottle, ConnectionLimiter, RateLimiter
+from smtp_relay.policy.ratelimit import (
+    AuthLimits,
+    AuthThrottle,
+    ConnectionLimiter,
+    MessageLimits,
+    RateLimiter,
+    divided,
+    share,
+)
 from smtp_relay.policy.scanners import Scanners
 from smtp_relay.policy.spf import SpfResult
 from smtp_relay.policy.util import NetworkList, parse_networks
 from smtp_relay.policy.verdict import Check, DataDecision, Facts, HeaderComposer, Verdict
+from smtp_relay.telemetry.metrics import LimitsMetrics
+
+if TYPE_CHECKING:
+    from smtp_relay.policy.limits_fleet import RedisHealth
 
 
 class PolicyEngine:
     """The policy chain of one relay; `update` swaps in a new config without losing counters and caches.
 
     `compose_headers` makes the headers of an accepted message from the policy's findings (the relay
-    wires cleanup's `policy_headers`); without one, no headers are added.
+    wires cleanup's `policy_headers`); without one, no headers are added. `workers` is the relay's
+    `--workers`: with fleet-wide limits, the local fallback divides each limit by replicas x workers.
     """
 
     def __init__(
@@ -64,8 +79,13 @@ class PolicyEngine:
         auth_throttle: AuthThrottle | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         compose_headers: HeaderComposer | None = None,
+        workers: int = 1,
     ) -> None:
         self.hostname = hostname
+        self.workers = workers
+        self.limits_metrics = LimitsMetrics(metrics.registry)
+        self._health: RedisHealth | None = None
+        self._retired: list[RedisHealth] = []
         self.metrics = metrics
         self.quarantine_store = quarantine
         self._clock = clock
@@ -76,6 +96,7 @@ class PolicyEngine:
         self.auth_throttle = auth_throttle or AuthThrottle(clock=clock)
         self.sending_domains: SendingDomains | None = None
         """The relay's SendingDomains (from its config, on every reload); None: not known yet."""
+        self.rate_limiter: MessageLimits
         self._apply(config, scanners)
 
     @property
@@ -90,9 +111,7 @@ class PolicyEngine:
         self.policy = policy = spec.policy
         self.audit = policy.mode == "audit"
         self.trusted: NetworkList = parse_networks(spec.clients.allowed_networks)
-        old = getattr(self, "rate_limiter", None)
-        if old is None or old.limits != list(policy.rate_limits):
-            self.rate_limiter = RateLimiter(policy.rate_limits, self._clock)
+        self._apply_limits(config)
         self.scanners = scanners if scanners is not None else Scanners.from_spec(spec)
         self.accounting = accounting = Accounting(self.metrics, audit=self.audit)
         lookups = self.lookups
@@ -110,7 +129,7 @@ class PolicyEngine:
         if policy.ip_authority.spf != "off":
             mail_checks.append(mail.spf(policy.ip_authority.spf, self.trusted, lookups))
         self._connect = Chain("connect", connect_checks, accounting)
-        self._auth = Chain("auth", [auth.auth_throttle(self.auth_throttle)], accounting, sync=True)
+        self._auth = Chain("auth", [auth.auth_throttle(self.auth_limits)], accounting)
         self._mail = Chain("mail", mail_checks, accounting)
         self._rcpt = Chain("rcpt", [rcpt.RECIPIENT_SYNTAX, rcpt.recipient_domain(spec.routing, lookups)], accounting)
         self._data = DataStage(
@@ -125,6 +144,72 @@ class PolicyEngine:
             compose_headers=self._compose_headers,
         )
 
+    def _apply_limits(self, config: RelayConfig | SmtpRelaySpec) -> None:
+        """The rate limiter and AUTH throttle of `spec.limits`; counters survive a reload that keeps the limits,
+        the backend and (for the fallback) the share. A replaced Redis connection is closed by `update`."""
+        spec = config.spec if isinstance(config, RelayConfig) else config
+        limits = list(spec.policy.rate_limits)
+        redis = spec.limits.redis if spec.limits.backend == "redis" else None
+        processes = share(spec.replicas, self.workers)
+        old: MessageLimits | None = getattr(self, "rate_limiter", None)
+        if redis is None:
+            self._retire_health()
+            if not isinstance(old, RateLimiter) or old.limits != limits:
+                self.rate_limiter = RateLimiter(limits, self._clock)
+            self.auth_limits: AuthLimits = self.auth_throttle
+            return
+        # Imported here: the redis client costs ~0.4 s of every start, and only backend redis needs it.
+        from smtp_relay.policy.limits_fleet import FleetAuthThrottle, FleetRateLimiter, RedisHealth
+        from smtp_relay.policy.limits_redis import RedisLimits, RedisTarget
+
+        credentials = config.redis_credentials if isinstance(config, RelayConfig) else None
+        ca = config.cas.get(redis.ca_secret) if isinstance(config, RelayConfig) and redis.ca_secret else None
+        target = RedisTarget.from_spec(
+            redis, credentials.username if credentials else "", credentials.password if credentials else "", ca
+        )
+        namespace, name = (config.namespace, config.name) if isinstance(config, RelayConfig) else ("default", "relay")
+        health = self._health
+        if (
+            health is None
+            or health.redis.target != target
+            or health.redis.prefix != RedisLimits.key_prefix(namespace, name)
+        ):
+            self._retire_health()
+            health = self._health = RedisHealth(RedisLimits(target, namespace, name), processes, self.limits_metrics)
+        fallback_changed = health.processes != processes
+        health.processes = processes
+        self.limits_metrics.share.set(processes)
+        if (
+            not isinstance(old, FleetRateLimiter)
+            or old.limits != limits
+            or old.health is not health
+            or fallback_changed
+        ):
+            self.rate_limiter = FleetRateLimiter(limits, health, RateLimiter(divided(limits, processes), self._clock))
+        current = getattr(self, "auth_limits", None)
+        if isinstance(current, FleetAuthThrottle) and current.health is health and not fallback_changed:
+            return  # the fallback's failures survive a reload too
+        t = self.auth_throttle
+        fallback = AuthThrottle(
+            max_failures=max(1, t.max_failures // processes),
+            delay_after=t.delay_after,
+            window=t.window,
+            cooldown=t.cooldown,
+            max_delay=t.max_delay,
+            clock=self._clock,
+        )
+        self.auth_limits = FleetAuthThrottle(t, health, fallback)
+
+    def _retire_health(self) -> None:
+        if self._health is not None:
+            self._retired.append(self._health)
+            self._health = None
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for health in retired:
+            await health.close()
+
     def _sending_domains(self) -> SendingDomains | None:
         return self.sending_domains
 
@@ -137,9 +222,12 @@ class PolicyEngine:
             self.lookups.resolver = resolver
         self._apply(config, None)
         await old_scanners.close()
+        await self._close_retired()
 
     async def close(self) -> None:
         await self.scanners.close()
+        self._retire_health()
+        await self._close_retired()
 
     # --- the stages (each returns the chain's coroutine itself: no extra one per command) ------------
 
@@ -159,28 +247,28 @@ class PolicyEngine:
         """DNSBL, before the greeting."""
         return self._connect.run(facts)
 
-    def before_auth(self, facts: Facts) -> Verdict:
+    def before_auth(self, facts: Facts) -> Coroutine[Any, Any, Verdict]:
         """454 4.7.0 while the client is cooling down or has no attempts left, before the AUTH exchange."""
-        return self._auth.run_sync(facts)
+        return self._auth.run(facts)
 
-    def reserve_auth(self, facts: Facts) -> Verdict:
+    async def reserve_auth(self, facts: Facts) -> Verdict:
         """Just before a password check: reserve it, or refuse (454 4.7.0) without checking.
 
         A reserved check must be settled by `auth_failed`, `auth_succeeded` or `auth_abandoned`.
         """
-        return auth.reserve_attempt(self.auth_throttle, facts, self.accounting)
+        return await auth.reserve_attempt(self.auth_limits, facts, self.accounting)
 
     async def auth_failed(self, facts: Facts, username: str) -> Verdict:
         """The reply for a failed AUTH (535 5.7.8, or 454 4.7.0 once throttled), given after the tarpit delay."""
-        return await auth.failed_login(self.auth_throttle, facts, username, self.accounting, self._sleep)
+        return await auth.failed_login(self.auth_limits, facts, username, self.accounting, self._sleep)
 
-    def auth_succeeded(self, facts: Facts, username: str) -> None:
+    async def auth_succeeded(self, facts: Facts, username: str) -> None:
         """Forget this username's failures from this address (only these)."""
-        self.auth_throttle.success(facts.client_ip, username)
+        await self.auth_limits.succeeded(facts.client_ip, username)
 
     def auth_abandoned(self, facts: Facts, username: str) -> None:
         """The client left while its password was being checked: the attempt counts as failed (it was paid for)."""
-        self.auth_throttle.failure(facts.client_ip, username)
+        self.auth_limits.abandoned(facts.client_ip, username)
 
     def on_mail(self, facts: Facts) -> Coroutine[Any, Any, Verdict]:
         """Verified sender domain, rate limits (no room left: 451 4.7.1), SPF."""

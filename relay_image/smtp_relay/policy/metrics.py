@@ -9,7 +9,7 @@ class PolicyMetrics:
     """Checks run, verdicts by check and action, and the external scanners' latency and errors."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
+        self.registry = r = registry
         self.checks = Counter("smtp_relay_policy_checks", "Policy checks run, by check.", ["check"], registry=r)
         self.verdicts = Counter(
             "smtp_relay_policy_verdicts",

@@ -2,6 +2,9 @@
 
 Pure state machines with an injected clock (tests run them in virtual time); memory is bounded, since
 keys come from clients and a flood of distinct IPs or senders must not grow the relay without limit.
+These are the per-process (`spec.limits.backend: local`) counters, and the fallback of the fleet-wide
+ones (policy.limits_fleet) with each limit divided by the processes sharing it (`share`). The checks
+call them through `MessageLimits` and `AuthLimits`, which both implement.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smtp_relay.config.policy_spec import RateLimit
 from smtp_relay.config.units import parse_duration
@@ -89,6 +93,36 @@ class SlidingWindow:
         return len(self._keys)
 
 
+def share(replicas: int, workers: int) -> int:
+    """How many relay processes share one fleet-wide limit: pods (spec.replicas) times `--workers`."""
+    return max(1, replicas) * max(1, workers)
+
+
+def divided(limits: Sequence[RateLimit], processes: int) -> list[RateLimit]:
+    """Each limit's part for one of `processes` (at least 1): their sum never exceeds the fleet's limit."""
+    return [rl.model_copy(update={"limit": max(1, rl.limit // processes)}) for rl in limits]
+
+
+def rate_refusal(limit: RateLimit) -> Verdict:
+    """451 4.7.1 naming the limit that has no room."""
+    text = f"Rate limit exceeded for {limit.key} ({limit.limit} per {limit.per}), try again later"
+    return defer(451, "4.7.1", text, f"ratelimit_{limit.key}")
+
+
+class MessageLimits(Protocol):
+    """The message rate limits as the checks see them, per process or fleet-wide."""
+
+    limits: list[RateLimit]
+
+    def check(self, client_ip: str, auth_user: str | None, mail_from: str | None) -> Verdict | None:
+        """At MAIL: 451 4.7.1 when a limit is known to have no room (early refusal; counts nothing)."""
+        ...
+
+    async def count(self, client_ip: str, auth_user: str | None, mail_from: str | None) -> Verdict | None:
+        """At end of DATA: count the message when every limit has room, else 451 4.7.1 (authoritative)."""
+        ...
+
+
 def limit_key(limit: RateLimit, client_ip: str, auth_user: str | None, mail_from: str | None) -> str | None:
     """What one RateLimit counts for this transaction; None when it does not apply (no AUTH user, no sender)."""
     if limit.key == "client":
@@ -123,17 +157,15 @@ class RateLimiter:
             if key is None:
                 continue
             if window.count(key) + max(cost, 1) > rl.limit:
-                return defer(
-                    451,
-                    "4.7.1",
-                    f"Rate limit exceeded for {rl.key} ({rl.limit} per {rl.per}), try again later",
-                    f"ratelimit_{rl.key}",
-                )
+                return rate_refusal(rl)
         if cost > 0:
             for window, key in zip(self._windows, keys, strict=True):
                 if key is not None:
                     window.hit(key, cost)
         return None
+
+    async def count(self, client_ip: str, auth_user: str | None, mail_from: str | None) -> Verdict | None:
+        return self.check(client_ip, auth_user, mail_from, cost=1)
 
 
 @dataclass
@@ -147,6 +179,43 @@ class _AuthRecord:
 
 MAX_USERNAME_KEPT = 256
 """Characters of a failed username kept in a record (a client chooses them; memory stays bounded)."""
+
+
+def auth_throttled() -> Verdict:
+    return defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+
+
+def failure_outcome(failures: int, blocked: bool, delay_after: int, max_delay: float) -> tuple[Verdict, float]:
+    """A failed login's reply and tarpit delay, from the address's failures in the window (and its block)."""
+    if blocked:
+        return auth_throttled(), max_delay
+    delay = min(max_delay, max(0.0, failures - delay_after))
+    return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed"), delay
+
+
+class AuthLimits(Protocol):
+    """The AUTH failure throttle as the checks see it, per process or fleet-wide."""
+
+    async def refusal(self, client_ip: str, *, reserve: bool) -> Verdict | None:
+        """454 4.7.0 while the address cools down or has no attempt left; otherwise None and, with `reserve`,
+        the password check is counted as under way in the same step."""
+        ...
+
+    async def reserve_anyway(self, client_ip: str) -> None:
+        """Count a check as under way whatever the throttle says (audit mode)."""
+        ...
+
+    async def failed(self, client_ip: str, username: str) -> tuple[Verdict, float]:
+        """Settle a reserved check as failed: the reply (535 5.7.8, or 454 4.7.0 once blocked) and the delay."""
+        ...
+
+    async def succeeded(self, client_ip: str, username: str) -> None:
+        """Settle a reserved check as a login: forget this username's failures from this address."""
+        ...
+
+    def abandoned(self, client_ip: str, username: str) -> None:
+        """Settle a reserved check as failed without waiting (the client left mid-check)."""
+        ...
 
 
 class AuthThrottle:
@@ -209,7 +278,7 @@ class AuthThrottle:
         if record is None:
             return None
         if record.blocked_until is not None or len(record.failures) + record.pending >= self.max_failures:
-            return defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
+            return auth_throttled()
         return None
 
     def reserve(self, client_ip: str) -> None:
@@ -227,10 +296,7 @@ class AuthThrottle:
         failures = len(record.failures)
         if failures >= self.max_failures:
             record.blocked_until = now + self.cooldown
-            verdict = defer(454, "4.7.0", "Too many authentication failures, try again later", "auth_throttled")
-            return verdict, self.max_delay
-        delay = min(self.max_delay, max(0.0, failures - self.delay_after))
-        return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed"), delay
+        return failure_outcome(failures, failures >= self.max_failures, self.delay_after, self.max_delay)
 
     def success(self, client_ip: str, username: str) -> None:
         """Settle a reserved check as a login: forget this username's failures from this address, no others."""
@@ -241,6 +307,26 @@ class AuthThrottle:
         kept = username[:MAX_USERNAME_KEPT]
         record.failures = deque(entry for entry in record.failures if entry[1] != kept)
         self._record(client_ip, self._clock())  # forgets a record left empty
+
+    # --- AuthLimits: the same decisions, as the checks call them ------------------------------------
+
+    async def refusal(self, client_ip: str, *, reserve: bool) -> Verdict | None:
+        refused = self.before_auth(client_ip)
+        if refused is None and reserve:
+            self.reserve(client_ip)
+        return refused
+
+    async def reserve_anyway(self, client_ip: str) -> None:
+        self.reserve(client_ip)
+
+    async def failed(self, client_ip: str, username: str) -> tuple[Verdict, float]:
+        return self.failure(client_ip, username)
+
+    async def succeeded(self, client_ip: str, username: str) -> None:
+        self.success(client_ip, username)
+
+    def abandoned(self, client_ip: str, username: str) -> None:
+        self.failure(client_ip, username)
 
     def failures(self, client_ip: str, username: str | None = None) -> int:
         """Failures in the window from this address (of this username only, when given)."""

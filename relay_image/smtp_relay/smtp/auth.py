@@ -48,7 +48,7 @@ class AuthCommand(SessionState):
         mechanism = words[0].upper()
         policy = self._relay.policy
         if policy is not None:
-            throttled = policy.before_auth(self._facts())
+            throttled = await policy.before_auth(self._facts())
             if throttled.refuses:
                 await self._refuse(throttled, f"AUTH {mechanism}")
                 return
@@ -64,7 +64,7 @@ class AuthCommand(SessionState):
         username, password = credentials
         name = username.decode("utf-8", "surrogateescape")  # never matches a user when not UTF-8
         if policy is not None:
-            reserved = policy.reserve_auth(self._facts())  # refused here, the password is not even checked
+            reserved = await policy.reserve_auth(self._facts())  # refused here, the password is not even checked
             if reserved.refuses:
                 await self._refuse(reserved, f"AUTH {mechanism}")
                 return
@@ -88,7 +88,7 @@ class AuthCommand(SessionState):
         self.session.authenticated = True
         self.session.auth_data = name  # type: ignore[assignment]  # aiosmtpd types it as None
         if policy is not None:
-            policy.auth_succeeded(self._facts(), name)
+            await policy.auth_succeeded(self._facts(), name)
         log.info("auth ok client=%s user=%s", self._client_ip, name)
         await self.push("235 2.7.0 Authentication successful")
 

@@ -115,3 +115,28 @@ def counter_total(counter: Counter) -> float:
     return sum(
         sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total")
     )
+
+
+class LimitsMetrics:
+    """Where the rate-limit and AUTH-throttle decisions were taken (spec.limits): Redis, or the local fallback."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.fallback = Gauge(
+            "smtp_relay_limits_fallback",
+            "1 while spec.limits.backend is redis but Redis cannot be reached: limits are local, each divided by"
+            " the processes sharing it (replicas x workers).",
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "smtp_relay_limits_fallbacks", "Times the relay lost Redis and fell back to local limits.", registry=r
+        )
+        self.decisions = Counter(
+            "smtp_relay_limits_decisions",
+            "Fleet-wide limit decisions, by where they were taken (redis, or local while falling back).",
+            ["backend"],
+            registry=r,
+        )
+        self.share = Gauge(
+            "smtp_relay_limits_share", "Processes one fleet-wide limit is divided by while falling back.", registry=r
+        )

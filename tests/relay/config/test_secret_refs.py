@@ -68,3 +68,36 @@ def test_resolve_names_the_field_of_the_first_missing_piece(data: dict[str, dict
     with pytest.raises(ManifestError) as raised:
         resolve("r", "mail", SPEC, secrets(data))
     assert raised.value.problems == [message]
+
+
+REDIS_SPEC = parse_spec(
+    {
+        "limits": {
+            "backend": "redis",
+            "redis": {"address": "redis:6379", "secretName": "rp", "tls": True, "caSecret": "rc"},
+        }
+    }
+)
+
+
+def test_the_limits_redis_password_and_ca_are_references() -> None:
+    assert [(ref.field, ref.name, ref.keys, ref.use) for ref in secret_refs(REDIS_SPEC)] == [
+        ("spec.limits.redis.secretName", "rp", ("password",), SecretUse.REDIS),
+        ("spec.limits.redis.caSecret", "rc", ("ca.crt",), SecretUse.CA),
+    ]
+    local = parse_spec({"limits": {"backend": "local", "redis": {"address": "redis:6379", "secretName": "rp"}}})
+    assert secret_refs(local) == []  # a Redis that is not used needs no Secret
+
+
+def test_resolve_reads_the_redis_password_and_the_optional_username() -> None:
+    config = resolve("r", "mail", REDIS_SPEC, secrets({"rp": {"password": b"s3cret\n"}, "rc": {"ca.crt": b"CA"}}))
+    assert config.redis_credentials is not None
+    assert (config.redis_credentials.username, config.redis_credentials.password) == ("", "s3cret")
+    assert "s3cret" not in repr(config)
+    named = resolve(
+        "r", "mail", REDIS_SPEC, secrets({"rp": {"password": b"pw", "username": b"relay"}, "rc": {"ca.crt": b"CA"}})
+    )
+    assert named.redis_credentials is not None and named.redis_credentials.username == "relay"
+    with pytest.raises(ManifestError) as raised:
+        resolve("r", "mail", REDIS_SPEC, secrets({"rp": {"username": b"relay"}, "rc": {"ca.crt": b"CA"}}))
+    assert raised.value.problems == ["spec.limits.redis.secretName: Secret 'rp' has no key password"]

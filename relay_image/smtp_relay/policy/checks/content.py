@@ -15,7 +15,7 @@ from typing import Literal
 from smtp_relay.config.policy_spec import SpamSpec, VirusSpec
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.attachments import AttachmentFinding
-from smtp_relay.policy.ratelimit import RateLimiter
+from smtp_relay.policy.ratelimit import MessageLimits
 from smtp_relay.policy.scanners import ScannerError, VirusResult
 from smtp_relay.policy.util import reply_text
 from smtp_relay.policy.verdict import Action, Facts, SpamReport, Verdict, defer, reject
@@ -75,9 +75,10 @@ def spam_verdict(report: SpamReport, spec: SpamSpec) -> Verdict | None:
     return None
 
 
-def count_message(limiter: RateLimiter, facts: Facts, envelope: Envelope) -> Verdict | None:
+async def count_message(limiter: MessageLimits, facts: Facts, envelope: Envelope) -> Verdict | None:
     """451 4.7.1 when a limit has no room for this message; otherwise the message is counted.
 
-    Authoritative (MAIL only checks early): parallel sessions cannot slip past the limit together.
+    Authoritative (MAIL only checks early): parallel sessions cannot slip past the limit together, in
+    this process or, with fleet-wide limits, in any pod (one atomic script in Redis).
     """
-    return limiter.check(facts.client_ip, facts.auth_user, envelope.mail_from, cost=1)
+    return await limiter.count(facts.client_ip, facts.auth_user, envelope.mail_from)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from smtp_relay.config.domains import SendingDomains
 from smtp_relay.model.envelope import domain_of
 from smtp_relay.policy.lookups import Lookups
-from smtp_relay.policy.ratelimit import RateLimiter
+from smtp_relay.policy.ratelimit import MessageLimits
 from smtp_relay.policy.spf import SpfMode, spf_applies, spf_verdict
 from smtp_relay.policy.util import NetworkList, reply_text
 from smtp_relay.policy.verdict import SKIP, Check, Facts, Outcome, Verdict, defer, reject
@@ -53,8 +53,11 @@ def sender_verified(required: bool, sending_domains: Callable[[], SendingDomains
     return Check("sender_verified", "mail", check_sender_verified)
 
 
-def rate_limits(limiter: RateLimiter) -> Check:
-    """451 4.7.1 when a rate limit has no room left; counts nothing (end of DATA counts the message)."""
+def rate_limits(limiter: MessageLimits) -> Check:
+    """451 4.7.1 when a rate limit has no room left; counts nothing (end of DATA counts the message).
+
+    Fleet-wide limits answer from what this process knows (no round trip to Redis): the end of DATA asks Redis.
+    """
 
     def check_rate_limits(facts: Facts) -> Verdict | None:
         return limiter.check(facts.client_ip, facts.auth_user, facts.mail_from)

@@ -20,24 +20,24 @@ async def test_auth_failures_are_tarpitted_then_refused(make_engine: EngineFacto
     started = loop.time()
     replies = []
     for _ in range(10):
-        assert not engine.reserve_auth(fx).refuses
+        assert not (await engine.reserve_auth(fx)).refuses
         replies.append((await engine.auth_failed(fx, "bob")).code)
     assert replies == [535] * 9 + [454]
     assert loop.time() - started == pytest.approx(0 + 0 + 0 + 1 + 2 + 3 + 4 + 5 + 5 + 5)
-    assert engine.before_auth(fx).reply == "454 4.7.0 Too many authentication failures, try again later"
-    assert engine.reserve_auth(fx).reply == "454 4.7.0 Too many authentication failures, try again later"
-    assert engine.before_auth(facts("192.0.2.8")).action is Action.ACCEPT
+    assert (await engine.before_auth(fx)).reply == "454 4.7.0 Too many authentication failures, try again later"
+    assert (await engine.reserve_auth(fx)).reply == "454 4.7.0 Too many authentication failures, try again later"
+    assert (await engine.before_auth(facts("192.0.2.8"))).action is Action.ACCEPT
     await asyncio.sleep(900)
-    assert engine.before_auth(fx).action is Action.ACCEPT
+    assert (await engine.before_auth(fx)).action is Action.ACCEPT
 
 
 async def test_audit_mode_reserves_and_checks_a_throttled_attempt(make_engine: EngineFactory) -> None:
     engine = make_engine({"mode": "audit"}, sleep=_no_sleep)
     fx = facts("192.0.2.9")
     for _ in range(10):
-        assert engine.reserve_auth(fx).action is Action.ACCEPT
+        assert (await engine.reserve_auth(fx)).action is Action.ACCEPT
         assert (await engine.auth_failed(fx, "bob")).code == 535  # audit: the 454 is logged, not given
-    assert engine.reserve_auth(fx).action is Action.ACCEPT
+    assert (await engine.reserve_auth(fx)).action is Action.ACCEPT
     assert engine.auth_throttle._records["192.0.2.9"].pending == 1
     engine.auth_abandoned(fx, "bob")  # settled: the client left mid-check
     assert engine.auth_throttle._records["192.0.2.9"].pending == 0
