@@ -4,6 +4,7 @@ when due; recovery reads the index and the segments' unindexed tails, never ever
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from smtp_relay.queue.spool.records import INDEX_NAME, Frame
 from smtp_relay.queue.spool.store import Spool
 from smtp_relay.queue.window import evict_count, pick_evictions, refill_size
 from tests.relay.queue.conftest import START, FakeDelivery, deliver_all, envelope, relay, segment_files, submit, until
+from tests.relay.queue.test_spool_records import frame
 
 
 @pytest.mark.looptime(start=START)
@@ -196,3 +198,46 @@ def test_refill_waits_for_room_unless_idle_and_evicts_only_what_it_needs() -> No
     messages.append(StoredMessage("AA", envelope(), 1, {"b@x"}, next_attempt=0.0, state=QueueState.ACTIVE))
     picked = pick_evictions(messages, 2, now=50.0, busy={messages[4].id})
     assert [m.id for m in picked] == [messages[3].id, messages[2].id]
+
+
+async def test_a_spool_from_before_the_index_is_indexed_once_then_opens_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "queue"
+    root.mkdir()
+
+    def record(message_id: str, *rcpts: str) -> bytes:
+        env = {"mail_from": "s@example.org", "rcpt_tos": list(rcpts), "received_at": 1.0}
+        return frame(b"RFS1", json.dumps({"id": message_id, "env": env}).encode(), f"data {message_id}".encode())
+
+    records = [record(f"{i:014X}", f"r{i}@x.net", "z@x.net") for i in range(1, 6)]
+    (root / "seg-0000000003.dat").write_bytes(b"".join(records))
+    progress = [{"i": f"{2:014X}", "s": ["z@x.net"], "a": 1, "n": 9.0, "e": "451 later"}, {"i": f"{4:014X}", "d": 1}]
+    (root / "journal").write_bytes(frame(b"RFJ1", json.dumps(progress).encode()))
+    assert not (root / INDEX_NAME).exists()
+
+    first = Spool(root)
+    migrated = {m.id: m for m in await first.open()}
+    await first.close()
+    assert sorted(migrated) == [f"{i:014X}" for i in (1, 2, 3, 5)]
+    assert migrated[f"{2:014X}"].pending == {"r2@x.net"} and migrated[f"{2:014X}"].attempts == 1
+    assert (root / "journal").stat().st_size == 0  # all of it is in the index now
+
+    scans: list[str] = []
+    real_scan = recovery.scan
+
+    def counting_scan(path: Path, magic: bytes, start: int = 0) -> tuple[list[Frame], int]:
+        scans.append(path.name)
+        return real_scan(path, magic, start)
+
+    monkeypatch.setattr(recovery, "scan", counting_scan)
+    second = Spool(root)
+    again = {m.id: m for m in await second.open()}
+    try:
+        assert scans == ["journal"]  # the segment is not read again: the index holds all of it
+        assert {i: (m.pending, m.attempts, m.last_error) for i, m in again.items()} == {
+            i: (m.pending, m.attempts, m.last_error) for i, m in migrated.items()
+        }
+        assert await second.read(again[f"{5:014X}"]) == f"data {5:014X}".encode()
+    finally:
+        await second.close()
