@@ -91,7 +91,7 @@ class Relay:
         self.metrics = RelayMetrics()
         self.config: RelayConfig = source.load()
         self._fingerprint = source.fingerprint()
-        self.spool = Spool(options.spool_dir / "queue")
+        self.spool = Spool(options.spool_dir / "queue", active_window=self.config.spec.queue.active_window)
         resolver = make_resolver(self.config.spec.dns)  # the one resolver of every lookup (MX, SPF, DNSBL)
         shared_dir = options.shared_dir or options.spool_dir
         self.deliverer = Deliverer(self.config, resolver, shared_dir, hostname=self.hostname, metrics=self.metrics)
@@ -233,6 +233,7 @@ class Relay:
         self.config = config
         self.deliverer.update(config)
         self.scheduler.update_retry(config.spec.queue.retry)
+        self.spool.active_window = config.spec.queue.active_window
         await self.policy.update(config)
         log.info("config reloaded")
         return True

@@ -232,6 +232,9 @@ class QueueSpec(SpecModel):
     """StorageClass of the spool PVC; empty uses the cluster default."""
     retry: RetrySpec = RetrySpec()
     """Retry schedule."""
+    active_window: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    """Most queued messages each relay process holds in memory (Postfix's qmgr_message_active_limit); the rest wait
+    on disk, indexed by next attempt, so memory does not grow with the queue (about 2 KB per message in the window)."""
     delete_claims_on_delete: bool = False
     """Delete the spool PVCs when the SmtpRelay is deleted (default: keep them, they may hold mail)."""
 

@@ -1,7 +1,10 @@
 """The delivery scheduler: runs spooled messages through delivery, retries, and bounces.
 
 One loop keeps at most `max_active` deliveries in flight; messages that failed temporarily wait
-in a heap keyed by their next attempt, so a queue of 100k deferred messages costs no timers.
+in a heap keyed by their next attempt, so deferred messages cost no timers. At most the spool's
+`active_window` messages are in memory: the rest stay on disk in the spool's index and are loaded
+when due (`window.py` decides how many, and which deferred ones make room), so memory does not
+grow with the queue.
 Progress is journaled through the spool after each attempt, so a restart never re-sends to a
 recipient that was settled (except for the lazily synced tail: at-least-once). Bounces are ordinary
 messages committed through the spool and submitted back here, so they are routed, retried and
@@ -15,6 +18,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,8 +28,11 @@ from smtp_relay.config.units import parse_duration
 from smtp_relay.model.envelope import Outcome, OutcomeKind, QueueState, StoredMessage
 from smtp_relay.queue.backoff import expired, next_delay
 from smtp_relay.queue.bouncer import Bouncer
+from smtp_relay.queue.logs import delivery_summary as _delivery_summary
+from smtp_relay.queue.logs import describe as _describe
 from smtp_relay.queue.spool.store import Spool
-from smtp_relay.queue.stats import QueueStats, queue_stats, set_queue_gauges
+from smtp_relay.queue.stats import QueueStats, queue_stats, set_queue_gauges, with_on_disk
+from smtp_relay.queue.window import DISK_POLL, aggregate_interval, evict_count, pick_evictions, refill_size
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
@@ -36,28 +43,6 @@ DeliverFn = Callable[[StoredMessage, bytes, list[str]], Awaitable[Mapping[str, O
 _STATS_INTERVAL = 15.0
 _MAX_SLEEP = 60.0
 """Re-check the clock at least this often, so a wall-clock step cannot stall the deferred queue."""
-
-
-def _describe(outcome: Outcome) -> str:
-    where = f" ({outcome.remote})" if outcome.remote else ""
-    return f"{outcome.code} {outcome.message}{where}".strip() if outcome.code else f"{outcome.message}{where}"
-
-
-_LOGGED_RECIPIENTS = 5
-
-
-def _delivery_summary(delivered: list[str], outcomes: Mapping[str, Outcome]) -> str:
-    """`to=<a>,<b> via host:port: reply` (as Postfix logs to=, relay= and the reply), per remote."""
-    by_remote: dict[tuple[str, str], list[str]] = {}
-    for rcpt in delivered:
-        outcome = outcomes[rcpt]
-        by_remote.setdefault((outcome.remote or "-", outcome.message), []).append(rcpt)
-    parts = []
-    for (remote, reply), rcpts in by_remote.items():
-        shown = ",".join(f"<{r}>" for r in rcpts[:_LOGGED_RECIPIENTS])
-        more = f" (+{len(rcpts) - _LOGGED_RECIPIENTS} more)" if len(rcpts) > _LOGGED_RECIPIENTS else ""
-        parts.append(f"to={shown}{more} via {remote}: {reply[:200]}")
-    return "; ".join(parts)
 
 
 class Scheduler:
@@ -94,6 +79,14 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
+        self._feed: asyncio.Task[None] | None = None
+        """Loads due messages from disk into the window (one at a time)."""
+        self._counting: asyncio.Task[None] | None = None
+        """Counts what is on disk for the stats."""
+        self._disk_check_at = -math.inf
+        """Clock time before which the index is not asked for due messages again."""
+        self._count_at = -math.inf
+        """Clock time of the next count of what is on disk (for the stats)."""
 
     # ----------------------------------------------------------------- public API
 
@@ -104,6 +97,14 @@ class Scheduler:
         if not message.pending:
             self._spool.finish(message)
             return
+        if len(self._messages) >= self._spool.active_window:
+            self._spool.release(message)  # the window is full: it waits on disk, loaded once there is room
+            self._disk_check_at = -math.inf
+            self._wake.set()
+            return
+        self._take(message)
+
+    def _take(self, message: StoredMessage) -> None:
         self._messages[message.id] = message
         if message.next_attempt <= self._clock():
             message.state = QueueState.ACTIVE
@@ -123,17 +124,26 @@ class Scheduler:
             while True:
                 self._promote_due()
                 self._start_ready()
+                self._feed_window()
                 if loop.time() >= next_stats:
                     self.stats()
                     next_stats = loop.time() + _STATS_INTERVAL
                 timeout = min(_MAX_SLEEP, max(0.0, next_stats - loop.time()))
                 if self._deferred and len(self._active) < self._max_active:
                     timeout = min(timeout, max(0.0, self._deferred[0][0] - self._clock()))
+                if self._spool.on_disk():  # a check already due waits for room: a finished attempt wakes the loop
+                    later = [t - self._clock() for t in (self._disk_check_at, self._count_at) if t > self._clock()]
+                    timeout = min([timeout, *later])
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
         finally:
+            helpers = {t for t in (self._feed, self._counting) if t is not None}
+            for task in helpers:
+                task.cancel()
+            if helpers:
+                await asyncio.wait(helpers)
             await self._cancel_active()
 
     def update_retry(self, retry: RetrySpec) -> None:
@@ -152,20 +162,27 @@ class Scheduler:
                 message.next_attempt = now
                 message.state = QueueState.ACTIVE
                 self._ready.append(message.id)
+        if self._spool.on_disk():
+            self._spool.make_due(now)
+            await self._spool.flush()
+            self._disk_check_at = -math.inf
         self._wake.set()
         own_runner = None
         if self._run_task is None or self._run_task.done():
             own_runner = asyncio.create_task(self.run(), name="scheduler-drain")
         try:
-            while self._messages:
+            while self._messages or self._spool.on_disk():
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                if not self._active and not self._ready:
+                if not self._active and not self._ready and (self._feed is None or self._feed.done()):
+                    # Nothing runs: stop early if nothing (in memory or on disk) is due before the budget ends.
                     soonest = min(
                         (m.next_attempt for m in self._messages.values() if m.state is QueueState.DEFERRED),
                         default=now,
                     )
+                    on_disk = await self._spool.soonest_on_disk()
+                    soonest = soonest if on_disk is None else min(soonest, on_disk)
                     if soonest - self._clock() >= left:
                         break
                 self._changed.clear()
@@ -176,7 +193,7 @@ class Scheduler:
             if own_runner is not None:
                 own_runner.cancel()
                 await asyncio.wait({own_runner})
-        left_over = len(self._messages)
+        left_over = len(self._messages) + self._spool.on_disk()
         self.stats()
         log.info("drain finished: %d message(s) left", left_over)
         return left_over
@@ -191,16 +208,71 @@ class Scheduler:
 
     def stats(self) -> QueueStats:
         """Counts and oldest ages per state; also pushed into the queue gauges."""
-        stats = queue_stats(self._messages.values(), self._clock())
+        now = self._clock()
+        stats = queue_stats(self._messages.values(), now)
+        stats = with_on_disk(stats, self._spool.aggregate, self._spool.on_disk(), now)
         if self._metrics is not None:
             set_queue_gauges(self._metrics, stats)
         return stats
 
     # ----------------------------------------------------------------- internals
 
+    def _feed_window(self) -> None:
+        """Start loading due messages from disk when the window has room (or has deferred ones to let go)."""
+        if not self._spool.on_disk():
+            return
+        now = self._clock()
+        if now >= self._count_at and (self._counting is None or self._counting.done()):
+            self._count_at = math.inf  # until the count below finishes
+            self._counting = asyncio.create_task(self._count(now), name="scheduler-count")
+        if (self._feed is not None and not self._feed.done()) or now < self._disk_check_at:
+            return
+        window, idle = self._spool.active_window, not self._ready and len(self._active) < self._max_active
+        size = refill_size(window, len(self._messages), self._spool.on_disk(), idle=idle)
+        evict = evict_count(window, len(self._messages), self._spool.on_disk()) if idle else 0
+        if size or evict:
+            self._feed = asyncio.create_task(self._refill(size, evict, now), name="scheduler-refill")
+
+    async def _count(self, now: float) -> None:
+        started = time.monotonic()
+        try:
+            await self._spool.refresh_aggregate(now)
+        finally:
+            self._count_at = self._clock() + aggregate_interval(time.monotonic() - started)
+            self._wake.set()
+
+    async def _refill(self, size: int, evict: int, now: float) -> None:
+        try:
+            if evict:
+                soonest = await self._spool.soonest_on_disk()
+                if soonest is not None and soonest <= now:
+                    for message in pick_evictions(self._messages.values(), evict, now, set(self._active)):
+                        self._messages.pop(message.id, None)
+                        self._spool.release(message)
+                        size += 1
+            room = self._spool.active_window - len(self._messages)
+            loaded = await self._spool.load_due(now, min(size, room))
+            for message in loaded:
+                if message.id not in self._messages:
+                    self._take(message)
+            if len(loaded) < min(size, room) or not loaded:
+                soonest = await self._spool.soonest_on_disk()
+                self._disk_check_at = min(math.inf if soonest is None else soonest, now + DISK_POLL)
+        except Exception as exc:  # an index that cannot be read now: the window keeps what it has, retry later
+            log.error("could not load queued messages from the spool index: %s", exc)
+            self._disk_check_at = now + DISK_POLL
+        finally:
+            self._wake.set()
+            self._changed.set()
+
     def _defer(self, message: StoredMessage) -> None:
         message.state = QueueState.DEFERRED
         heapq.heappush(self._deferred, (message.next_attempt, next(self._seq), message.id))
+        if len(self._deferred) > 2 * len(self._messages) + 1000:
+            # Entries of messages that left the window go stale: rebuild, so the heap stays within the window.
+            waiting = (m for m in self._messages.values() if m.state is QueueState.DEFERRED)
+            self._deferred = [(m.next_attempt, next(self._seq), m.id) for m in waiting]
+            heapq.heapify(self._deferred)
 
     def _promote_due(self) -> None:
         now = self._clock()
@@ -325,6 +397,10 @@ class Scheduler:
                 message.next_attempt - now,
             )
         self._spool.record_attempt(message, settled)
+        if self._spool.on_disk():  # others wait on disk: a deferred message gives them its place (Postfix's too)
+            self._messages.pop(message.id, None)
+            self._spool.release(message)
+            return
         self._defer(message)
 
     async def _call_deliver(self, message: StoredMessage, data: bytes, recipients: list[str]) -> Mapping[str, Outcome]:

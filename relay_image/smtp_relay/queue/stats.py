@@ -1,4 +1,6 @@
-"""Queue statistics: messages per queue state and the oldest one's age, for /ready and the gauges."""
+"""Queue statistics: messages per queue state and the oldest one's age, for /queue and the gauges.
+
+The messages in memory are counted one by one; those on disk only come from a count of the index."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from smtp_relay.model.envelope import QueueState, StoredMessage
+from smtp_relay.queue.spool.index import Aggregate
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 
@@ -49,3 +52,22 @@ def set_queue_gauges(metrics: RelayMetrics, stats: QueueStats) -> None:
     ):
         metrics.queue_depth.labels(state=state.value).set(count)
         metrics.queue_oldest.labels(state=state.value).set(oldest)
+
+
+def with_on_disk(resident: QueueStats, aggregate: Aggregate, on_disk: int, now: float) -> QueueStats:
+    """`resident` (exact, from memory) plus the `on_disk` messages not in memory, split per state as the last
+    count of the index (`aggregate`) says; that count may be a few seconds old, the total never is."""
+    if on_disk <= 0:
+        return resident
+    deferred = min(aggregate.deferred, on_disk)
+    active = on_disk - deferred
+
+    def age(oldest: float | None) -> float:
+        return max(0.0, now - oldest) if oldest is not None else 0.0
+
+    return QueueStats(
+        active=resident.active + active,
+        deferred=resident.deferred + deferred,
+        oldest_active_age=max(resident.oldest_active_age, age(aggregate.oldest_due) if active else 0.0),
+        oldest_deferred_age=max(resident.oldest_deferred_age, age(aggregate.oldest_deferred) if deferred else 0.0),
+    )

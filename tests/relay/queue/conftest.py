@@ -109,11 +109,17 @@ def deliver_all(message: StoredMessage, recipients: list[str], n: int) -> Mappin
 
 @contextlib.asynccontextmanager
 async def relay(
-    tmp_path: Path, delivery: FakeDelivery, retry: RetrySpec, *, max_active: int = 200, run: bool = True
+    tmp_path: Path,
+    delivery: FakeDelivery,
+    retry: RetrySpec,
+    *,
+    max_active: int = 200,
+    run: bool = True,
+    active_window: int = 10_000,
 ) -> AsyncIterator[tuple[Spool, Scheduler, RelayMetrics]]:
     loop = asyncio.get_running_loop()
     metrics = RelayMetrics()
-    spool = Spool(tmp_path / "queue")
+    spool = Spool(tmp_path / "queue", active_window=active_window)
     scheduler = Scheduler(
         spool, delivery, retry, hostname="relay.test", metrics=metrics, max_active=max_active, clock=loop.time
     )

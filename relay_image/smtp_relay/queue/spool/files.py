@@ -1,7 +1,8 @@
-"""The writer thread: the one thread that writes, syncs, renames and unlinks spool files.
+"""The writer thread: the one thread that writes, syncs, renames and unlinks spool files and writes the index.
 
 Running every change to the folder on one thread serializes them without locks, and keeps the
-event loop free while an fdatasync takes its time. The file descriptors are touched only there.
+event loop free while an fdatasync takes its time. The file descriptors and the index's connection are
+touched only there.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.records import (
     HEADER_SIZE,
     JOURNAL_NAME,
@@ -65,6 +68,8 @@ class SpoolFiles:
         self._next_segment = 1
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
+        self._index: sqlite3.Connection | None = None
+        self.generation = 0
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         assert self._executor is not None
@@ -76,7 +81,7 @@ class SpoolFiles:
         try:
             return await self._run(self._open_sync)
         except BaseException:
-            await self._run(self._close_sync, None, None)
+            await self._run(self._close_sync, None)
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
@@ -85,28 +90,48 @@ class SpoolFiles:
         """Append (meta, data) records with one writev + one fdatasync; (segment, data offsets, new size)."""
         return await self._run(self._append_sync, records)
 
-    async def append_journal(self, unlinks: list[int], close_current: bool, journal: bytes) -> None:
-        """Append journal frames and fdatasync them, then remove finished segments."""
-        await self._run(self._append_journal_sync, unlinks, close_current, journal)
+    async def housekeep(
+        self, journal: bytes, ops: Sequence[index.Op], unlinks: list[int], close_current: bool, compact: bool
+    ) -> None:
+        """Progress into the journal (fdatasync) and the index, then remove finished segments.
 
-    async def rewrite_journal(self, unlinks: list[int], close_current: bool, snapshot: bytes) -> None:
-        """Remove finished segments, then atomically replace the journal with `snapshot`."""
-        await self._run(self._rewrite_journal_sync, unlinks, close_current, snapshot)
+        With `compact`, the journal's frames are not appended: the index is made durable and the journal
+        emptied instead (it says nothing the index does not).
+        """
+        await self._run(self._housekeep_sync, journal, ops, unlinks, close_current, compact)
 
-    async def close(self, drop: int | None, snapshot: bytes | None) -> None:
-        """Remove segment `drop` and rewrite the journal (if given), sync it, close every file, end the thread."""
+    async def load(self, now: float, limit: int, due_only: bool) -> list[index.Loaded]:
+        """Messages of the index not in memory, soonest first (index.load), now marked resident."""
+        return await self._run(lambda: index.load(self._db(), now, limit, self.generation, due_only=due_only))
+
+    async def location(self, message_id: str) -> tuple[int, int, int] | None:
+        return await self._run(lambda: index.location(self._db(), message_id))
+
+    async def soonest(self) -> float | None:
+        """The earliest next attempt of the messages on disk only."""
+        return await self._run(lambda: index.soonest(self._db(), self.generation))
+
+    async def close(self, drop: int | None) -> None:
+        """Remove segment `drop` (if given), sync the journal and the index, close every file, end the thread."""
         assert self._executor is not None
         try:
-            await self._run(self._close_sync, drop, snapshot)
+            await self._run(self._close_sync, drop)
         finally:
             self._executor.shutdown(wait=True)
 
     # ----------------------------------------------------------------- on the writer thread
 
+    def _db(self) -> sqlite3.Connection:
+        assert self._index is not None, "the spool is not open"
+        return self._index
+
     def _open_sync(self) -> Recovered:
         self._lock_fd = lock_spool(self.root)
         recovered = recover(self.root)
+        self._index = recovered.index
+        self.generation = recovered.generation
         self._next_segment = recovered.next_segment
+        self._rewrite_journal_sync(b"")  # recovery put all of it into the index, and made that durable
         return recovered
 
     def _append_sync(self, records: list[tuple[bytes, bytes]]) -> tuple[int, list[int], int]:
@@ -157,8 +182,14 @@ class SpoolFiles:
         if unlinks:
             fsync_dir(self.root)
 
-    def _append_journal_sync(self, unlinks: list[int], close_current: bool, journal: bytes) -> None:
-        try:
+    def _housekeep_sync(
+        self, journal: bytes, ops: Sequence[index.Op], unlinks: list[int], close_current: bool, compact: bool
+    ) -> None:
+        if compact:
+            index.apply(self._db(), ops)
+            index.checkpoint(self._db())
+            self._rewrite_journal_sync(b"")
+        else:
             if journal:
                 if self._journal_fd is None:
                     self._journal_fd = os.open(
@@ -166,11 +197,12 @@ class SpoolFiles:
                     )
                 write_all(self._journal_fd, [journal])
                 os.fdatasync(self._journal_fd)
-        finally:
-            self._unlink_sync(unlinks, close_current)
-
-    def _rewrite_journal_sync(self, unlinks: list[int], close_current: bool, snapshot: bytes) -> None:
+            index.apply(self._db(), ops)
+        # Only now that the index says their messages are finished may segments go.
         self._unlink_sync(unlinks, close_current)
+        index.apply(self._db(), [(index.DROP_SEGMENT, (number,)) for number in unlinks])
+
+    def _rewrite_journal_sync(self, snapshot: bytes) -> None:
         tmp = self.root / (JOURNAL_NAME + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -186,14 +218,21 @@ class SpoolFiles:
             self.root / JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
 
-    def _close_sync(self, drop: int | None, snapshot: bytes | None) -> None:
+    def _close_sync(self, drop: int | None) -> None:
         try:
-            if drop is not None and snapshot is not None:
-                self._rewrite_journal_sync([drop], True, snapshot)
+            if drop is not None:
+                self._unlink_sync([drop], True)
+                index.apply(self._db(), [(index.DROP_SEGMENT, (drop,))])
             self._close_segment_fd()
             if self._journal_fd is not None:
                 os.fdatasync(self._journal_fd)
+            if self._index is not None:
+                index.checkpoint(self._index)
         finally:
+            if self._index is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._index.close()
+                self._index = None
             for name in ("_fd", "_journal_fd", "_lock_fd"):
                 fd = getattr(self, name)
                 if fd is not None:

@@ -1,38 +1,36 @@
-"""Journal housekeeping: delivery progress and the removal of delivered segments, written lazily.
+"""Housekeeping: delivery progress into the journal and the index, and the removal of delivered segments, lazily.
 
-Progress entries and unlinks wait up to `delay` seconds and then go out together, between group
-commits: losing them in a crash only repeats deliveries (at-least-once), never loses one. When the
-journal grows well beyond the live state it is rewritten from that state instead of appended to.
+Progress entries, index statements and unlinks wait up to `delay` seconds and then go out together,
+between group commits: losing them in a crash only repeats deliveries (at-least-once), never loses one.
+The journal is the index's durable log: once it grows beyond `compact_bytes`, the index is made durable
+(an SQLite checkpoint) and the journal emptied, so it stays small however long the queue is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from smtp_relay.model.envelope import StoredMessage
+from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.files import SpoolFiles
-from smtp_relay.queue.spool.records import Segment, journal_frames
+from smtp_relay.queue.spool.records import journal_frames
 
 log = logging.getLogger(__name__)
 
 
 class Housekeeping:
-    """Pending journal entries and segment unlinks, and when they are due.
+    """Pending journal entries, index statements and segment unlinks, and when they are due.
 
-    `messages` and `segments` are the spool's own live maps (read for a snapshot, never changed
-    here). `release_current` forgets the current segment if none of its messages is live and
-    returns its number, else None.
+    `release_current` forgets the current segment if none of its messages is live and returns its
+    number, else None.
     """
 
     def __init__(
         self,
         files: SpoolFiles,
         wake: asyncio.Event,
-        messages: Mapping[str, StoredMessage],
-        segments: Mapping[int, Segment],
         release_current: Callable[[], int | None],
         *,
         delay: float,
@@ -40,23 +38,29 @@ class Housekeeping:
     ) -> None:
         self._files = files
         self._wake = wake
-        self._messages = messages
-        self._segments = segments
         self._release_current = release_current
         self.delay = delay
         self._compact_bytes = compact_bytes
         self.since: float | None = None
         """Loop time the oldest pending work was added (None: nothing pending)."""
         self._entries: list[dict[str, Any]] = []
+        self._ops: list[index.Op] = []
         self._unlinks: list[int] = []
         self._retire_current = False
         self._journal_size = 0
-        self._journal_base = 0
-        """Journal size right after the last rewrite: the size of the live state."""
+        self._force_compact = False
+        self._close_current = False
+        """A released current segment whose file must still be closed (a failed run is retried)."""
 
-    def add(self, entry: dict[str, Any]) -> None:
-        """Queue a journal entry."""
+    def add(self, entry: dict[str, Any], op: index.Op) -> None:
+        """Queue progress: a journal entry and the index statement saying the same."""
         self._entries.append(entry)
+        self._ops.append(op)
+        self._mark()
+
+    def index(self, op: index.Op) -> None:
+        """Queue an index statement that needs no journal entry (a new message, what is in memory)."""
+        self._ops.append(op)
         self._mark()
 
     def retire(self, number: int) -> None:
@@ -74,35 +78,10 @@ class Housekeeping:
             self.since = asyncio.get_running_loop().time()
             self._wake.set()
 
-    def snapshot(self) -> bytes:
-        """The whole journal state as frames: progress of live messages, ids finished in live segments."""
-        entries: list[dict[str, Any]] = []
-        for message in self._messages.values():
-            settled = set(message.envelope.rcpt_tos) - message.pending
-            if settled or message.attempts or message.last_error:
-                entries.append(
-                    {
-                        "i": message.id,
-                        "s": sorted(settled),
-                        "a": message.attempts,
-                        "n": message.next_attempt,
-                        "e": message.last_error[:1000],
-                    }
-                )
-        for segment in self._segments.values():
-            entries.extend({"i": mid, "d": 1} for mid in segment.finished)
-        return journal_frames(entries)
-
-    async def rewrite(self) -> None:
-        """Replace the journal with the live state (at open: it drops what recovery already applied)."""
-        snapshot = self.snapshot()
-        await self._files.rewrite_journal([], False, snapshot)
-        self._journal_size = self._journal_base = len(snapshot)
-
     async def run(self) -> None:
-        """Write the pending entries (or a snapshot, if the journal grew too much) and unlink segments."""
+        """Write the pending entries and statements (compacting the journal if it grew too much), unlink segments."""
         self.since = None
-        close_current = False
+        close_current, self._close_current = self._close_current, False
         if self._retire_current:
             self._retire_current = False
             number = self._release_current()
@@ -111,20 +90,21 @@ class Housekeeping:
                 self._unlinks.append(number)
         unlinks, self._unlinks = self._unlinks, []
         entries, self._entries = self._entries, []
-        snapshot: bytes | None = None
+        ops, self._ops = self._ops, []
         journal = journal_frames(entries) if entries else b""
-        if self._journal_size + len(journal) > max(self._compact_bytes, 4 * self._journal_base):
-            snapshot = self.snapshot()
-            journal = b""
+        compact = self._force_compact or self._journal_size + len(journal) > self._compact_bytes
         try:
-            if snapshot is not None:
-                await self._files.rewrite_journal(unlinks, close_current, snapshot)
-                self._journal_size = self._journal_base = len(snapshot)
-            else:
-                await self._files.append_journal(unlinks, close_current, journal)
-                self._journal_size += len(journal)
+            await self._files.housekeep(journal, ops, unlinks, close_current, compact)
         except Exception as exc:
-            # Losing journal entries only repeats deliveries; keep serving mail. The journal may now
-            # end in a partial frame, so the next housekeeping rewrites it from the live state.
-            log.error("spool journal/cleanup failed: %s", exc, exc_info=not isinstance(exc, OSError))
-            self._journal_size = self._compact_bytes + 4 * self._journal_base + 1
+            # Keep serving mail and try again: the journal may now end in a partial frame, so the next
+            # run compacts (the index takes everything, the journal starts empty).
+            log.error("spool journal/index/cleanup failed: %s", exc, exc_info=not isinstance(exc, OSError))
+            self._entries[:0] = entries
+            self._ops[:0] = ops
+            self._unlinks[:0] = [n for n in unlinks if n not in self._unlinks]
+            self._close_current = close_current
+            self._force_compact = True
+            self._mark()
+            return
+        self._force_compact = False
+        self._journal_size = 0 if compact else self._journal_size + len(journal)

@@ -1,4 +1,4 @@
-"""The spool's files and their byte format; existing spools must keep opening, so it never changes.
+"""The spool's files and their byte format; existing spools must keep opening, so segments never change.
 
 On-disk layout under the spool's root (one spool per process; a `flock` on `root/lock` enforces it):
 
@@ -8,8 +8,11 @@ On-disk layout under the spool's root (one spool per process; a `flock` on `root
   Segments are never appended to after a restart, so a torn record can only be the tail.
 - `journal`: records with magic `RFJ1` and data length 0 whose meta is a JSON list of entries
   `{"i": id, "s": [settled rcpts], "a": attempts, "n": next_attempt, "e": last_error}` or
-  `{"i": id, "d": 1}` (finished). Rewritten atomically (`journal.tmp` + rename) at open and
-  whenever it grows well beyond the live state.
+  `{"i": id, "d": 1}` (finished): the progress since the index was last made durable. Rewritten
+  atomically (`journal.tmp` + rename) at open and whenever it grows beyond `journalCompactBytes`.
+- `index.sqlite` (+ `-wal`, `-shm`): the index (`index.py`), an SQLite database of where each unfinished
+  message is, its progress and its next attempt. A spool without one (written before it existed) gets it
+  built at open from its segments and journal.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ HEADER_SIZE = _HEAD.size + _CRC.size
 SEGMENT_MAGIC = b"RFS1"
 JOURNAL_MAGIC = b"RFJ1"
 JOURNAL_NAME = "journal"
+INDEX_NAME = "index.sqlite"
 LOCK_NAME = "lock"
 SEGMENT_RE = re.compile(r"^seg-(\d{10})\.dat$")
 _MAX_META = 16 * 1024 * 1024
@@ -49,9 +53,8 @@ class Segment:
 
     number: int
     size: int = 0
-    live: set[str] = field(default_factory=set)
-    finished: set[str] = field(default_factory=set)
-    """Finished ids whose record is still on disk: the journal must keep saying they are done."""
+    live: int = 0
+    """Unfinished messages in it (in memory or not): a count, so a million queued cost no memory here."""
 
 
 def segment_path(root: Path, number: int) -> Path:
@@ -71,12 +74,13 @@ class Frame:
     data_len: int
 
 
-def scan(path: Path, magic: bytes) -> tuple[list[Frame], int]:
-    """Valid frames of a file and the number of trailing bytes ignored (a torn or corrupt tail)."""
+def scan(path: Path, magic: bytes, start: int = 0) -> tuple[list[Frame], int]:
+    """Valid frames of a file from offset `start` and the number of trailing bytes ignored (a torn or corrupt tail)."""
     frames: list[Frame] = []
     size = path.stat().st_size
     with path.open("rb") as f:
-        pos = 0
+        pos = start
+        f.seek(start)
         while pos < size:
             header = f.read(HEADER_SIZE)
             if len(header) < HEADER_SIZE:

@@ -1,4 +1,4 @@
-"""Opening a spool folder: its lock, and every unfinished message read back from segments and journal.
+"""Opening a spool folder: its lock, and the index brought up to date from segment tails and the journal.
 
 Blocking: the spool runs these on its writer thread, before anything else touches the folder.
 """
@@ -10,13 +10,15 @@ import json
 import logging
 import os
 import re
-import time
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
+from smtp_relay.model.envelope import Envelope, StoredMessage
+from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.records import (
+    INDEX_NAME,
     JOURNAL_MAGIC,
     JOURNAL_NAME,
     LOCK_NAME,
@@ -46,10 +48,13 @@ class _Progress:
 
 @dataclass
 class Recovered:
-    messages: list[tuple[StoredMessage, int, int, int]]
-    """(message, segment number, data offset, data length) of every unfinished message, sorted by id."""
+    index: sqlite3.Connection
+    """The writer thread's connection to the index, which now holds every unfinished message."""
+    generation: int
+    """This process's mark on the rows it holds in memory (index.py `res`)."""
     segments: dict[int, Segment]
     """Segments that still hold an unfinished message; the others were removed."""
+    depth: int
     next_segment: int
     last_id: int
     """The highest queue id found, as a number: new ids must be greater."""
@@ -72,52 +77,108 @@ def lock_spool(root: Path) -> int:
 
 
 def recover(root: Path) -> Recovered:
-    """Read the journal and every segment; remove segments whose messages are all finished."""
+    """Bring the index up to date: the segments' unindexed tails, then the journal; remove finished segments.
+
+    Reads only what the index may lack (the tail past each segment's `indexed` offset, all of a segment it
+    does not know, as in a spool written before the index existed) and the journal, never every record. The
+    index is made durable before the caller empties the journal.
+    """
     progress = _read_journal(root)
-    segments: dict[int, Segment] = {}
-    messages: list[tuple[StoredMessage, int, int, int]] = []
-    last_id = 0
-    now = time.time()
+    conn = index.connect(root / INDEX_NAME)
+    try:
+        return _recover(root, conn, progress)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _recover(root: Path, conn: sqlite3.Connection, progress: dict[str, _Progress]) -> Recovered:
+    generation = index.read_state(conn, "gen") + 1
+    last_id = index.read_state(conn, "last_id")
     numbers = sorted(int(m.group(1)) for p in root.iterdir() if (m := SEGMENT_RE.match(p.name)))
+    known = {int(seg): int(indexed) for seg, indexed in conn.execute("SELECT seg, indexed FROM segments")}
+    ops: list[index.Op] = []
+    sizes: dict[int, int] = {}
     for number in numbers:
         path = segment_path(root, number)
-        frames, ignored = scan(path, SEGMENT_MAGIC)
-        if ignored:
-            log.warning("%s: ignoring %d byte(s) of torn or corrupt tail", path.name, ignored)
-        segment = Segment(number, size=path.stat().st_size)
-        for frame in frames:
-            try:
-                message_id, envelope = decode_meta(frame.meta)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("%s: unreadable record at %d skipped: %s", path.name, frame.offset, exc)
-                continue
-            if _ID_RE.match(message_id):
-                last_id = max(last_id, int(message_id, 16))
-            state = progress.get(message_id, _Progress())
-            pending = set(envelope.rcpt_tos) - state.settled
-            if state.done or not pending:
-                segment.finished.add(message_id)
-                continue
-            message = StoredMessage(
-                id=message_id,
-                envelope=envelope,
-                size=frame.data_len,
-                pending=pending,
-                attempts=state.attempts,
-                next_attempt=state.next_attempt,
-                last_error=state.last_error,
-                state=QueueState.DEFERRED if state.next_attempt > now else QueueState.ACTIVE,
-            )
-            segment.live.add(message_id)
-            messages.append((message, number, frame.data_offset, frame.data_len))
-        if segment.live:
-            segments[number] = segment
+        sizes[number] = size = path.stat().st_size
+        start = known.get(number, 0)
+        if start > size:
+            log.error("%s: shorter than its index says (%d < %d): records past its end dropped", path.name, size, start)
+            ops.append(("DELETE FROM messages WHERE seg=? AND off+len>?", (number, size)))
+            start = 0
+        if start < size:
+            last_id = max(last_id, _index_tail(path, number, start, ops))
+    for number in set(known) - set(numbers):
+        # A segment is removed only once all its messages are finished: rows still naming it are stale.
+        ops += [("DELETE FROM messages WHERE seg=?", (number,)), (index.DROP_SEGMENT, (number,))]
+    index.apply(conn, ops)
+    index.apply(conn, _replay(conn, progress))
+    live = {int(seg): int(n) for seg, n in conn.execute("SELECT seg, count(*) FROM messages GROUP BY seg")}
+    segments: dict[int, Segment] = {}
+    removed: list[index.Op] = []
+    for number in numbers:
+        if live.get(number):
+            segments[number] = Segment(number, size=sizes[number], live=live[number])
         else:
-            path.unlink()
+            segment_path(root, number).unlink()
+            removed.append((index.DROP_SEGMENT, (number,)))
     if numbers:
         fsync_dir(root)
-    messages.sort(key=lambda item: item[0].id)
-    return Recovered(messages, segments, (numbers[-1] + 1) if numbers else 1, last_id)
+    row = conn.execute("SELECT max(id) FROM messages").fetchone()
+    last_id = max(last_id, int(row[0] or 0))
+    removed += [(index.LAST_ID, (last_id,)), ("INSERT OR REPLACE INTO state VALUES ('gen', ?)", (generation,))]
+    index.apply(conn, removed)
+    index.checkpoint(conn)
+    depth = sum(s.live for s in segments.values())
+    return Recovered(conn, generation, segments, depth, (numbers[-1] + 1) if numbers else 1, last_id)
+
+
+def _index_tail(path: Path, number: int, start: int, ops: list[index.Op]) -> int:
+    """Index the records of a segment from `start` (those already indexed are kept); the highest id seen."""
+    frames, ignored = scan(path, SEGMENT_MAGIC, start)
+    if ignored:
+        log.warning("%s: ignoring %d byte(s) of torn or corrupt tail", path.name, ignored)
+    last_id = 0
+    end = start
+    for frame in frames:
+        end = frame.data_offset + frame.data_len
+        try:
+            message_id, envelope = decode_meta(frame.meta)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("%s: unreadable record at %d skipped: %s", path.name, frame.offset, exc)
+            continue
+        if not _ID_RE.match(message_id):
+            log.error("%s: record at %d has no queue id (%r): skipped", path.name, frame.offset, message_id[:40])
+            continue
+        last_id = max(last_id, int(message_id, 16))
+        message = StoredMessage(message_id, envelope, frame.data_len, set(envelope.rcpt_tos))
+        ops.append((index.INSERT_NEW, index.message_row(message, number, frame.data_offset, frame.meta, 0)))
+    ops.append((index.INDEXED, (number, end)))
+    return last_id
+
+
+def _replay(conn: sqlite3.Connection, progress: dict[str, _Progress]) -> list[index.Op]:
+    """The journal's progress as statements on the index (settled recipients add up; finished rows go)."""
+    ops: list[index.Op] = []
+    for message_id, state in progress.items():
+        if not _ID_RE.match(message_id):
+            continue
+        number = int(message_id, 16)
+        if state.done:
+            ops.append((index.DELETE, (number,)))
+            continue
+        row = conn.execute("SELECT settled, meta FROM messages WHERE id=?", (number,)).fetchone()
+        if row is None:
+            continue
+        settled = state.settled | set(json.loads(row[0]) if row[0] else ())
+        _, envelope = decode_meta(row[1])
+        if not set(envelope.rcpt_tos) - settled:
+            ops.append((index.DELETE, (number,)))
+            continue
+        params = (state.attempts, state.next_attempt, json.dumps(sorted(settled)), state.last_error, 0, number)
+        ops.append((index.PROGRESS, params))
+    return ops
 
 
 def _read_journal(root: Path) -> dict[str, _Progress]:

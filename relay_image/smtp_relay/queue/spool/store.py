@@ -1,6 +1,8 @@
-"""The spool's public face: commit, read, record progress, finish; and where each message lives.
+"""The spool's public face: commit, read, record progress, finish; load and release the active window.
 
-Everything here runs on the event loop. Writes go through the group-commit writer and the journal
+Only the messages handed out (resident: committed, loaded, recovered) are in memory, with where their
+data is; every other one is a row of the index on disk, found again by `load_due` when it is due.
+Everything here runs on the event loop. Writes go through the group-commit writer and the
 housekeeping to the writer thread; reads of message data use the default executor so they never
 queue behind an fdatasync.
 """
@@ -15,20 +17,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
+from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.files import SpoolFiles
+from smtp_relay.queue.spool.index import Aggregate, AggregateReader
 from smtp_relay.queue.spool.journal import Housekeeping
-from smtp_relay.queue.spool.records import Segment, SpoolError, encode_meta, pread_all, segment_path
+from smtp_relay.queue.spool.records import INDEX_NAME, Segment, SpoolError, encode_meta, pread_all, segment_path
 from smtp_relay.queue.spool.writer import GroupCommitWriter, PendingCommit
 
 log = logging.getLogger(__name__)
 
 
 class Spool:
-    """Append-only, group-committed message store with a lazily synced progress journal.
+    """Append-only, group-committed message store with an on-disk index and a lazily synced progress journal.
 
     `journal_delay` bounds how long progress entries wait to be written; `journal_compact_bytes`
-    is the journal size that triggers a rewrite from live state. `memory_cache_bytes` bounds the
-    data kept in memory after a commit, so the first delivery attempt needs no disk read.
+    is the journal size at which the index is made durable and the journal emptied. `memory_cache_bytes`
+    bounds the data kept in memory after a commit, so the first delivery attempt needs no disk read.
+    `active_window` is how many messages `open` hands out; the scheduler keeps at most that many in memory.
     """
 
     def __init__(
@@ -41,6 +46,7 @@ class Spool:
         journal_delay: float = 0.2,
         journal_compact_bytes: int = 1024 * 1024,
         memory_cache_bytes: int = 64 * 1024 * 1024,
+        active_window: int = 10_000,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
@@ -50,10 +56,18 @@ class Spool:
         self._opened = False
         self._closed = False
         self._last_id = 0
+        self.active_window = max(1, active_window)
+        """Messages the scheduler may hold in memory (a reload may change it)."""
 
-        self._messages: dict[str, StoredMessage] = {}
+        self._resident: dict[str, StoredMessage] = {}
+        """Messages handed out and neither finished nor released: the only ones in memory."""
         self._where: dict[str, tuple[int, int, int]] = {}
-        """Message id: (segment number, data offset, data length)."""
+        """Resident message id: (segment number, data offset, data length)."""
+        self._depth = 0
+        self._generation = 0
+        self._aggregate = Aggregate()
+        self._reader = AggregateReader(self.root / INDEX_NAME)
+        self._reading = False
         self._segments: dict[int, Segment] = {}
         self._current: int | None = None
         """The segment new batches are appended to."""
@@ -67,8 +81,6 @@ class Spool:
         self._housekeeping = Housekeeping(
             self._files,
             wake,
-            self._messages,
-            self._segments,
             self._release_current,
             delay=max(0.0, journal_delay),
             compact_bytes=journal_compact_bytes,
@@ -85,22 +97,25 @@ class Spool:
     # ----------------------------------------------------------------- public API
 
     async def open(self) -> list[StoredMessage]:
-        """Create the folder, take the lock, and recover every unfinished message (sorted by id)."""
+        """Create the folder, take the lock, bring the index up to date; the first `active_window` unfinished
+        messages (the soonest due), sorted by id. The others stay on disk for `load_due`."""
         if self._opened:
             raise SpoolError("spool already opened")
         recovered = await self._files.open()
         self._opened = True
         self._segments.update(recovered.segments)
         self._last_id = recovered.last_id
-        result = []
-        for message, number, offset, length in recovered.messages:
-            self._messages[message.id] = message
-            self._where[message.id] = (number, offset, length)
-            result.append(message)
-        await self._housekeeping.rewrite()
+        self._depth = recovered.depth
+        self._generation = recovered.generation
+        loaded = await self._files.load(time.time(), self.active_window, False)
+        result = sorted(self._take(loaded), key=lambda m: m.id)
         self._writer.start()
         log.info(
-            "spool %s open: %d message(s) recovered from %d segment(s)", self.root, len(result), len(self._segments)
+            "spool %s open: %d message(s) queued in %d segment(s), %d in memory",
+            self.root,
+            self._depth,
+            len(self._segments),
+            len(result),
         )
         return result
 
@@ -138,6 +153,8 @@ class Spool:
         if cached is not None:
             return cached
         where = self._where.get(message.id)
+        if where is None and self._opened and not self._closed:
+            where = await self._files.location(message.id)
         if where is None:
             raise SpoolError(f"message {message.id} is not in the spool")
         number, offset, length = where
@@ -145,7 +162,7 @@ class Spool:
 
     def record_attempt(self, message: StoredMessage, settled: Iterable[str]) -> None:
         """Journal an attempt: newly settled recipients and the retry state (synced lazily)."""
-        if message.id not in self._messages:
+        if message.id not in self._resident:
             return
         done = list(settled)
         message.pending.difference_update(done)
@@ -158,25 +175,75 @@ class Spool:
                 "a": message.attempts,
                 "n": message.next_attempt,
                 "e": message.last_error[:1000],
-            }
+            },
+            index.progress_op(message, self._generation),
         )
+
+    def release(self, message: StoredMessage) -> None:
+        """Let a resident message go from memory: it stays queued on disk, and `load_due` finds it when due."""
+        if self._resident.pop(message.id, None) is None:
+            return
+        self._where.pop(message.id, None)
+        self._forget_data(message.id)
+        self._housekeeping.index(("UPDATE messages SET res=0 WHERE id=?", (int(message.id, 16),)))
+
+    async def load_due(self, now: float, limit: int) -> list[StoredMessage]:
+        """Up to `limit` messages on disk only whose next attempt is at or before `now`, soonest first; resident now."""
+        if not self._opened or self._closed or limit <= 0:
+            return []
+        return self._take(await self._files.load(now, limit, True))
+
+    async def soonest_on_disk(self) -> float | None:
+        """The earliest next attempt of the messages on disk only (None: none)."""
+        if not self._opened or self._closed or not self.on_disk():
+            return None
+        return await self._files.soonest()
+
+    def make_due(self, now: float) -> None:
+        """Every message on disk only is due at `now` (a drain retries them all at once)."""
+        op = ("UPDATE messages SET next=? WHERE next>? AND res!=?", (now, now, self._generation))
+        self._housekeeping.index(op)
+
+    def on_disk(self) -> int:
+        """Unfinished messages that are not in memory."""
+        return max(0, self._depth - len(self._resident))
+
+    def resident(self) -> int:
+        """Unfinished messages in memory."""
+        return len(self._resident)
+
+    async def refresh_aggregate(self, now: float) -> Aggregate:
+        """Count the messages on disk only per state (a pass over the index, on a thread); kept for `aggregate`."""
+        if self._reading or not self._opened or self._closed:
+            return self._aggregate
+        self._reading = True
+        try:
+            self._aggregate = await asyncio.to_thread(self._reader.read, now, self._generation)
+        finally:
+            self._reading = False
+        return self._aggregate
+
+    @property
+    def aggregate(self) -> Aggregate:
+        """The last `refresh_aggregate` result (empty until one ran)."""
+        return self._aggregate if self.on_disk() else Aggregate()
 
     def finish(self, message: StoredMessage) -> None:
         """Every recipient is settled: forget the message and free its segment once possible."""
-        if self._messages.pop(message.id, None) is None:
+        if self._resident.pop(message.id, None) is None:
             return
         message.state = QueueState.DONE
+        self._depth -= 1
         self._forget_data(message.id)
         where = self._where.pop(message.id, None)
-        self._housekeeping.add({"i": message.id, "d": 1})
+        self._housekeeping.add({"i": message.id, "d": 1}, (index.DELETE, (int(message.id, 16),)))
         if where is None:
             return
         segment = self._segments.get(where[0])
         if segment is None:
             return
-        segment.live.discard(message.id)
-        segment.finished.add(message.id)
-        if not segment.live:
+        segment.live -= 1
+        if segment.live <= 0:
             if segment.number != self._current:
                 self._retire(segment)
             elif segment.size >= self._idle_rotate_bytes:
@@ -199,17 +266,18 @@ class Spool:
         if current is not None and not current.live:
             drop = current.number
             self._segments.pop(current.number, None)
-        snapshot = self._housekeeping.snapshot() if drop is not None else None
-        await self._files.close(drop, snapshot)
-        log.info("spool %s closed with %d message(s) queued", self.root, len(self._messages))
+        await self._files.close(drop)
+        await asyncio.to_thread(self._reader.close)
+        log.info("spool %s closed with %d message(s) queued", self.root, self._depth)
 
     def depth(self) -> int:
-        """Messages in the spool that are not finished."""
-        return len(self._messages)
+        """Messages in the spool that are not finished (in memory or not)."""
+        return self._depth
 
     def oldest_received_at(self) -> float | None:
-        """The `received_at` of the oldest unfinished message (None when empty)."""
-        return min((m.envelope.received_at for m in self._messages.values()), default=None)
+        """The `received_at` of the oldest unfinished message (None when empty; on disk: as of the last aggregate)."""
+        on_disk = [t for t in (self.aggregate.oldest_due, self.aggregate.oldest_deferred) if t is not None]
+        return min([m.envelope.received_at for m in self._resident.values()] + on_disk, default=None)
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest unfinished message was received (0 when empty)."""
@@ -236,6 +304,18 @@ class Spool:
             return
         log.info("message %s stored after its client went away: dropping it (the client got no 250)", message.id)
         self.finish(message)
+
+    def _take(self, loaded: list[index.Loaded]) -> list[StoredMessage]:
+        """Make loaded messages resident (any already in memory is skipped)."""
+        taken = []
+        for item in loaded:
+            message = item.message
+            if message.id in self._resident:
+                continue
+            self._resident[message.id] = message
+            self._where[message.id] = item.where
+            taken.append(message)
+        return taken
 
     def _forget_data(self, message_id: str) -> None:
         data = self._cache.pop(message_id, None)
@@ -265,13 +345,19 @@ class Spool:
                 self._retire(previous)
         segment = self._segments[number]
         segment.size = end
+        housekeeping = self._housekeeping
         for pending, offset in zip(batch, offsets, strict=True):
             message = pending.message
-            self._messages[message.id] = message
+            self._depth += 1
+            self._resident[message.id] = message
             self._where[message.id] = (number, offset, len(pending.data))
-            segment.live.add(message.id)
+            segment.live += 1
+            row = index.message_row(message, number, offset, pending.meta, self._generation)
+            housekeeping.index((index.INSERT, row))
             if self._cache_bytes + len(pending.data) <= self._cache_limit:
                 self._cache[message.id] = pending.data
                 self._cache_bytes += len(pending.data)
             if not pending.future.done():
                 pending.future.set_result(None)
+        housekeeping.index((index.INDEXED, (number, end)))
+        housekeeping.index((index.LAST_ID, (self._last_id,)))
