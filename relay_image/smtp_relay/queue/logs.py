@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
-from smtp_relay.model.envelope import Outcome
+from smtp_relay.model.envelope import Outcome, StoredMessage
 
 
 def describe(outcome: Outcome) -> str:
@@ -27,3 +28,23 @@ def delivery_summary(delivered: list[str], outcomes: Mapping[str, Outcome]) -> s
         more = f" (+{len(rcpts) - LOGGED_RECIPIENTS} more)" if len(rcpts) > LOGGED_RECIPIENTS else ""
         parts.append(f"to={shown}{more} via {remote}: {reply[:200]}")
     return "; ".join(parts)
+
+
+def log_postponed(log: logging.Logger, message: StoredMessage, deferred: int, shaped: int, now: float) -> None:
+    """The line of a message that waits: deferred after temporary failures (info), or held by shaping (debug)."""
+    if deferred:
+        log.info(
+            "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
+            message.id,
+            deferred,
+            message.attempts,
+            message.next_attempt - now,
+            message.last_error,
+        )
+    if shaped:
+        log.debug(
+            "message %s held by traffic shaping for %d recipient(s) for %.3fs",
+            message.id,
+            shaped,
+            message.next_attempt - now,
+        )

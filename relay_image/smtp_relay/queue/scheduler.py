@@ -25,11 +25,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from smtp_relay.config.spec import RetrySpec
 from smtp_relay.config.units import parse_duration
-from smtp_relay.model.envelope import Outcome, OutcomeKind, QueueState, StoredMessage
+from smtp_relay.model.envelope import Outcome, QueueState, StoredMessage
 from smtp_relay.queue.backoff import expired, next_delay
 from smtp_relay.queue.bouncer import Bouncer
 from smtp_relay.queue.logs import delivery_summary as _delivery_summary
 from smtp_relay.queue.logs import describe as _describe
+from smtp_relay.queue.logs import log_postponed
+from smtp_relay.queue.outcomes import next_attempt, sort_outcomes
 from smtp_relay.queue.spool.store import Spool
 from smtp_relay.queue.stats import QueueStats, queue_stats, set_queue_gauges, with_on_disk
 from smtp_relay.queue.window import DISK_POLL, aggregate_interval, evict_count, pick_evictions, refill_size
@@ -333,22 +335,10 @@ class Scheduler:
         else:
             outcomes = await self._call_deliver(message, data, recipients)
         now = self._clock()
-        settled: list[str] = []
-        failures: dict[str, Outcome] = {}
-        temporary: dict[str, Outcome] = {}
-        shaped: dict[str, Outcome] = {}
-        for rcpt in recipients:
-            outcome = outcomes.get(rcpt) or Outcome.temporary(0, "delivery reported no outcome for this recipient")
-            if outcome.kind is OutcomeKind.DELIVERED:
-                settled.append(rcpt)  # counted by delivery, which knows the route
-            elif outcome.kind is OutcomeKind.PERMANENT:
-                failures[rcpt] = outcome
-            elif outcome.kind is OutcomeKind.SHAPED:
-                shaped[rcpt] = outcome
-            else:
-                temporary[rcpt] = outcome
-        if temporary or not shaped:
-            message.attempts += 1  # held back by shaping is no attempt: the retry schedule stays where it was
+        sorted_ = sort_outcomes(recipients, outcomes)
+        settled, failures, temporary, shaped = sorted_.settled, sorted_.failures, sorted_.temporary, sorted_.shaped
+        if sorted_.counts_as_attempt:
+            message.attempts += 1
         if settled:
             log.info("message %s delivered %s", message.id, _delivery_summary(settled, outcomes))
 
@@ -372,30 +362,14 @@ class Scheduler:
         if not message.pending:
             self._finish(message, bounced=bool(failures), now=now)
             return
-        retry_at = now + next_delay(self._schedule, message.attempts) if temporary else float("inf")
-        if shaped:
-            retry_at = min(retry_at, min(o.not_before for o in shaped.values()))
-        message.next_attempt = max(min(retry_at, message.envelope.received_at + self._max_age), now)
+        deadline = message.envelope.received_at + self._max_age
+        message.next_attempt = next_attempt(temporary, shaped, now, self._schedule, message.attempts, deadline)
         if temporary:
             first = next(iter(temporary.values()))
             message.last_error = _describe(first)
             if self._metrics is not None:
                 self._metrics.deferred.inc(len(temporary))
-            log.info(
-                "message %s deferred for %d recipient(s), attempt %d, retry in %.0fs: %s",
-                message.id,
-                len(temporary),
-                message.attempts,
-                message.next_attempt - now,
-                message.last_error,
-            )
-        if shaped:
-            log.debug(
-                "message %s held by traffic shaping for %d recipient(s) for %.3fs",
-                message.id,
-                len(shaped),
-                message.next_attempt - now,
-            )
+        log_postponed(log, message, len(temporary), len(shaped), now)
         self._spool.record_attempt(message, settled)
         if self._spool.on_disk():  # others wait on disk: a deferred message gives them its place (Postfix's too)
             self._messages.pop(message.id, None)

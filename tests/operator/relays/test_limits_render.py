@@ -22,6 +22,7 @@ from relay_operator.settings import Settings
 from smtp_relay.config.manifest import SecretData, parse_spec
 from smtp_relay.config.resolved import resolve
 from smtp_relay.policy.ratelimit import share
+from tests.operator.relays.test_apply_errors import degraded, reread
 from tests.operator.relays.test_reconcile import Events
 from tests.peers.kube import KubeApi
 
@@ -46,16 +47,6 @@ async def kube(kube_api: KubeApi) -> AsyncIterator[Kube]:
 def secret(name: str, **data: str) -> dict[str, Any]:
     encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": encoded}
-
-
-async def reread(kube: Kube) -> dict[str, Any]:
-    body = await kube.get("SmtpRelay", NS, "outbound")
-    assert body is not None
-    return body
-
-
-def degraded(body: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in body["status"]["conditions"] if c["type"] == "Degraded")
 
 
 async def test_redis_secrets_are_checked_mounted_and_the_replicas_reach_the_config(kube: Kube) -> None:
