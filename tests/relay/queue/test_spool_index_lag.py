@@ -235,3 +235,41 @@ async def test_the_journal_is_emptied_only_of_what_a_finished_checkpoint_covers(
         assert all(recovered[m.id].attempts == 1 for m in stored[:30])
     finally:
         await again.close()
+
+
+async def test_a_failing_index_write_is_retried_in_order_and_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "queue"
+    spool = Spool(root, journal_delay=0.0)
+    await spool.open()
+    real = index.apply
+    failing = True
+
+    def flaky(conn: sqlite3.Connection, ops: Sequence[index.Op]) -> None:
+        if failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn, ops)
+
+    monkeypatch.setattr(index, "apply", flaky)
+    try:
+        stored = [await spool.commit(envelope(f"r{i}@x.net"), b"kept") for i in range(5)]
+        await spool.flush()
+        stored[0].attempts = 3
+        spool.record_attempt(stored[0], [])
+        await spool.flush()
+        assert index_rows(root)[0] == set()
+        failing = False
+        await spool.flush()
+        assert index_rows(root)[0] == {m.id for m in stored}
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "index write failed" in r.getMessage()]
+        assert len(errors) == 1
+        conn = sqlite3.connect(f"file:{root / INDEX_NAME}?mode=ro", uri=True)
+        try:  # the progress statement queued after the failed inserts was applied after them, not lost
+            ((attempts,),) = conn.execute("SELECT attempts FROM messages WHERE id=?", (int(stored[0].id, 16),))
+        finally:
+            conn.close()
+        assert attempts == 3
+    finally:
+        failing = False
+        await spool.close()

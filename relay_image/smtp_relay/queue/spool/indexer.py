@@ -36,7 +36,7 @@ class IndexWriter:
     more mail, so a thread that cannot keep up never makes memory grow without bound.
     """
 
-    def __init__(self, *, delay: float, backlog_max: int = 100_000) -> None:
+    def __init__(self, *, delay: float, backlog_max: int = 20_000) -> None:
         self.delay = delay
         self.backlog_max = backlog_max
         self._lock = threading.Lock()
@@ -51,7 +51,7 @@ class IndexWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._jobs: set[asyncio.Future[None]] = set()
         self.failures = 0
-        """Applies that failed (retried); for tests and logs."""
+        """Applies that failed in a row (retried); only the first of a run is logged as an error."""
 
     def start(self, conn: sqlite3.Connection) -> None:
         """Take over the connection recovery opened; from now on only this thread uses it."""
@@ -166,6 +166,9 @@ class IndexWriter:
         ops = self._take()
         try:
             index.apply(self._db(), ops)
+            if self.failures:
+                log.info("spool index writes work again after %d failure(s)", self.failures)
+                self.failures = 0
         except BaseException:
             with self._lock:
                 self._ops[:0] = ops
@@ -178,7 +181,8 @@ class IndexWriter:
             self._apply()
         except Exception as exc:
             self.failures += 1
-            log.error(
+            log.log(
+                logging.ERROR if self.failures == 1 else logging.DEBUG,
                 "spool index write failed (retried; the segments and the journal hold it): %s",
                 exc,
                 exc_info=not isinstance(exc, (sqlite3.Error, OSError)),
