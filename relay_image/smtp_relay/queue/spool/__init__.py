@@ -6,6 +6,8 @@ fsync + rename. Delivery progress goes to a separate journal that is synced lazi
 tail only repeats a delivery (at-least-once), never loses one.
 
 Modules: `records` (file names and byte format), `recovery` (lock and read back at open), `files`
-(the writer thread, which alone changes the folder), `writer` (group commit), `journal` (lazy
-progress and segment removal), `store` (the `Spool` callers use). Imports only `model` and `util`.
+(the writer thread, which alone changes the segments and the journal), `writer` (group commit),
+`journal` (lazy progress and segment removal), `index` (the SQLite index's statements and queries),
+`indexer` (the index thread, off the commit path), `store` (the `Spool` callers use). Imports only
+`model` and `util`.
 """

@@ -1,8 +1,9 @@
-"""The writer thread: the one thread that writes, syncs, renames and unlinks spool files and writes the index.
+"""The writer thread: the one thread that writes, syncs, renames and unlinks spool files.
 
 Running every change to the folder on one thread serializes them without locks, and keeps the
-event loop free while an fdatasync takes its time. The file descriptors and the index's connection are
-touched only there.
+event loop free while an fdatasync takes its time. The file descriptors are touched only there. The
+index is not written here (`indexer.py` has a thread of its own), so a segment's fdatasync, and the 250
+behind it, never waits for SQLite; only recovery, before anything else runs, uses it on this thread.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.records import (
     HEADER_SIZE,
     JOURNAL_NAME,
@@ -68,8 +67,6 @@ class SpoolFiles:
         self._next_segment = 1
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
-        self._index: sqlite3.Connection | None = None
-        self.generation = 0
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         assert self._executor is not None
@@ -82,6 +79,7 @@ class SpoolFiles:
             return await self._run(self._open_sync)
         except BaseException:
             await self._run(self._close_sync, None)
+            await self._run(self._unlock_sync)
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
@@ -90,48 +88,40 @@ class SpoolFiles:
         """Append (meta, data) records with one writev + one fdatasync; (segment, data offsets, new size)."""
         return await self._run(self._append_sync, records)
 
-    async def housekeep(
-        self, journal: bytes, ops: Sequence[index.Op], unlinks: list[int], close_current: bool, compact: bool
-    ) -> None:
-        """Progress into the journal (fdatasync) and the index, then remove finished segments.
+    async def housekeep(self, journal: bytes, unlinks: list[int], close_current: bool, rewrite: bytes | None) -> None:
+        """Progress into the journal (fdatasync), then remove finished segments.
 
-        With `compact`, the journal's frames are not appended: the index is made durable and the journal
-        emptied instead (it says nothing the index does not).
+        With `rewrite` (an index checkpoint covers everything else), the journal is atomically replaced by
+        those frames instead, `journal` not appended.
         """
-        await self._run(self._housekeep_sync, journal, ops, unlinks, close_current, compact)
+        await self._run(self._housekeep_sync, journal, unlinks, close_current, rewrite)
 
-    async def load(self, now: float, limit: int, due_only: bool) -> list[index.Loaded]:
-        """Messages of the index not in memory, soonest first (index.load), now marked resident."""
-        return await self._run(lambda: index.load(self._db(), now, limit, self.generation, due_only=due_only))
-
-    async def location(self, message_id: str) -> tuple[int, int, int] | None:
-        return await self._run(lambda: index.location(self._db(), message_id))
-
-    async def soonest(self) -> float | None:
-        """The earliest next attempt of the messages on disk only."""
-        return await self._run(lambda: index.soonest(self._db(), self.generation))
-
-    async def close(self, drop: int | None) -> None:
-        """Remove segment `drop` (if given), sync the journal and the index, close every file, end the thread."""
+    async def close(self, drop: int | None, before_unlock: Callable[[], Awaitable[None]]) -> None:
+        """Remove segment `drop` (if given), sync the journal, close every file; await `before_unlock` (the
+        index's close), and only then release the folder's lock and end the thread."""
         assert self._executor is not None
         try:
-            await self._run(self._close_sync, drop)
+            try:
+                await self._run(self._close_sync, drop)
+            finally:
+                await before_unlock()
         finally:
-            self._executor.shutdown(wait=True)
+            try:
+                await self._run(self._unlock_sync)
+            finally:
+                self._executor.shutdown(wait=True)
 
     # ----------------------------------------------------------------- on the writer thread
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._index is not None, "the spool is not open"
-        return self._index
 
     def _open_sync(self) -> Recovered:
         self._lock_fd = lock_spool(self.root)
         recovered = recover(self.root)
-        self._index = recovered.index
-        self.generation = recovered.generation
         self._next_segment = recovered.next_segment
-        self._rewrite_journal_sync(b"")  # recovery put all of it into the index, and made that durable
+        try:
+            self._rewrite_journal_sync(b"")  # recovery put all of it into the index, and made that durable
+        except BaseException:
+            recovered.index.close()
+            raise
         return recovered
 
     def _append_sync(self, records: list[tuple[bytes, bytes]]) -> tuple[int, list[int], int]:
@@ -182,25 +172,18 @@ class SpoolFiles:
         if unlinks:
             fsync_dir(self.root)
 
-    def _housekeep_sync(
-        self, journal: bytes, ops: Sequence[index.Op], unlinks: list[int], close_current: bool, compact: bool
-    ) -> None:
-        if compact:
-            index.apply(self._db(), ops)
-            index.checkpoint(self._db())
-            self._rewrite_journal_sync(b"")
-        else:
-            if journal:
-                if self._journal_fd is None:
-                    self._journal_fd = os.open(
-                        self.root / JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-                    )
-                write_all(self._journal_fd, [journal])
-                os.fdatasync(self._journal_fd)
-            index.apply(self._db(), ops)
-        # Only now that the index says their messages are finished may segments go.
+    def _housekeep_sync(self, journal: bytes, unlinks: list[int], close_current: bool, rewrite: bytes | None) -> None:
+        if rewrite is not None:
+            self._rewrite_journal_sync(rewrite)
+        elif journal:
+            if self._journal_fd is None:
+                self._journal_fd = os.open(
+                    self.root / JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            write_all(self._journal_fd, [journal])
+            os.fdatasync(self._journal_fd)
+        # Their messages' ends are in the journal (or the index) now: a crash cannot resurrect them.
         self._unlink_sync(unlinks, close_current)
-        index.apply(self._db(), [(index.DROP_SEGMENT, (number,)) for number in unlinks])
 
     def _rewrite_journal_sync(self, snapshot: bytes) -> None:
         tmp = self.root / (JOURNAL_NAME + ".tmp")
@@ -222,20 +205,19 @@ class SpoolFiles:
         try:
             if drop is not None:
                 self._unlink_sync([drop], True)
-                index.apply(self._db(), [(index.DROP_SEGMENT, (drop,))])
             self._close_segment_fd()
             if self._journal_fd is not None:
                 os.fdatasync(self._journal_fd)
-            if self._index is not None:
-                index.checkpoint(self._index)
         finally:
-            if self._index is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._index.close()
-                self._index = None
-            for name in ("_fd", "_journal_fd", "_lock_fd"):
+            for name in ("_fd", "_journal_fd"):
                 fd = getattr(self, name)
                 if fd is not None:
                     setattr(self, name, None)
                     with contextlib.suppress(OSError):
                         os.close(fd)
+
+    def _unlock_sync(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)

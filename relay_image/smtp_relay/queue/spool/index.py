@@ -4,8 +4,8 @@ progress, and when it is due, so that memory holds only the active window and a 
 WAL with synchronous=NORMAL: a transaction costs no fsync, and a kill -9 loses nothing written. What a
 power loss may take is found again at open: new messages in the segments' tails (each segment's `indexed`
 offset says how far its records are in the index), progress in the journal, which is emptied only after a
-`checkpoint` made the index durable. Blocking: the writer thread uses one connection; `AggregateReader`
-has its own.
+`checkpoint` made the index durable. Blocking: the index thread (`indexer.py`) uses one connection, never the
+writer thread that syncs segments; `AggregateReader` has its own.
 """
 
 from __future__ import annotations

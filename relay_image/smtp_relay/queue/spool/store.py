@@ -3,8 +3,9 @@
 Only the messages handed out (resident: committed, loaded, recovered) are in memory, with where their
 data is; every other one is a row of the index on disk, found again by `load_due` when it is due.
 Everything here runs on the event loop. Writes go through the group-commit writer and the
-housekeeping to the writer thread; reads of message data use the default executor so they never
-queue behind an fdatasync.
+housekeeping to the writer thread, index statements and reads to the index thread (a 250 waits only
+for its segment's fdatasync); reads of message data use the default executor so they never queue
+behind an fdatasync.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
 from smtp_relay.queue.spool import index
 from smtp_relay.queue.spool.files import SpoolFiles
 from smtp_relay.queue.spool.index import Aggregate, AggregateReader
+from smtp_relay.queue.spool.indexer import IndexWriter
 from smtp_relay.queue.spool.journal import Housekeeping
 from smtp_relay.queue.spool.records import INDEX_NAME, Segment, SpoolError, encode_meta, pread_all, segment_path
 from smtp_relay.queue.spool.writer import GroupCommitWriter, PendingCommit
@@ -77,9 +79,11 @@ class Spool:
         self._cache_limit = max(0, memory_cache_bytes)
 
         self._files = SpoolFiles(self.root, segment_max)
+        self._indexer = IndexWriter(delay=max(0.0, journal_delay))
         wake = asyncio.Event()
         self._housekeeping = Housekeeping(
             self._files,
+            self._indexer,
             wake,
             self._release_current,
             delay=max(0.0, journal_delay),
@@ -107,7 +111,8 @@ class Spool:
         self._last_id = recovered.last_id
         self._depth = recovered.depth
         self._generation = recovered.generation
-        loaded = await self._files.load(time.time(), self.active_window, False)
+        self._indexer.start(recovered.index)
+        loaded = await self._load(time.time(), self.active_window, False)
         result = sorted(self._take(loaded), key=lambda m: m.id)
         self._writer.start()
         log.info(
@@ -127,6 +132,8 @@ class Spool:
         """
         if not self._opened or not self._writer.accepting():
             raise SpoolError("the spool is not open")
+        if self._indexer.backlog_full():
+            await self._indexer.flush()  # the index fell far behind: let it catch up before taking more
         loop = asyncio.get_running_loop()
         if envelope.received_at <= 0:
             envelope = dataclasses.replace(envelope, received_at=time.time())
@@ -154,7 +161,7 @@ class Spool:
             return cached
         where = self._where.get(message.id)
         if where is None and self._opened and not self._closed:
-            where = await self._files.location(message.id)
+            where = await self._indexer.query(lambda conn: index.location(conn, message.id))
         if where is None:
             raise SpoolError(f"message {message.id} is not in the spool")
         number, offset, length = where
@@ -185,24 +192,24 @@ class Spool:
             return
         self._where.pop(message.id, None)
         self._forget_data(message.id)
-        self._housekeeping.index(("UPDATE messages SET res=0 WHERE id=?", (int(message.id, 16),)))
+        self._indexer.add(("UPDATE messages SET res=0 WHERE id=?", (int(message.id, 16),)))
 
     async def load_due(self, now: float, limit: int) -> list[StoredMessage]:
         """Up to `limit` messages on disk only whose next attempt is at or before `now`, soonest first; resident now."""
         if not self._opened or self._closed or limit <= 0:
             return []
-        return self._take(await self._files.load(now, limit, True))
+        return self._take(await self._load(now, limit, True))
 
     async def soonest_on_disk(self) -> float | None:
         """The earliest next attempt of the messages on disk only (None: none)."""
         if not self._opened or self._closed or not self.on_disk():
             return None
-        return await self._files.soonest()
+        return await self._indexer.query(lambda conn: index.soonest(conn, self._generation))
 
     def make_due(self, now: float) -> None:
         """Every message on disk only is due at `now` (a drain retries them all at once)."""
         op = ("UPDATE messages SET next=? WHERE next>? AND res!=?", (now, now, self._generation))
-        self._housekeeping.index(op)
+        self._indexer.add(op)
 
     def on_disk(self) -> int:
         """Unfinished messages that are not in memory."""
@@ -236,7 +243,7 @@ class Spool:
         self._depth -= 1
         self._forget_data(message.id)
         where = self._where.pop(message.id, None)
-        self._housekeeping.add({"i": message.id, "d": 1}, (index.DELETE, (int(message.id, 16),)))
+        self._housekeeping.finished(message.id)
         if where is None:
             return
         segment = self._segments.get(where[0])
@@ -250,9 +257,10 @@ class Spool:
                 self._housekeeping.retire_current_when_idle()
 
     async def flush(self) -> None:
-        """Write and sync pending records, journal entries and segment removals now."""
-        if self._opened:
+        """Write and sync pending records, journal entries and segment removals now; apply the index's statements."""
+        if self._opened and not self._closed:
             await self._writer.flush()
+            await self._indexer.flush()
 
     async def close(self) -> None:
         """Flush and fsync everything, drop a fully delivered current segment, release the lock."""
@@ -261,12 +269,14 @@ class Spool:
             return
         self._closed = True
         await self._writer.stop()
+        await self._housekeeping.settle()
         current = self._segments.get(self._current) if self._current is not None else None
         drop: int | None = None
         if current is not None and not current.live:
             drop = current.number
             self._segments.pop(current.number, None)
-        await self._files.close(drop)
+        # A dropped segment stays in the index's segments table: the next open forgets the missing file.
+        await self._files.close(drop, self._indexer.close)
         await asyncio.to_thread(self._reader.close)
         log.info("spool %s closed with %d message(s) queued", self.root, self._depth)
 
@@ -298,6 +308,11 @@ class Spool:
         """Microseconds since the epoch, forced strictly increasing: unique, sortable, 14 hex digits."""
         self._last_id = max(time.time_ns() // 1000, self._last_id + 1)
         return f"{self._last_id:014X}"
+
+    async def _load(self, now: float, limit: int, due_only: bool) -> list[index.Loaded]:
+        """Messages of the index not in memory, soonest first (index.load), now marked resident."""
+        gen = self._generation
+        return await self._indexer.query(lambda conn: index.load(conn, now, limit, gen, due_only=due_only))
 
     def _abandoned(self, message: StoredMessage, future: asyncio.Future[None]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -345,19 +360,20 @@ class Spool:
                 self._retire(previous)
         segment = self._segments[number]
         segment.size = end
-        housekeeping = self._housekeeping
+        indexer = self._indexer
         for pending, offset in zip(batch, offsets, strict=True):
             message = pending.message
             self._depth += 1
             self._resident[message.id] = message
             self._where[message.id] = (number, offset, len(pending.data))
             segment.live += 1
-            row = index.message_row(message, number, offset, pending.meta, self._generation)
-            housekeeping.index((index.INSERT, row))
+            indexer.insert(
+                int(message.id, 16), index.message_row(message, number, offset, pending.meta, self._generation)
+            )
             if self._cache_bytes + len(pending.data) <= self._cache_limit:
                 self._cache[message.id] = pending.data
                 self._cache_bytes += len(pending.data)
             if not pending.future.done():
                 pending.future.set_result(None)
-        housekeeping.index((index.INDEXED, (number, end)))
-        housekeeping.index((index.LAST_ID, (self._last_id,)))
+        indexer.add((index.INDEXED, (number, end)))  # after its rows: never "indexed" before they are
+        indexer.add((index.LAST_ID, (self._last_id,)))
