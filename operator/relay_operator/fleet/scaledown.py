@@ -5,7 +5,8 @@ autoscaler), the pods that will go are the highest ordinals. The operator drains
 stop accepting, so they leave the Service endpoints, and keep delivering) and lowers the StatefulSet's replicas
 only once every one of them reports an empty spool and no SMTP session open (a transaction that began before
 the drain may still commit a message after the answer; a session ends at its next MAIL with 421). A pod that
-does not answer is not known to be empty, so it is waited for too; a drain that outlasts
+does not answer is not known to be empty, so it is waited for too. The leaving pods hand their queue off to the
+staying pods that are Ready (drain.py names them), so a drain does not wait for the upstream; a drain that outlasts
 `spec.queue.drainTimeout` is reported (Degraded, DrainStuck) and the pod is kept, never removed with mail in it.
 Scaling up again undrains the pods that stay.
 """
@@ -30,6 +31,8 @@ class LeavingPod:
     error: str = ""
     sessions: int = 0
     """SMTP sessions still open: a transaction in flight may still commit a message, so the pod is not empty."""
+    handed_off: int = 0
+    """Messages it has handed to the pods that stay so far."""
 
     @property
     def empty(self) -> bool:
@@ -40,7 +43,8 @@ class LeavingPod:
         if self.queued is None:
             return f"{self.name} (no answer: {self.error})"
         open_sessions = f", {self.sessions} SMTP session(s) open" if self.sessions else ""
-        return f"{self.name} ({self.queued} queued{open_sessions})"
+        handed = f", {self.handed_off} handed off" if self.handed_off else ""
+        return f"{self.name} ({self.queued} queued{handed}{open_sessions})"
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ def plan(
     previous: Mapping[str, Any] | None,
     now: datetime,
     timeout: timedelta,
+    peers: int = 0,
 ) -> Plan:
-    """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`."""
+    """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`.
+    `peers`: the staying pods the leaving ones hand their queue off to (0: they only deliver)."""
     if desired >= current:
         return Plan(replicas=desired)
     names = [p.name for p in leaving]
@@ -83,7 +89,8 @@ def plan(
     since = datetime.fromisoformat(str(since_text).replace("Z", "+00:00")) if since_text else now
     waiting = [p.waiting() for p in leaving if not p.empty]
     drain = {"targetReplicas": desired, "since": timestamp(since), "waitingFor": waiting}
-    progress = f"draining before scaling from {current} to {desired}: waiting for {', '.join(waiting)}"
+    how = f"handing off to {peers} staying pod(s)" if peers else "no staying pod is Ready to take a hand-off"
+    progress = f"draining before scaling from {current} to {desired} ({how}): waiting for {', '.join(waiting)}"
     stuck = ""
     if now - since > timeout:
         stuck = (

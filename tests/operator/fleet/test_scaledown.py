@@ -49,3 +49,11 @@ def test_an_open_smtp_session_keeps_the_pod_until_it_ends() -> None:
     assert waiting.replicas == 2
     assert waiting.drain is not None and waiting.drain["waitingFor"] == ["r-1 (0 queued, 2 SMTP session(s) open)"]
     assert plan(1, 2, [LeavingPod("r-1", 0, sessions=0)], waiting.drain, T0, HOUR).replicas == 1
+
+
+def test_the_progress_says_where_the_queue_goes() -> None:
+    leaving = [LeavingPod("r-2", 4, handed_off=6)]
+    handing = plan(2, 3, leaving, None, T0, HOUR, peers=2)
+    assert "(handing off to 2 staying pod(s)): waiting for r-2 (4 queued, 6 handed off)" in handing.progress
+    alone = plan(2, 3, leaving, None, T0, HOUR)
+    assert "(no staying pod is Ready to take a hand-off)" in alone.progress
