@@ -32,8 +32,10 @@ async def scale_plan(
     previous_drain: Mapping[str, Any] | None,
     now: datetime,
     drain_timeout: timedelta,
+    handoff: bool = True,
 ) -> Plan:
-    """The replicas the StatefulSet may have now, draining the pods that go first."""
+    """The replicas the StatefulSet may have now, draining the pods that go first (handing their queue off to the
+    Ready pods that stay, unless `handoff` is off)."""
     if statefulset is None:
         return Plan(replicas=desired)
     current = int((statefulset.get("spec") or {}).get("replicas") or 0)
@@ -46,7 +48,7 @@ async def scale_plan(
                     await telemetry.call(pod, "POST", "/undrain", token)
         return Plan(replicas=desired)
     peers = []
-    for name in leaving_ordinals(owner.name, 0, desired):  # the pods that stay
+    for name in leaving_ordinals(owner.name, 0, desired) if handoff else []:  # the pods that stay
         pod = await kube.get("Pod", owner.namespace, name)
         if pod is not None and is_ready(pod):
             peers.append(admin_url(pod))
@@ -66,7 +68,7 @@ async def scale_plan(
         open_sessions = int(sessions) if isinstance(sessions, int) else 0
         handed_off = int(handed) if isinstance(handed, int | float) else 0
         leaving.append(LeavingPod(name, queued, error, open_sessions, handed_off))
-    return plan(desired, current, leaving, previous_drain, now, drain_timeout, len(peers))
+    return plan(desired, current, leaving, previous_drain, now, drain_timeout, len(peers) if handoff else None)
 
 
 async def reconcile(
@@ -89,7 +91,9 @@ async def reconcile(
         previous = (body.get("status") or {}).get("drain")
         timeout = timedelta(seconds=parse_duration(spec.queue.drain_timeout))
         now = datetime.now(UTC)
-        scale = await scale_plan(telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout)
+        scale = await scale_plan(
+            telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout, spec.queue.handoff
+        )
     result = await rec.reconcile(
         body,
         kube,

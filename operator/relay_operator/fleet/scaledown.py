@@ -76,10 +76,10 @@ def plan(
     previous: Mapping[str, Any] | None,
     now: datetime,
     timeout: timedelta,
-    peers: int = 0,
+    peers: int | None = 0,
 ) -> Plan:
     """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`.
-    `peers`: the staying pods the leaving ones hand their queue off to (0: they only deliver)."""
+    `peers`: the staying pods the leaving ones hand their queue off to (0: none is Ready; None: hand-off off)."""
     if desired >= current:
         return Plan(replicas=desired)
     names = [p.name for p in leaving]
@@ -90,6 +90,8 @@ def plan(
     waiting = [p.waiting() for p in leaving if not p.empty]
     drain = {"targetReplicas": desired, "since": timestamp(since), "waitingFor": waiting}
     how = f"handing off to {peers} staying pod(s)" if peers else "no staying pod is Ready to take a hand-off"
+    if peers is None:
+        how = "spec.queue.handoff is off: the pods deliver their mail themselves"
     progress = f"draining before scaling from {current} to {desired} ({how}): waiting for {', '.join(waiting)}"
     stuck = ""
     if now - since > timeout:

@@ -120,12 +120,15 @@ async def test_scale_down_waits_until_the_leaving_pod_is_empty(
             await telemetry.close()
 
 
+@pytest.mark.parametrize("handoff", [True, False])
 async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
     kube_api: KubeApi,
     relay_factory: Any,  # noqa: F811
     smtp_sink_factory: Any,
+    handoff: bool,
 ) -> None:
-    """The upstream is down: with the hand-off the scale-down completes anyway, and nothing is lost."""
+    """The upstream is down: with the hand-off the scale-down completes anyway, and nothing is lost; with
+    spec.queue.handoff false the leaving pod keeps its mail and the drain waits, as before the hand-off."""
     kube_api._call(lambda: setattr(kube_api.emulator, "statefulset_controller", False))
     kube_api._call(lambda: setattr(kube_api.emulator, "kubelet", None))
     kube_api.register_crd(smtprelay_crd())
@@ -147,7 +150,8 @@ async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
 
     async with Kube(Connection(server=kube_api.url, token=kube_api.token, insecure=True)) as kube:
         relay_doc = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay",
-                     "metadata": {"name": "outbound", "namespace": "default"}, "spec": {"replicas": 2}}  # fmt: skip
+                     "metadata": {"name": "outbound", "namespace": "default"},
+                     "spec": {"replicas": 2, "queue": {"handoff": handoff}}}  # fmt: skip
         uid = (await kube.create(relay_doc))["metadata"]["uid"]
         owner = Owner(name="outbound", namespace="default", uid=uid, generation=1)
         ref = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": uid,
@@ -171,7 +175,15 @@ async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
             await kube.patch("SmtpRelay", "default", "outbound", {"spec": {"replicas": 1}})
             _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
             assert scale is not None and scale.replicas == 2, "the first drain request starts the hand-off"
-            assert "(handing off to 1 staying pod(s))" in _condition(await _relay_body(kube), "Progressing")["message"]
+            progress = _condition(await _relay_body(kube), "Progressing")["message"]
+            if not handoff:
+                assert "(spec.queue.handoff is off: the pods deliver their mail themselves)" in progress, progress
+                await asyncio.sleep(2)
+                _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
+                assert scale is not None and scale.replicas == 2 and relays[1].queue()["queue"]["total"] == 5
+                assert relays[1].queue()["handoff"]["running"] is False
+                return
+            assert "(handing off to 1 staying pod(s))" in progress, progress
             wait_for(lambda: relays[1].queue()["queue"]["total"] == 0, timeout=30)
             _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
             assert scale is not None and scale.replicas == 1 and scale.drain is None, "shrunk with the upstream down"

@@ -57,3 +57,5 @@ def test_the_progress_says_where_the_queue_goes() -> None:
     assert "(handing off to 2 staying pod(s)): waiting for r-2 (4 queued, 6 handed off)" in handing.progress
     alone = plan(2, 3, leaving, None, T0, HOUR)
     assert "(no staying pod is Ready to take a hand-off)" in alone.progress
+    off = plan(2, 3, leaving, None, T0, HOUR, peers=None)
+    assert "(spec.queue.handoff is off: the pods deliver their mail themselves)" in off.progress
