@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay_operator.fleet.scaledown import LeavingPod, Plan, leaving_ordinals, plan
+from relay_operator.fleet.scaledown import LeavingPod, Plan, drain_event, leaving_ordinals, plan
 from relay_operator.fleet.telemetry import Telemetry, admin_url, is_ready
 from relay_operator.kube import Kube
 from relay_operator.relays import reconcile as rec
@@ -94,6 +94,10 @@ async def reconcile(
         scale = await scale_plan(
             telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout, spec.queue.handoff
         )
+        current = int(((statefulset or {}).get("spec") or {}).get("replicas") or 0)
+        event = drain_event(previous, scale, current)
+        if event is not None:
+            events.info(*event)
     result = await rec.reconcile(
         body,
         kube,

@@ -58,6 +58,8 @@ class Plan:
     stuck: str = ""
     """Degraded's message once the drain outlasted its deadline."""
     leaving: list[str] = field(default_factory=list)
+    handed_off: int = 0
+    """Messages the leaving pods have handed to the staying ones so far (their answers' sum)."""
 
     def report(self) -> DrainReport:
         """What the SmtpRelay's status says of it (no drain: status.drain cleared)."""
@@ -83,8 +85,9 @@ def plan(
     if desired >= current:
         return Plan(replicas=desired)
     names = [p.name for p in leaving]
+    handed = sum(p.handed_off for p in leaving)
     if all(p.empty for p in leaving):
-        return Plan(replicas=desired, leaving=names)
+        return Plan(replicas=desired, leaving=names, handed_off=handed)
     since_text = (previous or {}).get("since") if (previous or {}).get("targetReplicas") == desired else None
     since = datetime.fromisoformat(str(since_text).replace("Z", "+00:00")) if since_text else now
     waiting = [p.waiting() for p in leaving if not p.empty]
@@ -99,4 +102,15 @@ def plan(
             f"the drain from {current} to {desired} replicas has not finished since {timestamp(since)}"
             f" (spec.queue.drainTimeout): {', '.join(waiting)}; the pods are kept with their mail"
         )
-    return Plan(replicas=current, drain=drain, progress=progress, stuck=stuck, leaving=names)
+    return Plan(replicas=current, drain=drain, progress=progress, stuck=stuck, leaving=names, handed_off=handed)
+
+
+def drain_event(previous: Mapping[str, Any] | None, result: Plan, current: int) -> tuple[str, str] | None:
+    """The Event (reason, message) a step of a scale-down deserves: when its drain starts (no drain in the status
+    yet) and when it ends (the status had one, the plan shrinks); None in between (the status says the rest)."""
+    if result.drain is not None and not previous:
+        return "Draining", f"{result.progress}"
+    if result.drain is None and previous and result.leaving:
+        handed = f"; {result.handed_off} message(s) handed off to the pods that stay" if result.handed_off else ""
+        return "Drained", f"{', '.join(result.leaving)} empty: scaling from {current} to {result.replicas}{handed}"
+    return None

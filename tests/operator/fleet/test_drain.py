@@ -173,7 +173,8 @@ async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
                 await kube.patch("Pod", "default", f"outbound-{i}", {"status": status}, subresource="status")
 
             await kube.patch("SmtpRelay", "default", "outbound", {"spec": {"replicas": 1}})
-            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
+            events = Events()
+            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, events, telemetry)
             assert scale is not None and scale.replicas == 2, "the first drain request starts the hand-off"
             progress = _condition(await _relay_body(kube), "Progressing")["message"]
             if not handoff:
@@ -185,11 +186,17 @@ async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
                 return
             assert "(handing off to 1 staying pod(s))" in progress, progress
             wait_for(lambda: relays[1].queue()["queue"]["total"] == 0, timeout=30)
-            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
+            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, events, telemetry)
             assert scale is not None and scale.replicas == 1 and scale.drain is None, "shrunk with the upstream down"
             assert (await kube.get("StatefulSet", "default", "outbound") or {})["spec"]["replicas"] == 1
             assert relays[1].queue()["queue"]["handed_off_total"] == 5
             assert relays[0].queue()["queue"]["total"] == 5, "the staying pod holds them"
+            reasons = [(reason, message) for _, reason, message in events.seen if reason in ("Draining", "Drained")]
+            assert [r for r, _ in reasons] == ["Draining", "Drained"], events.seen
+            assert "handing off to 1 staying pod(s)" in reasons[0][1]
+            assert (
+                reasons[1][1] == "outbound-1 empty: scaling from 2 to 1; 5 message(s) handed off to the pods that stay"
+            )
         finally:
             await telemetry.close()
     sink = smtp_sink_factory(port=upstream)  # the upstream is back: the pod that stayed delivers all five
