@@ -280,7 +280,7 @@ class Relay:
     async def _stop_when_empty(self) -> None:
         """Deliver-only mode: stop once everything recovered from the spool is delivered or bounced."""
         while True:  # the scheduler has no "empty" event; its stats are cheap
-            if not self.scheduler.stats().total:
+            if not self.scheduler.stats().total and not self.handoff.in_flight():  # handed off: still here until 200
                 break
             await asyncio.sleep(0.5)
         log.info("deliver-only: spool %s is empty", self.options.spool_dir)

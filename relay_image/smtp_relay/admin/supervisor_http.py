@@ -173,7 +173,7 @@ class SupervisorAdmin(AdminServer):
 
     async def drain(self, peers: list[str] | None = None) -> Mapping[str, Any]:
         """POST /drain: every worker refuses new mail (421), keeps delivering and hands off to `peers`; answers
-        what is left (a worker that did not answer is named: the pod is not known to be empty)."""
+        what is left."""
         if not self.draining:
             log.info("supervisor: drain, forwarded to every worker")
             self.draining = True
@@ -184,9 +184,7 @@ class SupervisorAdmin(AdminServer):
         queue = merge_queues(data.get("queue") or {} for _, data in answers if data)
         sessions = sum(int(data.get("sessions") or 0) for _, data in answers if data)
         handoff = merge_queues(data.get("handoff") or {} for _, data in answers if data)
-        silent = [w.name for w, data in answers if data is None and not w.finished]
-        answer = {"draining": True, "queue": queue, "sessions": sessions, "handoff": handoff}
-        return {**answer, "unanswered": silent} if silent else answer
+        return {"draining": True, "queue": queue, "sessions": sessions, "handoff": handoff}
 
     async def undrain(self) -> Mapping[str, Any]:
         """POST /undrain: every worker accepts again (unless the supervisor is stopping)."""
@@ -195,6 +193,7 @@ class SupervisorAdmin(AdminServer):
         if self.draining:
             log.info("supervisor: undrain, forwarded to every worker")
             self.draining = False
+            self._drain_body = b""  # the next drain names its peers anew
             self._metrics.draining.set(0)
         answers = await self._client.json_from_each(self._workers, "POST", "/undrain")
         return {"draining": False, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}

@@ -211,6 +211,9 @@ async def test_drain_passes_the_peers_on_to_every_worker_and_to_one_started_late
     status, body = await fleet.get("/drain", method="POST", body=b'{"peers": ["ftp://x"]}')
     assert status == 400 and "peers[0]: 'ftp://x' is not an admin URL" in body
     assert len(fleet.fakes[0].drain_bodies) == 3, "a refused drain body reached no worker"
+    assert (await fleet.get("/undrain", method="POST"))[0] == 200
+    assert (await fleet.get("/drain", method="POST"))[0] == 200
+    assert fleet.fakes[0].drain_bodies[-1] == b"", "after an undrain, a drain names its peers anew"
 
 
 def _handoff(origin: str) -> bytes:
