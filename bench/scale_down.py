@@ -1,16 +1,23 @@
 """Scale-down under load: mail through the pods of a 3-replica SmtpRelay while it scales to 1 (issue 12).
 
-    python -m bench.scale_down [--messages 2000] [--runs 3] [--concurrency 8] [--upstream-outage S] [--quick] [--keep]
+    python -m bench.scale_down [--messages 2000] [--runs 3] [--concurrency 8] [--upstream-outage S]
+                               [--upstream-down-during-drain] [--handoff on|off|both] [--quick] [--keep]
 
 Per run, fresh processes: an smtp-sink upstream that dumps every message (to count Message-IDs), the API emulator
 whose pods are real `smtp-relay` processes (`python -m tests.harness.relay_cluster`, each pod at its own
 127.244.x.y with its claim as a folder), and the real `relayfleet-operator --standalone` against it. The SmtpRelay
 starts at 3 replicas; the load (bench/fleet_load.py) goes to the Ready pods' addresses; once a quarter of it was
 accepted, spec.replicas becomes 1 (with `--upstream-outage S` the upstream also stops for S seconds from then, so
-the leaving pods hold mail while they drain). Reported per run: accepted (got a 250), delivered (distinct
+the leaving pods hold mail while they drain; with `--upstream-down-during-drain` it stops at the scale-down and
+comes back only once the StatefulSet runs one pod, or after `--upstream-outage S` (default 60 s), whichever is
+first, so the drain can only finish early by handing the leaving pods' mail to the pod that stays).
+`--handoff` sets spec.queue.handoff; `both` alternates on and off run by run, so the two are compared in one
+interleaved run on the same machine. Reported per run: accepted (got a 250), delivered (distinct
 accepted Message-IDs at the sink), lost, duplicates, stranded (unfinished records left in the removed ordinals'
 claim folders, read through the spool's API), the scale-down time (from the spec change until the StatefulSet
-runs one pod) and the load's duration. Target: lost 0 and stranded 0 in every run (exit status 1 otherwise).
+runs one pod), the load's duration, the messages handed off (the pods' log lines) and whether the upstream was
+still down when the StatefulSet shrank, with the load average (the machine may be shared).
+Target: lost 0 and stranded 0 in every run (exit status 1 otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +62,12 @@ class Settings:
     outage: float
     keep: bool
     timeout: float = 180.0
+    down_during_drain: bool = False
+    handoff: str = "on"
+    """on, off or both (alternating run by run)."""
+
+    def handoff_of(self, run: int) -> bool:
+        return self.handoff == "on" or (self.handoff == "both" and run % 2 == 0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,9 @@ class RunResult:
     scale_down_seconds: float
     load_seconds: float
     retried: int
+    handoff: bool = True
+    handed_off: int = 0
+    down_at_shrink: bool = False
 
 
 class Api:
@@ -95,20 +112,21 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str,
         await asyncio.sleep(interval)
 
 
-def relay_body(listener: int, upstream: int) -> dict[str, Any]:
+def relay_body(listener: int, upstream: int, handoff: bool = True) -> dict[str, Any]:
     spec = {
         "replicas": 3,
         "listeners": [{"name": "relay", "port": listener}],
         "clients": {"allowedNetworks": ["127.0.0.0/8"]},
         "routing": {"default": {"smarthosts": [{"host": "127.0.0.1", "port": upstream, "tls": "none"}]}},
-        "queue": {"retry": {"schedule": ["1s"]}, "drainTimeout": "10m"},
+        "queue": {"retry": {"schedule": ["1s"]}, "drainTimeout": "10m", "handoff": handoff},
     }
     return {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "metadata": {"name": NAME}, "spec": spec}
 
 
-async def measure(settings: Settings, api: Api, sink: SmtpSink, claims: Path) -> RunResult:
+async def measure(settings: Settings, api: Api, sink: SmtpSink, node: Path, handoff: bool) -> RunResult:
     port = free_port()
-    await api.call("POST", RELAY, relay_body(port, sink.port))
+    claims = node / "claims" / NAMESPACE
+    await api.call("POST", RELAY, relay_body(port, sink.port, handoff))
 
     async def three_ready() -> bool:
         return sum(_ready(p) for p in await api.pods()) == 3
@@ -126,13 +144,22 @@ async def measure(settings: Settings, api: Api, sink: SmtpSink, claims: Path) ->
         return len(report.accepted) >= settings.messages // 4 or load.done()
 
     await until(a_quarter_accepted, settings.timeout, "a quarter of the load accepted", interval=0.02)
-    if settings.outage:
+    if settings.outage or settings.down_during_drain:
         await asyncio.to_thread(sink.stop)
     started = time.monotonic()
+    shrunk = asyncio.Event()
     await api.call("PATCH", f"{RELAY}/{NAME}", {"spec": {"replicas": 1}}, "application/merge-patch+json")
-    if settings.outage:
+    if settings.outage and not settings.down_during_drain:
         await asyncio.sleep(settings.outage)
         await asyncio.to_thread(sink.start)
+
+    async def bring_back() -> None:
+        """--upstream-down-during-drain: the upstream returns once the fleet has shrunk (or the outage ended)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shrunk.wait(), settings.outage or 60.0)
+        await asyncio.to_thread(sink.start)
+
+    restart = asyncio.create_task(bring_back()) if settings.down_during_drain else None
 
     async def one_pod() -> bool:
         sts = await api.call("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/{NAME}")
@@ -140,6 +167,10 @@ async def measure(settings: Settings, api: Api, sink: SmtpSink, claims: Path) ->
 
     await until(one_pod, settings.timeout, "the StatefulSet down to 1 pod")
     scale_down = time.monotonic() - started
+    down_at_shrink = not sink.running
+    shrunk.set()
+    if restart is not None:
+        await restart
     await load
 
     async def all_arrived() -> bool:
@@ -149,10 +180,17 @@ async def measure(settings: Settings, api: Api, sink: SmtpSink, claims: Path) ->
         await until(all_arrived, 60, "every accepted message at the sink")
     result = account(report.accepted, _ids(sink))
     left = sum([await stranded(claims / f"spool-{NAME}-{i}") for i in (1, 2)])
+    handed = await asyncio.to_thread(_handed_off, node)
     return RunResult(
         result.accepted, result.delivered, len(result.lost), result.duplicates, left, scale_down, report.seconds,
-        sum(report.refused.values()),
+        sum(report.refused.values()), handoff, handed, down_at_shrink,
     )  # fmt: skip
+
+
+def _handed_off(node: Path) -> int:
+    """Messages the pods handed off, from their log lines (`message <id> handed off to <peer>`)."""
+    logs = "".join(p.read_text(errors="replace") for p in node.glob("pods/*/container.log"))
+    return len(re.findall(r"message \w+ handed off to http://", logs))
 
 
 def _ids(sink: SmtpSink) -> list[str]:
@@ -165,7 +203,7 @@ def _ready(pod: dict[str, Any]) -> bool:
     return ok and not pod["metadata"].get("deletionTimestamp")
 
 
-def one_run(settings: Settings, workdir: Path) -> RunResult:
+def one_run(settings: Settings, workdir: Path, handoff: bool = True) -> RunResult:
     """Fresh sink, cluster and operator; one scale-down under load."""
     workdir.mkdir(parents=True)
     kubeconfig = workdir / "kubeconfig"
@@ -190,7 +228,7 @@ def one_run(settings: Settings, workdir: Path) -> RunResult:
 
         async def go() -> RunResult:
             async with aiohttp.ClientSession() as session:
-                return await measure(settings, Api(session, url, token), sink, workdir / "node" / "claims" / NAMESPACE)
+                return await measure(settings, Api(session, url, token), sink, workdir / "node", handoff)
 
         return asyncio.run(go())
     finally:
@@ -201,16 +239,22 @@ def one_run(settings: Settings, workdir: Path) -> RunResult:
 
 
 def report(settings: Settings, results: list[RunResult]) -> tuple[str, bool]:
+    if settings.down_during_drain:
+        upstream = f"upstream down from the scale-down until it completed (at most {settings.outage or 60:g} s)"
+    else:
+        upstream = f"upstream outage {settings.outage:g} s from the scale-down"
+    load1, load5, _ = os.getloadavg()
     lines = [
         f"scale_down: 3 -> 1 replicas under load, {settings.messages} messages per run, {settings.concurrency} clients,"
-        f" upstream outage {settings.outage:g} s from the scale-down",
-        f"{'run':>3} {'accepted':>8} {'delivered':>9} {'lost':>4} {'duplicates':>10} {'stranded':>8}"
-        f" {'scale-down s':>12} {'load s':>7} {'retried':>7}",
+        f" {upstream}; load average {load1:.2f} {load5:.2f} (shared machine)",
+        f"{'run':>3} {'handoff':>7} {'accepted':>8} {'delivered':>9} {'lost':>4} {'duplicates':>10} {'stranded':>8}"
+        f" {'scale-down s':>12} {'load s':>7} {'retried':>7} {'handed off':>10} {'upstream down at shrink':>23}",
     ]
     for i, r in enumerate(results, 1):
         lines.append(
-            f"{i:>3} {r.accepted:>8} {r.delivered:>9} {r.lost:>4} {r.duplicates:>10} {r.stranded:>8}"
-            f" {r.scale_down_seconds:>12.1f} {r.load_seconds:>7.1f} {r.retried:>7}"
+            f"{i:>3} {'on' if r.handoff else 'off':>7} {r.accepted:>8} {r.delivered:>9} {r.lost:>4} {r.duplicates:>10}"
+            f" {r.stranded:>8} {r.scale_down_seconds:>12.1f} {r.load_seconds:>7.1f} {r.retried:>7} {r.handed_off:>10}"
+            f" {'yes' if r.down_at_shrink else 'no':>23}"
         )
     passed = all(r.lost == 0 and r.stranded == 0 and r.accepted == settings.messages for r in results)
     lines.append(f"target: lost 0 and stranded 0 in every run   {'PASS' if passed else 'MISS'}")
@@ -223,6 +267,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--runs", type=int, default=None, help="runs, each with fresh processes (default 3; 1 quick)")
     parser.add_argument("--concurrency", type=int, default=8, help="SMTP clients sending at once (default 8)")
     parser.add_argument("--upstream-outage", type=float, default=0.0, help="stop the upstream this long (s)")
+    parser.add_argument(
+        "--upstream-down-during-drain",
+        action="store_true",
+        help="stop the upstream at the scale-down, start it once the fleet has shrunk (or after --upstream-outage)",
+    )
+    parser.add_argument("--handoff", choices=["on", "off", "both"], default="on", help="spec.queue.handoff")
     parser.add_argument("--quick", action="store_true", help="smoke run: one run of 300 messages (about 30 s)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, pods, claims)")
     args = parser.parse_args(argv)
@@ -230,7 +280,15 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if messages < 4 or runs < 1 or args.concurrency < 1 or args.upstream_outage < 0:
         parser.error("--messages must be at least 4, --runs and --concurrency at least 1, the outage >= 0")
-    return Settings(messages, runs, args.concurrency, args.upstream_outage, args.keep)
+    return Settings(
+        messages,
+        runs,
+        args.concurrency,
+        args.upstream_outage,
+        args.keep,
+        down_during_drain=args.upstream_down_during_drain,
+        handoff=args.handoff,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[RunResult] = []
     try:
         for i in range(settings.runs):
-            results.append(one_run(settings, workdir / f"run-{i + 1}"))
+            results.append(one_run(settings, workdir / f"run-{i + 1}", settings.handoff_of(i)))
     except BenchError as exc:
         print(f"bench failed: {exc} (work dir {workdir})", file=sys.stderr)
         return 1

@@ -68,7 +68,9 @@ def test_the_network_policy_admits_the_admin_port_as_the_doc_says() -> None:
     listeners, admin = policy["ingress"]
     assert "from" not in listeners and {p["port"] for p in listeners["ports"]} == {lst.port for lst in FULL.listeners}
     assert admin["ports"] == [{"port": ADMIN_PORT, "protocol": "TCP"}] and f"admin port {ADMIN_PORT}" in DOC
-    assert [bool(peer.get("podSelector")) for peer in admin["from"]] == [True, False]  # the operator, monitoring
+    # the operator, the relay's own pods (hand-off), monitoring
+    assert [bool(peer.get("podSelector")) for peer in admin["from"]] == [True, True, False]
+    assert "from the SmtpRelay's own pods" in DOC
     assert "`kubernetes.io/metadata.name=monitoring`" in DOC
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from smtp_relay.admin.auth import AdminToken
+from smtp_relay.admin.handoff_api import HandoffReceiver, add_handoff_routes
+from smtp_relay.admin.handoff_send import HandOff
 from smtp_relay.admin.http import AdminServer
 from smtp_relay.admin.quarantine_api import add_quarantine_routes
 from smtp_relay.cleanup.headers import policy_headers
@@ -122,16 +124,26 @@ class Relay:
             reuse_port=options.reuse_port,
             policy=self.policy,
         )
+        token = AdminToken(options.admin_token_file)
+        origin = f"{socket.gethostname()}:{options.spool_dir.resolve()}"  # unique per pod and per worker's spool
+        self.handoff = HandOff(self.spool, self.scheduler, self.metrics, token, origin=origin)
+        self.handoff_receiver = HandoffReceiver(
+            self.spool,
+            self.scheduler,
+            self.metrics,
+            self._handoff_refusal,
+            lambda: self.config.spec.policy.max_message_bytes,
+        )
         self.admin = AdminServer(
             self.metrics,
             self.status,
             self.start_drain,
             self.end_drain,
-            token=AdminToken(options.admin_token_file),
+            token=token,
             host=options.http_host or options.host,
             port=options.http_port,
             drain_liveness_timeout=options.drain_liveness_timeout,
-            extra_routes=lambda app: add_quarantine_routes(app, self.quarantine, self.accept),
+            extra_routes=self._admin_routes,
         )
         self._ready = False
         self._draining = False
@@ -148,12 +160,26 @@ class Relay:
         self.scheduler.submit(message)
         return message.id
 
+    def _admin_routes(self, app: Any) -> None:
+        add_quarantine_routes(app, self.quarantine, self.accept)
+        add_handoff_routes(app, self.handoff_receiver)
+
+    def _handoff_refusal(self) -> str:
+        """Why this relay takes no hand-off now ("" when it does): a leaving pod must not collect mail."""
+        if self._draining:
+            return "this relay is draining: hand off to a relay that stays"
+        return "" if self._ready else "this relay is starting"
+
+    def _queue(self) -> dict[str, Any]:
+        """The queue figures: the scheduler's, plus what the hand-off holds (still queued here until a peer has it)."""
+        return _stats_dict(self.scheduler.stats(), self.handoff.in_flight())
+
     def status(self) -> Mapping[str, Any]:
-        stats = self.scheduler.stats()
         reason = "draining" if self._draining else ("" if self._ready else "starting")
-        queue = {**_stats_dict(stats), **self._totals()}
+        queue = {**self._queue(), **self._totals()}
         config = {"digest": self.config.digest}
-        return {"ready": self._ready and not self._draining, "reason": reason, "queue": queue, "config": config}
+        ready = self._ready and not self._draining
+        return {"ready": ready, "reason": reason, "queue": queue, "config": config, "handoff": self.handoff.figures()}
 
     def _totals(self) -> dict[str, float]:
         """Counters since start and the quarantine's size, for the operator's rates and status.queue."""
@@ -165,27 +191,40 @@ class Relay:
             "bounced_total": counter_total(m.bounced),
             "rejected_total": counter_total(m.rejected),
             "quarantined": len(self.quarantine.list()),
+            "handed_off_total": counter_total(m.handed_off),
+            "handoff_failures_total": counter_total(m.handoff_failures),
+            "handoff_received_total": counter_total(m.handoff_received),
+            "handoff_duplicates_total": counter_total(m.handoff_duplicates),
         }
 
-    async def start_drain(self) -> Mapping[str, Any]:
-        """Stop accepting new mail; delivery goes on. Idempotent; answers what is left: the queue, and the SMTP
-        sessions still open, since a transaction in flight may yet commit a message (empty means both are 0)."""
+    async def start_drain(self, peers: list[str] | None = None) -> Mapping[str, Any]:
+        """Stop accepting new mail; delivery goes on, and with `peers` (admin URLs of relays that stay) the queue is
+        handed off to them too ([]: hand off no more; None: leave the hand-off as it is). Idempotent; answers what
+        is left: the queue (what the hand-off holds included), the hand-off's progress, and the SMTP sessions
+        still open, since a transaction in flight may yet commit a message (empty means both are 0)."""
         if not self._draining:
             log.info("drain: refusing new mail with 421, delivering what is queued")
             self._draining = True
             self.metrics.draining.set(1)
             self.server.stop_accepting()
-        stats = _stats_dict(self.scheduler.stats())
-        return {"draining": True, "queue": stats, "sessions": self.server.active_sessions()}
+        if peers is not None and not self._stop.is_set():
+            if peers:
+                self.handoff.start(peers)
+            else:
+                await self.handoff.stop()
+        queue = {**self._queue(), **self._totals()}
+        sessions = self.server.active_sessions()
+        return {"draining": True, "queue": queue, "sessions": sessions, "handoff": self.handoff.figures()}
 
     async def end_drain(self) -> Mapping[str, Any]:
         """POST /undrain: accept mail again, unless the process is stopping (then it stays draining)."""
         if self._draining and not self._stop.is_set():
             log.info("undrain: accepting new mail again")
+            await self.handoff.stop()
             self._draining = False
             self.metrics.draining.set(0)
             self.server.resume_accepting()
-        return {"draining": self._draining, "queue": _stats_dict(self.scheduler.stats())}
+        return {"draining": self._draining, "queue": self._queue()}
 
     async def start(self) -> None:
         recovered = await self.spool.open()
@@ -241,7 +280,7 @@ class Relay:
     async def _stop_when_empty(self) -> None:
         """Deliver-only mode: stop once everything recovered from the spool is delivered or bounced."""
         while True:  # the scheduler has no "empty" event; its stats are cheap
-            if not self.scheduler.stats().total:
+            if not self.scheduler.stats().total and not self.handoff.in_flight():  # handed off: still here until 200
                 break
             await asyncio.sleep(0.5)
         log.info("deliver-only: spool %s is empty", self.options.spool_dir)
@@ -268,8 +307,9 @@ class Relay:
         deadline = time.monotonic() + self.options.grace
         await self.start_drain()
         await self.server.wait_idle(max(0.0, min(30.0, deadline - time.monotonic())))
-        left = await self.scheduler.drain(max(0.0, deadline - time.monotonic()))
-        log.info("shutdown: %d message(s) left in the spool for the next start", left)
+        await self.scheduler.drain(max(0.0, deadline - time.monotonic()))
+        await self.handoff.stop()  # what it held goes back: it stays in the spool
+        log.info("shutdown: %d message(s) left in the spool for the next start", self.spool.depth())
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -283,6 +323,9 @@ class Relay:
         await self.spool.close()
 
 
-def _stats_dict(stats: QueueStats) -> dict[str, Any]:
-    """Queue figures as JSON for /queue and /drain."""
-    return {**dataclasses.asdict(stats), "total": stats.total}
+def _stats_dict(stats: QueueStats, handing_off: int = 0) -> dict[str, Any]:
+    """Queue figures as JSON for /queue and /drain; messages being handed off count as active."""
+    figures = {**dataclasses.asdict(stats), "total": stats.total + handing_off}
+    figures["active"] += handing_off
+    figures["handoff_in_flight"] = handing_off
+    return figures

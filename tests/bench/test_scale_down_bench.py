@@ -17,16 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.peers
 @pytest.mark.e2e
-def test_scale_down_quick_run_loses_nothing() -> None:
+@pytest.mark.parametrize("down_during_drain", [False, True])
+def test_scale_down_quick_run_loses_nothing(down_during_drain: bool) -> None:
+    """With the upstream down from the scale-down until it completes, the drain can only finish by hand-off."""
     if not os.access(SMTP_SINK, os.X_OK):
         pytest.skip("smtp-sink is not installed (make peers)")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scale_down", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=240
-    )
+    command = [sys.executable, "-m", "bench.scale_down", "--quick"]
+    command += ["--upstream-down-during-drain"] if down_during_drain else []
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    header, row, verdict = proc.stdout.splitlines()[1:4]
-    assert header.split() == ["run", "accepted", "delivered", "lost", "duplicates", "stranded", "scale-down", "s",
-                              "load", "s", "retried"]  # fmt: skip
-    accepted, delivered, lost, _duplicates, stranded = (int(x) for x in row.split()[1:6])
+    title, header, row, verdict = proc.stdout.splitlines()[:4]
+    assert "load average" in title
+    assert header.split() == ["run", "handoff", "accepted", "delivered", "lost", "duplicates", "stranded",
+                              "scale-down", "s", "load", "s", "retried", "handed", "off", "upstream", "down", "at",
+                              "shrink"]  # fmt: skip
+    cells = row.split()
+    assert cells[1] == "on"
+    accepted, delivered, lost, _duplicates, stranded = (int(x) for x in cells[2:7])
     assert (accepted, delivered, lost, stranded) == (300, 300, 0, 0), proc.stdout
+    if down_during_drain:
+        assert int(cells[10]) > 0 and cells[11] == "yes", f"shrunk by hand-off with the upstream down:\n{proc.stdout}"
     assert verdict.endswith("PASS"), proc.stdout

@@ -44,6 +44,32 @@ async def test_scale_down_under_load_loses_nothing(fleet: Fleet) -> None:
     await until(lambda: not any(folder.exists() for folder in claims), seconds=30)
 
 
+async def test_scale_down_with_the_upstream_down_completes_by_hand_off(fleet: Fleet) -> None:
+    """The leaving pods cannot deliver: they hand their queue to the pod that stays, so the StatefulSet shrinks
+    without waiting for the upstream; once it is back, every message that got a 250 arrives."""
+    fleet.create(replicas=3)
+    await fleet.settled(3)
+    fleet.sink.stop()
+    report = LoadReport()
+    await fleet.load(90, report)
+    held = {name: sum(1 for pod in report.accepted.values() if pod == ip) for name, ip in fleet.pod_ips().items()}
+    assert held[f"{NAME}-1"] and held[f"{NAME}-2"], held
+    started = asyncio.get_running_loop().time()
+    fleet.patch({"replicas": 1})
+    await fleet.settled(1, seconds=90)
+    took = asyncio.get_running_loop().time() - started
+    assert not fleet.sink.running, "the upstream stayed down throughout the drain"
+    assert await fleet.stranded(range(1, 3)) == {"spool-outbound-1": 0, "spool-outbound-2": 0}
+    logs = fleet.relay_logs()
+    handed = len(re.findall(r"message \w+ handed off to http://", logs))
+    taken = len(re.findall(r"message \w+ taken over from ", logs))
+    assert handed >= held[f"{NAME}-1"] + held[f"{NAME}-2"] and taken >= handed, (held, handed, taken)
+    fleet.sink.start()
+    account = await fleet.delivered(report)
+    assert account.accepted == 90 and account.lost == [], account
+    print(f"scale 3 -> 1, upstream down: drained by hand-off in {took:.1f} s ({handed} handed off), then {account}")
+
+
 @pytest.mark.parametrize("termination_grace", [10])  # the relay drains for 8 s, 2 s kept for its last writes
 async def test_rolling_update_under_load_with_the_upstream_down_loses_nothing(fleet: Fleet) -> None:
     """RollingUpdate relies on the persistent spool and the relay's SIGTERM drain: each replaced pod stops

@@ -133,9 +133,16 @@ class RelayProcess:
             time.sleep(0.05)
         raise AssertionError(f"relay not ready after {timeout}s:\n{self.log.read_text()}")
 
-    def http(self, path: str, method: str = "GET", *, token: str | None = "") -> tuple[int, str]:
+    @property
+    def admin_url(self) -> str:
+        """Its admin API's base URL, as a peer names it in a drain's hand-off."""
+        return f"http://{self.http_host}:{self.http_port}"
+
+    def http(
+        self, path: str, method: str = "GET", *, token: str | None = "", body: bytes | None = None
+    ) -> tuple[int, str]:
         """One admin request with the relay's token ("" default; None: no Authorization header; or this token)."""
-        request = urllib.request.Request(f"http://{self.http_host}:{self.http_port}{path}", method=method)
+        request = urllib.request.Request(f"{self.admin_url}{path}", method=method, data=body)
         if token is not None:
             request.add_header("Authorization", f"Bearer {token or self.admin_token}")
         try:

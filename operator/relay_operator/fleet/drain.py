@@ -1,8 +1,10 @@
 """The I/O of a scale-down: drain the leaving pods and read what they still hold (the plan is scaledown.py).
 
 The pods are asked through their admin API with the relays' token: `POST /drain` is idempotent and answers the
-queue left, so one request per leaving pod and pass both drains and measures. When the relay is asked for more
-replicas again, pods a past drain left refusing mail are undrained.
+queue left, so one request per leaving pod and pass both drains and measures. Its body names the admin URLs of
+the staying pods that are Ready, so the leaving pods hand their queue off to them instead of waiting for the
+upstream (`{"peers": []}` when none is Ready: they only deliver). When the relay is asked for more replicas
+again, pods a past drain left refusing mail are undrained.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay_operator.fleet.scaledown import LeavingPod, Plan, leaving_ordinals, plan
-from relay_operator.fleet.telemetry import Telemetry
+from relay_operator.fleet.scaledown import LeavingPod, Plan, drain_event, leaving_ordinals, plan
+from relay_operator.fleet.telemetry import Telemetry, admin_url, is_ready
 from relay_operator.kube import Kube
 from relay_operator.relays import reconcile as rec
 from relay_operator.relays.render.common import Owner
@@ -30,8 +32,10 @@ async def scale_plan(
     previous_drain: Mapping[str, Any] | None,
     now: datetime,
     drain_timeout: timedelta,
+    handoff: bool = True,
 ) -> Plan:
-    """The replicas the StatefulSet may have now, draining the pods that go first."""
+    """The replicas the StatefulSet may have now, draining the pods that go first (handing their queue off to the
+    Ready pods that stay, unless `handoff` is off)."""
     if statefulset is None:
         return Plan(replicas=desired)
     current = int((statefulset.get("spec") or {}).get("replicas") or 0)
@@ -43,20 +47,28 @@ async def scale_plan(
                 if pod is not None:
                     await telemetry.call(pod, "POST", "/undrain", token)
         return Plan(replicas=desired)
+    peers = []
+    for name in leaving_ordinals(owner.name, 0, desired) if handoff else []:  # the pods that stay
+        pod = await kube.get("Pod", owner.namespace, name)
+        if pod is not None and is_ready(pod):
+            peers.append(admin_url(pod))
     leaving = []
     for name in leaving_ordinals(owner.name, desired, current):
         pod = await kube.get("Pod", owner.namespace, name)
         if pod is None:  # its claim may hold mail, and the StatefulSet controller brings the pod back
             leaving.append(LeavingPod(name, None, "pod not found"))
             continue
-        body, error = await telemetry.call(pod, "POST", "/drain", token)
+        body, error = await telemetry.call(pod, "POST", "/drain", token, {"peers": peers})
         if error.startswith("401"):
             telemetry.forget_token(owner)
         total = ((body or {}).get("queue") or {}).get("total") if isinstance(body, dict) else None
         sessions = body.get("sessions") if isinstance(body, dict) else None
         queued = int(total) if isinstance(total, int | float) else None
-        leaving.append(LeavingPod(name, queued, error, int(sessions) if isinstance(sessions, int) else 0))
-    return plan(desired, current, leaving, previous_drain, now, drain_timeout)
+        handed = ((body or {}).get("queue") or {}).get("handed_off_total") if isinstance(body, dict) else None
+        open_sessions = int(sessions) if isinstance(sessions, int) else 0
+        handed_off = int(handed) if isinstance(handed, int | float) else 0
+        leaving.append(LeavingPod(name, queued, error, open_sessions, handed_off))
+    return plan(desired, current, leaving, previous_drain, now, drain_timeout, len(peers) if handoff else None)
 
 
 async def reconcile(
@@ -79,7 +91,13 @@ async def reconcile(
         previous = (body.get("status") or {}).get("drain")
         timeout = timedelta(seconds=parse_duration(spec.queue.drain_timeout))
         now = datetime.now(UTC)
-        scale = await scale_plan(telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout)
+        scale = await scale_plan(
+            telemetry, kube, owner, spec.replicas, statefulset, previous, now, timeout, spec.queue.handoff
+        )
+        current = int(((statefulset or {}).get("spec") or {}).get("replicas") or 0)
+        event = drain_event(previous, scale, current)
+        if event is not None:
+            events.info(*event)
     result = await rec.reconcile(
         body,
         kube,

@@ -5,7 +5,8 @@ autoscaler), the pods that will go are the highest ordinals. The operator drains
 stop accepting, so they leave the Service endpoints, and keep delivering) and lowers the StatefulSet's replicas
 only once every one of them reports an empty spool and no SMTP session open (a transaction that began before
 the drain may still commit a message after the answer; a session ends at its next MAIL with 421). A pod that
-does not answer is not known to be empty, so it is waited for too; a drain that outlasts
+does not answer is not known to be empty, so it is waited for too. The leaving pods hand their queue off to the
+staying pods that are Ready (drain.py names them), so a drain does not wait for the upstream; a drain that outlasts
 `spec.queue.drainTimeout` is reported (Degraded, DrainStuck) and the pod is kept, never removed with mail in it.
 Scaling up again undrains the pods that stay.
 """
@@ -30,6 +31,8 @@ class LeavingPod:
     error: str = ""
     sessions: int = 0
     """SMTP sessions still open: a transaction in flight may still commit a message, so the pod is not empty."""
+    handed_off: int = 0
+    """Messages it has handed to the pods that stay so far."""
 
     @property
     def empty(self) -> bool:
@@ -40,7 +43,8 @@ class LeavingPod:
         if self.queued is None:
             return f"{self.name} (no answer: {self.error})"
         open_sessions = f", {self.sessions} SMTP session(s) open" if self.sessions else ""
-        return f"{self.name} ({self.queued} queued{open_sessions})"
+        handed = f", {self.handed_off} handed off" if self.handed_off else ""
+        return f"{self.name} ({self.queued} queued{handed}{open_sessions})"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Plan:
     stuck: str = ""
     """Degraded's message once the drain outlasted its deadline."""
     leaving: list[str] = field(default_factory=list)
+    handed_off: int = 0
+    """Messages the leaving pods have handed to the staying ones so far (their answers' sum)."""
 
     def report(self) -> DrainReport:
         """What the SmtpRelay's status says of it (no drain: status.drain cleared)."""
@@ -72,22 +78,39 @@ def plan(
     previous: Mapping[str, Any] | None,
     now: datetime,
     timeout: timedelta,
+    peers: int | None = 0,
 ) -> Plan:
-    """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`."""
+    """Replicas for the StatefulSet: `desired` when not shrinking or every leaving pod is empty, else `current`.
+    `peers`: the staying pods the leaving ones hand their queue off to (0: none is Ready; None: hand-off off)."""
     if desired >= current:
         return Plan(replicas=desired)
     names = [p.name for p in leaving]
+    handed = sum(p.handed_off for p in leaving)
     if all(p.empty for p in leaving):
-        return Plan(replicas=desired, leaving=names)
+        return Plan(replicas=desired, leaving=names, handed_off=handed)
     since_text = (previous or {}).get("since") if (previous or {}).get("targetReplicas") == desired else None
     since = datetime.fromisoformat(str(since_text).replace("Z", "+00:00")) if since_text else now
     waiting = [p.waiting() for p in leaving if not p.empty]
     drain = {"targetReplicas": desired, "since": timestamp(since), "waitingFor": waiting}
-    progress = f"draining before scaling from {current} to {desired}: waiting for {', '.join(waiting)}"
+    how = f"handing off to {peers} staying pod(s)" if peers else "no staying pod is Ready to take a hand-off"
+    if peers is None:
+        how = "spec.queue.handoff is off: the pods deliver their mail themselves"
+    progress = f"draining before scaling from {current} to {desired} ({how}): waiting for {', '.join(waiting)}"
     stuck = ""
     if now - since > timeout:
         stuck = (
             f"the drain from {current} to {desired} replicas has not finished since {timestamp(since)}"
             f" (spec.queue.drainTimeout): {', '.join(waiting)}; the pods are kept with their mail"
         )
-    return Plan(replicas=current, drain=drain, progress=progress, stuck=stuck, leaving=names)
+    return Plan(replicas=current, drain=drain, progress=progress, stuck=stuck, leaving=names, handed_off=handed)
+
+
+def drain_event(previous: Mapping[str, Any] | None, result: Plan, current: int) -> tuple[str, str] | None:
+    """The Event (reason, message) a step of a scale-down deserves: when its drain starts (no drain in the status
+    yet) and when it ends (the status had one, the plan shrinks); None in between (the status says the rest)."""
+    if result.drain is not None and not previous:
+        return "Draining", f"{result.progress}"
+    if result.drain is None and previous and result.leaving:
+        handed = f"; {result.handed_off} message(s) handed off to the pods that stay" if result.handed_off else ""
+        return "Drained", f"{', '.join(result.leaving)} empty: scaling from {current} to {result.replicas}{handed}"
+    return None

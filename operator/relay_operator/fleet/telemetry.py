@@ -22,6 +22,22 @@ from relay_operator.relays.render.admin_token import ADMIN_TOKEN_KEY, admin_toke
 from relay_operator.relays.render.common import ADMIN_PORT, Owner, selector_string
 
 
+def admin_url(pod: Mapping[str, Any]) -> str:
+    """The base URL of a pod's admin API (its IP, the admin port); "" while it has no IP."""
+    ip = str((pod.get("status") or {}).get("podIP") or "")
+    if not ip:
+        return ""
+    return f"http://{f'[{ip}]' if ':' in ip else ip}:{ADMIN_PORT}"
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """Running, not terminating, with an IP and condition Ready True: a pod that takes mail (and hand-offs)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not status.get("podIP"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
 class Telemetry:
     """One per operator (per event loop): the HTTP session, the concurrency bound, the last samples."""
 
@@ -73,22 +89,24 @@ class Telemetry:
             self._slots = asyncio.Semaphore(self._concurrency)
         return self._session, self._slots
 
-    async def call(self, pod: Mapping[str, Any], method: str, path: str, token: str) -> tuple[Any, str]:
-        """One admin request to a pod: (its JSON answer, "") or (None, why there is none)."""
+    async def call(
+        self, pod: Mapping[str, Any], method: str, path: str, token: str, body: Any = None
+    ) -> tuple[Any, str]:
+        """One admin request to a pod (`body`: sent as JSON): (its JSON answer, "") or (None, why there is none)."""
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         ip = status.get("podIP")
         if meta.get("deletionTimestamp"):
             return None, "terminating"
         if status.get("phase") != "Running" or not ip:
             return None, f"not running ({status.get('phase') or 'Pending'})"
-        host = f"[{ip}]" if ":" in str(ip) else str(ip)
         if self._closed:
             return None, "operator stopping"
         session, slots = self._open()
         async with slots:
             try:
                 headers = {"Authorization": f"Bearer {token}"}
-                async with session.request(method, f"http://{host}:{ADMIN_PORT}{path}", headers=headers) as response:
+                url = f"{admin_url(pod)}{path}"
+                async with session.request(method, url, headers=headers, json=body) as response:
                     if response.status != 200:
                         return None, f"{response.status} {response.reason}"
                     return await response.json(content_type=None), ""

@@ -20,10 +20,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtp_relay.admin.auth import AdminToken, auth_middleware
+from smtp_relay.admin.handoff_wire import HandoffError, parse_drain_body
 from smtp_relay.telemetry.metrics import RelayMetrics
 
-DrainFn = Callable[[], Awaitable[Mapping[str, Any]]]
-"""Starts a drain (idempotent) and returns what is left in the queue."""
+DrainFn = Callable[[list[str] | None], Awaitable[Mapping[str, Any]]]
+"""Starts a drain (idempotent), handing off to the peers named (None: as before), and returns what is left."""
 UndrainFn = Callable[[], Awaitable[Mapping[str, Any]]]
 """Ends a drain asked over HTTP (idempotent): the relay accepts mail again."""
 StatusFn = Callable[[], Mapping[str, Any]]
@@ -31,7 +32,8 @@ StatusFn = Callable[[], Mapping[str, Any]]
 
 
 class AdminServer:
-    """aiohttp server for /metrics, /livez, /readyz, /queue, POST /drain and POST /undrain."""
+    """aiohttp server for /metrics, /livez, /readyz, /queue, POST /drain (optionally naming the peers to hand the
+    queue off to: admin.handoff_send) and POST /undrain."""
 
     def __init__(
         self,
@@ -111,7 +113,11 @@ class AdminServer:
         return web.Response(text=json.dumps(dict(self._status())) + "\n", content_type="application/json")
 
     async def _post_drain(self, request: web.Request) -> web.Response:
-        left = await self._drain()
+        try:
+            peers = parse_drain_body(await request.read())
+        except HandoffError as exc:
+            return web.Response(status=400, text=f"bad drain request: {exc}\n")
+        left = await self._drain(peers)
         if self._drained_since is None:
             self._drained_since = (time.time(), time.monotonic())
         return web.Response(text=json.dumps(dict(left)) + "\n", content_type="application/json")

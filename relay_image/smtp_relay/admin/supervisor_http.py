@@ -5,8 +5,12 @@ the public one (`--host`/`--http-port`) with the relay's routes, but fleet-wide:
 - /metrics merges the workers' expositions with the supervisor's own (restarts, processes running);
 - /queue adds their queues up and lists every worker; /readyz is 200 only when every listening worker
   is ready and nothing stops or drains;
-- POST /drain drains every worker, and each worker (re)started later during the drain; POST /undrain
-  (or DELETE /drain) ends that on every worker;
+- POST /drain drains every worker, and each worker (re)started later during the drain, with the same body (the
+  peers to hand off to: each worker hands its own spool off); POST /undrain (or DELETE /drain) ends that on every
+  worker;
+- POST /handoff (a message handed to this pod by a draining one) goes to one listening worker, chosen by the
+  message's origin (so a repeated hand-off is recognised as a duplicate), the next one when that worker does not
+  answer or refuses (503);
 - /quarantine* goes to worker 0: the quarantine folder is shared, a release goes to its spool.
 
 The supervisor checks the admin token like a relay does and sends it on to its workers, which check it
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,11 +36,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtp_relay.admin.auth import AdminToken
 from smtp_relay.admin.fleet import Worker
+from smtp_relay.admin.handoff_wire import origin_of
 from smtp_relay.admin.http import AdminServer
 from smtp_relay.admin.merging import merge_metrics, merge_queues
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
+
+MAX_HANDOFF_BYTES = 1024 * 1024 * 1024
+"""A hand-off body the supervisor reads at most before a worker applies the config's limit."""
 
 WorkerReply = tuple[int, bytes, str]
 """Status, body and content type of a worker's answer."""
@@ -69,10 +78,10 @@ class WorkerClient:
             return None
 
     async def json_from_each(
-        self, workers: Sequence[Worker], method: str, path: str
+        self, workers: Sequence[Worker], method: str, path: str, body: bytes | None = None
     ) -> list[tuple[Worker, dict[str, Any] | None]]:
         """Every worker's JSON answer, asked at once; None for one that did not answer 200 with JSON."""
-        replies = await asyncio.gather(*(self.request(w, method, path) for w in workers))
+        replies = await asyncio.gather(*(self.request(w, method, path, body) for w in workers))
         out: list[tuple[Worker, dict[str, Any] | None]] = []
         for worker, reply in zip(workers, replies, strict=True):
             data = None
@@ -114,6 +123,8 @@ class SupervisorAdmin(AdminServer):
         self._client = WorkerClient(token)
         self.draining = False
         """Set by the first POST /drain; a worker started from then on is drained as soon as it serves."""
+        self._drain_body = b""
+        """The peers of the last POST /drain that named them, as the workers get them."""
 
     async def start(self) -> None:
         await self._client.open()
@@ -126,7 +137,7 @@ class SupervisorAdmin(AdminServer):
     async def drain_if_draining(self, worker: Worker) -> None:
         """A worker (re)started during a drain drains too."""
         if self.draining:
-            await self._client.request(worker, "POST", "/drain")
+            await self._client.request(worker, "POST", "/drain", self._drain_body or None)
 
     async def fleet_status(self) -> dict[str, Any]:
         """/queue: the summed queue, readiness, and every worker's own figures."""
@@ -160,16 +171,20 @@ class SupervisorAdmin(AdminServer):
             "workers": workers,
         }
 
-    async def drain(self) -> Mapping[str, Any]:
-        """POST /drain: every worker refuses new mail (421) and keeps delivering; answers what is left."""
+    async def drain(self, peers: list[str] | None = None) -> Mapping[str, Any]:
+        """POST /drain: every worker refuses new mail (421), keeps delivering and hands off to `peers`; answers
+        what is left."""
         if not self.draining:
             log.info("supervisor: drain, forwarded to every worker")
             self.draining = True
             self._metrics.draining.set(1)
-        answers = await self._client.json_from_each(self._workers, "POST", "/drain")
+        if peers is not None:
+            self._drain_body = json.dumps({"peers": peers}).encode()
+        answers = await self._client.json_from_each(self._workers, "POST", "/drain", self._drain_body or None)
         queue = merge_queues(data.get("queue") or {} for _, data in answers if data)
         sessions = sum(int(data.get("sessions") or 0) for _, data in answers if data)
-        return {"draining": True, "queue": queue, "sessions": sessions}
+        handoff = merge_queues(data.get("handoff") or {} for _, data in answers if data)
+        return {"draining": True, "queue": queue, "sessions": sessions, "handoff": handoff}
 
     async def undrain(self) -> Mapping[str, Any]:
         """POST /undrain: every worker accepts again (unless the supervisor is stopping)."""
@@ -178,6 +193,7 @@ class SupervisorAdmin(AdminServer):
         if self.draining:
             log.info("supervisor: undrain, forwarded to every worker")
             self.draining = False
+            self._drain_body = b""  # the next drain names its peers anew
             self._metrics.draining.set(0)
         answers = await self._client.json_from_each(self._workers, "POST", "/undrain")
         return {"draining": False, "queue": merge_queues(data.get("queue") or {} for _, data in answers if data)}
@@ -192,6 +208,31 @@ class SupervisorAdmin(AdminServer):
     def _add_quarantine_proxy(self, app: web.Application) -> None:
         app.router.add_route("*", "/quarantine", self._proxy_to_worker_0)
         app.router.add_route("*", "/quarantine/{tail:.*}", self._proxy_to_worker_0)
+        app.router.add_post("/handoff", self._handoff_to_a_worker)
+
+    async def _handoff_to_a_worker(self, request: web.Request) -> web.Response:
+        """POST /handoff: to the listening worker its origin maps to (so a repeat meets the worker that knows it);
+        the next when that one is down or refuses (503). The worker checks everything else."""
+        if self.draining or self._stopping():
+            return web.Response(status=503, text="hand-off refused: this relay is draining\n")
+        length = request.content_length
+        if length is None:
+            return web.Response(status=411, text="bad hand-off: Content-Length is required\n")
+        if length > MAX_HANDOFF_BYTES:  # the worker checks the config's limit; this one only bounds memory
+            return web.Response(status=413, text=f"bad hand-off: {length} bytes is more than this relay takes\n")
+        body = await request.content.readexactly(length)
+        listening = [w for w in self._workers if w.listen]
+        first = zlib.crc32(origin_of(body).encode())  # one origin, one worker: its duplicates are recognised
+        reply = None
+        for i in range(len(listening)):
+            worker = listening[(first + i) % len(listening)]
+            reply = await self._client.request(worker, "POST", "/handoff", body)
+            if reply is not None and reply[0] != 503:
+                break
+        if reply is None:
+            return web.Response(status=503, text="hand-off refused: no worker is running, try again\n")
+        status, text, content_type = reply
+        return web.Response(status=status, body=text, content_type=content_type)
 
     async def _proxy_to_worker_0(self, request: web.Request) -> web.Response:
         """/quarantine*: served by worker 0 (the quarantine folder is shared, a release goes to its spool)."""

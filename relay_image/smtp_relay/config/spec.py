@@ -226,6 +226,10 @@ class QueueSpec(SpecModel):
     drain_timeout: Duration = "1h"
     """How long a scale-down waits for the leaving pods to empty their spools before it reports DrainStuck (the
     pods are kept either way: never removed with mail in them)."""
+    handoff: bool = True
+    """While a scale-down drains the leaving pods, they hand their queued messages to the Ready pods that stay
+    (envelope, original arrival time and attempts kept), so the drain does not wait for the upstream; false: the
+    leaving pods deliver everything themselves."""
     backlog_age: Duration = "1h"
     """The SmtpRelay turns Degraded (reason QueueBacklog) while its oldest queued message is older than this."""
     storage_class_name: str = ""

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 
 from smtp_relay.config.spec import RetrySpec
 from smtp_relay.config.units import parse_duration
@@ -207,6 +207,15 @@ class Scheduler:
             task.cancel()
             await asyncio.wait({task})
         await self._cancel_active()
+
+    def take_idle(self, limit: int, skip: Container[str] = ()) -> list[StoredMessage]:
+        """Up to `limit` messages of the window that no attempt holds, out of it (still in the spool): a drain
+        hands them to a relay that stays; `submit` gives one back. Messages in `skip` stay."""
+        idle = (m for i, m in self._messages.items() if i not in self._active and i not in skip)
+        taken = list(itertools.islice(idle, max(0, limit)))
+        for message in taken:
+            del self._messages[message.id]
+        return taken
 
     def stats(self) -> QueueStats:
         """Counts and oldest ages per state; also pushed into the queue gauges."""

@@ -90,6 +90,29 @@ class RelayMetrics:
             registry=r,
         )
         self.draining = Gauge("smtp_relay_draining", "1 while the relay refuses new mail to drain.", registry=r)
+        self.handed_off = Counter(
+            "smtp_relay_handoff_sent_messages",
+            "Messages a draining relay handed to a relay that stays (deleted here after the peer's 200).",
+            registry=r,
+        )
+        self.handoff_failures = Counter(
+            "smtp_relay_handoff_failures",
+            "Hand-offs that did not happen, by reason (refused: the peer answered an error; unreachable); the"
+            " message stays and is delivered or handed off later.",
+            ["reason"],
+            registry=r,
+        )
+        self.handoff_received = Counter(
+            "smtp_relay_handoff_received_messages",
+            "Messages taken over from a draining relay (durable before the 200), duplicates not included.",
+            registry=r,
+        )
+        self.handoff_duplicates = Counter(
+            "smtp_relay_handoff_duplicates",
+            "Hand-offs of a message this relay had already taken over (a retry after a lost answer): answered"
+            " 200 without queueing it again.",
+            registry=r,
+        )
         self.dkim_signed = Counter(
             "smtp_relay_dkim_signed_messages",
             "Messages DKIM-signed, by signing domain (d=) and algorithm (one count per signature).",

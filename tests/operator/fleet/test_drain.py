@@ -118,3 +118,87 @@ async def test_scale_down_waits_until_the_leaving_pod_is_empty(
             assert "drain" not in body["status"] and _condition(body, "Degraded")["status"] == "False"
         finally:
             await telemetry.close()
+
+
+@pytest.mark.parametrize("handoff", [True, False])
+async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
+    kube_api: KubeApi,
+    relay_factory: Any,  # noqa: F811
+    smtp_sink_factory: Any,
+    handoff: bool,
+) -> None:
+    """The upstream is down: with the hand-off the scale-down completes anyway, and nothing is lost; with
+    spec.queue.handoff false the leaving pod keeps its mail and the drain waits, as before the hand-off."""
+    kube_api._call(lambda: setattr(kube_api.emulator, "statefulset_controller", False))
+    kube_api._call(lambda: setattr(kube_api.emulator, "kubelet", None))
+    kube_api.register_crd(smtprelay_crd())
+    token, upstream = secrets.token_urlsafe(32), closed_port()
+    relays: list[RelayProcess] = []
+    ports = [free_port(), free_port()]
+    for port in ports:
+        spec = {"listeners": [{"name": "relay", "port": port}], "clients": {"allowedNetworks": ["127.0.0.0/8"]},
+                "routing": {"default": {"smarthosts": [{"host": "127.0.0.1", "port": upstream, "tls": "none"}]}},
+                "queue": {"retry": {"schedule": ["1s"]}}}  # fmt: skip
+        relay = relay_factory(spec, start=False, http_host=_address(), http_port=ADMIN_PORT, grace=30.0)
+        relay.admin_token_file.write_text(token + "\n")
+        relay.start()
+        relays.append(relay)
+    for i in range(5):
+        with smtplib.SMTP("127.0.0.1", ports[1], timeout=10) as client:
+            client.sendmail("a@example.com", ["b@example.net"], f"Subject: held-{i}\r\n\r\nupstream down\r\n")
+    wait_for(lambda: relays[1].queue()["queue"]["total"] == 5, timeout=10)
+
+    async with Kube(Connection(server=kube_api.url, token=kube_api.token, insecure=True)) as kube:
+        relay_doc = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay",
+                     "metadata": {"name": "outbound", "namespace": "default"},
+                     "spec": {"replicas": 2, "queue": {"handoff": handoff}}}  # fmt: skip
+        uid = (await kube.create(relay_doc))["metadata"]["uid"]
+        owner = Owner(name="outbound", namespace="default", uid=uid, generation=1)
+        ref = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": uid,
+               "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+        meta = {"name": "outbound-admin-token", "namespace": "default", "ownerReferences": [ref]}
+        await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": meta,
+                           "data": {"token": base64.b64encode(token.encode()).decode()}})  # fmt: skip
+        telemetry, settings = Telemetry(timeout=2.0), Settings()
+        try:
+            await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
+            for i, relay in enumerate(relays):
+                pod_meta = {"name": f"outbound-{i}", "namespace": "default", "labels": selector_labels(owner)}
+                containers = [{"name": "relay", "image": "relay:test"}]
+                await kube.create(
+                    {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": {"containers": containers}}
+                )
+                status = {"phase": "Running", "podIP": relay.http_host,
+                          "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+                await kube.patch("Pod", "default", f"outbound-{i}", {"status": status}, subresource="status")
+
+            await kube.patch("SmtpRelay", "default", "outbound", {"spec": {"replicas": 1}})
+            events = Events()
+            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, events, telemetry)
+            assert scale is not None and scale.replicas == 2, "the first drain request starts the hand-off"
+            progress = _condition(await _relay_body(kube), "Progressing")["message"]
+            if not handoff:
+                assert "(spec.queue.handoff is off: the pods deliver their mail themselves)" in progress, progress
+                await asyncio.sleep(2)
+                _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
+                assert scale is not None and scale.replicas == 2 and relays[1].queue()["queue"]["total"] == 5
+                assert relays[1].queue()["handoff"]["running"] is False
+                return
+            assert "(handing off to 1 staying pod(s))" in progress, progress
+            wait_for(lambda: relays[1].queue()["queue"]["total"] == 0, timeout=30)
+            _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, events, telemetry)
+            assert scale is not None and scale.replicas == 1 and scale.drain is None, "shrunk with the upstream down"
+            assert (await kube.get("StatefulSet", "default", "outbound") or {})["spec"]["replicas"] == 1
+            assert relays[1].queue()["queue"]["handed_off_total"] == 5
+            assert relays[0].queue()["queue"]["total"] == 5, "the staying pod holds them"
+            reasons = [(reason, message) for _, reason, message in events.seen if reason in ("Draining", "Drained")]
+            assert [r for r, _ in reasons] == ["Draining", "Drained"], events.seen
+            assert "handing off to 1 staying pod(s)" in reasons[0][1]
+            assert (
+                reasons[1][1] == "outbound-1 empty: scaling from 2 to 1; 5 message(s) handed off to the pods that stay"
+            )
+        finally:
+            await telemetry.close()
+    sink = smtp_sink_factory(port=upstream)  # the upstream is back: the pod that stayed delivers all five
+    sink.wait_for(5, timeout=30)
+    assert sorted(str(m.email()["Subject"]) for m in sink.messages()) == [f"held-{i}" for i in range(5)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay_operator.fleet.scaledown import LeavingPod, leaving_ordinals, plan
+from relay_operator.fleet.scaledown import LeavingPod, drain_event, leaving_ordinals, plan
 
 T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -49,3 +49,27 @@ def test_an_open_smtp_session_keeps_the_pod_until_it_ends() -> None:
     assert waiting.replicas == 2
     assert waiting.drain is not None and waiting.drain["waitingFor"] == ["r-1 (0 queued, 2 SMTP session(s) open)"]
     assert plan(1, 2, [LeavingPod("r-1", 0, sessions=0)], waiting.drain, T0, HOUR).replicas == 1
+
+
+def test_the_progress_says_where_the_queue_goes() -> None:
+    leaving = [LeavingPod("r-2", 4, handed_off=6)]
+    handing = plan(2, 3, leaving, None, T0, HOUR, peers=2)
+    assert "(handing off to 2 staying pod(s)): waiting for r-2 (4 queued, 6 handed off)" in handing.progress
+    alone = plan(2, 3, leaving, None, T0, HOUR)
+    assert "(no staying pod is Ready to take a hand-off)" in alone.progress
+    off = plan(2, 3, leaving, None, T0, HOUR, peers=None)
+    assert "(spec.queue.handoff is off: the pods deliver their mail themselves)" in off.progress
+
+
+def test_an_event_when_the_drain_starts_and_when_it_ends() -> None:
+    waiting = plan(1, 3, [LeavingPod("r-1", 2), LeavingPod("r-2", 0)], None, T0, HOUR, peers=1)
+    reason, message = drain_event(None, waiting, 3) or ("", "")
+    assert reason == "Draining" and "handing off to 1 staying pod(s)" in message and "r-1 (2 queued)" in message
+    assert waiting.drain is not None
+    assert drain_event(waiting.drain, waiting, 3) is None, "no Event for every look while it waits"
+    done = plan(1, 3, [LeavingPod("r-1", 0, handed_off=7), LeavingPod("r-2", 0, handed_off=1)], waiting.drain, T0, HOUR)
+    assert drain_event(waiting.drain, done, 3) == (
+        "Drained",
+        "r-1, r-2 empty: scaling from 3 to 1; 8 message(s) handed off to the pods that stay",
+    )
+    assert drain_event(None, plan(3, 3, [], None, T0, HOUR), 3) is None

@@ -33,6 +33,10 @@ class FakeWorker:
     drains: int = 0
     undrains: int = 0
     asked: list[str] = field(default_factory=list)
+    drain_bodies: list[bytes] = field(default_factory=list)
+    handoffs: list[bytes] = field(default_factory=list)
+    handoff_status: int = 200
+    """What POST /handoff answers (503: the worker refuses, as one that drains)."""
     authorizations: set[str] = field(default_factory=set)
     """Every Authorization header the supervisor sent (it must pass the admin token on)."""
 
@@ -40,8 +44,9 @@ class FakeWorker:
         async def status(_request: web.Request) -> web.Response:
             return web.json_response({"ready": self.ready and self.drains <= self.undrains, "queue": self.queue})
 
-        async def drain(_request: web.Request) -> web.Response:
+        async def drain(request: web.Request) -> web.Response:
             self.drains += 1
+            self.drain_bodies.append(await request.read())
             return web.json_response({"draining": True, "queue": self.queue, "sessions": self.sessions})
 
         async def undrain(_request: web.Request) -> web.Response:
@@ -67,6 +72,14 @@ class FakeWorker:
         app.router.add_post("/undrain", undrain)
         app.router.add_get("/metrics", metrics)
         app.router.add_route("*", "/quarantine/{tail:.*}", quarantine)
+
+        async def handoff(request: web.Request) -> web.Response:
+            self.handoffs.append(await request.read())
+            if self.handoff_status != 200:
+                return web.Response(status=self.handoff_status, text="hand-off refused: draining\n")
+            return web.json_response({"id": f"ID{len(self.handoffs)}", "duplicate": False})
+
+        app.router.add_post("/handoff", handoff)
         return app
 
 
@@ -143,7 +156,8 @@ async def test_drain_reaches_every_worker_and_one_started_later(fleet: Fleet) ->
     status, body = await fleet.get("/drain", method="POST")
     assert status == 200
     queue = json.loads((await fleet.get("/queue"))[1])["queue"]
-    assert json.loads(body) == {"draining": True, "queue": queue, "sessions": 3}, "the workers' open sessions add up"
+    expected = {"draining": True, "queue": queue, "sessions": 3, "handoff": {}}
+    assert json.loads(body) == expected, "the workers' open sessions add up"
     assert [f.drains for f in fleet.fakes] == [1, 1]
     assert await fleet.get("/readyz") == (503, "not ready: draining\n")
     assert "smtp_relay_draining 1.0" in (await fleet.get("/metrics"))[1]
@@ -181,3 +195,49 @@ async def test_undrain_reaches_every_worker_and_readiness_returns(fleet: Fleet) 
     assert await fleet.get("/readyz") == (200, "ready\n")
     assert await fleet.get("/livez") == (200, "ok\n")
     assert "smtp_relay_draining 0.0" in (await fleet.get("/metrics"))[1]
+
+
+async def test_drain_passes_the_peers_on_to_every_worker_and_to_one_started_later(fleet: Fleet) -> None:
+    peers = b'{"peers": ["http://127.0.0.5:9025", "http://127.0.0.6:9025/"]}'
+    status, body = await fleet.get("/drain", method="POST", body=peers)
+    assert status == 200, body
+    forwarded = json.loads(fleet.fakes[0].drain_bodies[0])
+    assert forwarded == {"peers": ["http://127.0.0.5:9025", "http://127.0.0.6:9025"]}
+    assert fleet.fakes[1].drain_bodies == fleet.fakes[0].drain_bodies
+    assert (await fleet.get("/drain", method="POST"))[0] == 200  # a drain without a body keeps the peers
+    assert json.loads(fleet.fakes[1].drain_bodies[1]) == forwarded
+    await fleet.admin.drain_if_draining(fleet.workers[0])  # (re)started during the drain: it hands off too
+    assert json.loads(fleet.fakes[0].drain_bodies[-1]) == forwarded
+    status, body = await fleet.get("/drain", method="POST", body=b'{"peers": ["ftp://x"]}')
+    assert status == 400 and "peers[0]: 'ftp://x' is not an admin URL" in body
+    assert len(fleet.fakes[0].drain_bodies) == 3, "a refused drain body reached no worker"
+    assert (await fleet.get("/undrain", method="POST"))[0] == 200
+    assert (await fleet.get("/drain", method="POST"))[0] == 200
+    assert fleet.fakes[0].drain_bodies[-1] == b"", "after an undrain, a drain names its peers anew"
+
+
+def _handoff(origin: str) -> bytes:
+    return json.dumps({"origin": origin}).encode() + b"\ndata"
+
+
+async def test_handoff_goes_to_the_worker_of_its_origin_and_past_one_that_refuses(fleet: Fleet) -> None:
+    origins = [f"relay-2:/spool/{i:014X}" for i in range(20)]
+    for origin in origins + origins[:5]:
+        status, body = await fleet.get("/handoff", method="POST", body=_handoff(origin))
+        assert status == 200, body
+    got = [[json.loads(b.split(b"\n")[0])["origin"] for b in f.handoffs] for f in fleet.fakes]
+    assert got[0] and got[1], "origins spread over the listening workers"
+    assert not set(got[0]) & set(got[1]), "a repeated origin meets the same worker (it knows the duplicate)"
+    assert fleet.fakes[0].handoffs[0].endswith(b"\ndata"), "the body goes on unchanged"
+    fleet.fakes[0].handoff_status = 503
+    before = len(fleet.fakes[1].handoffs)
+    for origin in got[0][:2]:
+        assert (await fleet.get("/handoff", method="POST", body=_handoff(origin)))[0] == 200
+    assert len(fleet.fakes[1].handoffs) == before + 2, "a refusing worker is passed over"
+    fleet.fakes[1].handoff_status = 400
+    status, body = await fleet.get("/handoff", method="POST", body=b"bad")
+    assert (status, body) == (400, "hand-off refused: draining\n"), "a worker's refusal is answered as it is"
+    assert (await fleet.get("/handoff", method="POST", body=b"x", token=None))[0] == 401
+    assert (await fleet.get("/drain", method="POST"))[0] == 200
+    status, body = await fleet.get("/handoff", method="POST", body=b"late")
+    assert status == 503 and "draining" in body, "a draining pod takes no hand-off"

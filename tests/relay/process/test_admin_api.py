@@ -31,6 +31,7 @@ PROTECTED = [
     ("GET", "/quarantine/some-id"),
     ("POST", "/quarantine/some-id/release"),
     ("DELETE", "/quarantine/some-id"),
+    ("POST", "/handoff"),
 ]
 
 

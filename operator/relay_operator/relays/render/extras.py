@@ -50,7 +50,8 @@ def build_servicemonitor(owner: Owner) -> Manifest:
 
 def build_networkpolicy(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -> Manifest:
     """NetworkPolicy `<name>`: SMTP from anywhere (the relay's own policy decides); the admin port only
-    from the operator's pods (drain, queue figures) and the monitoring namespaces (metrics). The admin
+    from the operator's pods (drain, queue figures), the relay's own pods (a draining pod hands its queue to
+    those that stay) and the monitoring namespaces (metrics). The admin
     API needs its token as well: the policy narrows who can even try. Egress stays open: MX delivery
     goes anywhere."""
     smtp: list[dict[str, Any]] = [{"port": lst.port, "protocol": "TCP"} for lst in spec.listeners]
@@ -58,7 +59,7 @@ def build_networkpolicy(owner: Owner, spec: SmtpRelaySpec, settings: Settings) -
     operator_pods["namespaceSelector"] = (
         {"matchLabels": {NAMESPACE_NAME_LABEL: settings.operator_namespace}} if settings.operator_namespace else {}
     )
-    admin_from = [operator_pods]
+    admin_from = [operator_pods, {"podSelector": {"matchLabels": selector_labels(owner)}}]  # hand-off between pods
     monitoring = parse_labels(settings.monitoring_namespaces)
     if monitoring:  # empty: no monitoring peer (an empty namespaceSelector would admit every namespace)
         admin_from.append({"namespaceSelector": {"matchLabels": monitoring}})

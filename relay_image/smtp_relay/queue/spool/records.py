@@ -4,7 +4,9 @@ On-disk layout under the spool's root (one spool per process; a `flock` on `root
 
 - `seg-<n>.dat`: segments, `n` a 10-digit counter. A sequence of records
   `header | meta | data`, header = magic `RFS1`, u32 meta length, u64 data length, u32 CRC-32
-  over the first 16 header bytes + meta + data (big endian); meta = JSON `{"id", "env"}`.
+  over the first 16 header bytes + meta + data (big endian); meta = JSON `{"id", "env"}`, and for a
+  message handed off by another relay also `"p": {"a": attempts, "n": next_attempt, "e": last_error,
+  "o": origin}`, its progress before it came (readers that do not know `p` ignore it).
   Segments are never appended to after a restart, so a torn record can only be the tail.
 - `journal`: records with magic `RFJ1` and data length 0 whose meta is a JSON list of entries
   `{"i": id, "s": [settled rcpts], "a": attempts, "n": next_attempt, "e": last_error}` or
@@ -119,11 +121,27 @@ def pread_all(path: Path, offset: int, length: int) -> bytes:
 _ENVELOPE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Envelope))
 
 
-def encode_meta(message_id: str, envelope: Envelope) -> bytes:
-    """A segment record's meta; the envelope's fields are all flat, so no deep copy as in dataclasses.asdict."""
+def encode_meta(message_id: str, envelope: Envelope, progress: dict[str, Any] | None = None) -> bytes:
+    """A segment record's meta; the envelope's fields are all flat, so no deep copy as in dataclasses.asdict.
+    `progress` (`{"a", "n", "e", "o"}`): a handed-off message's attempts, next attempt, last error and origin,
+    kept in the durable record so that recovery restores them even when the index never saw the message."""
     raw = {name: getattr(envelope, name) for name in _ENVELOPE_FIELD_NAMES}
     raw["rcpt_tos"] = list(envelope.rcpt_tos)
-    return json.dumps({"id": message_id, "env": raw}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    record: dict[str, Any] = {"id": message_id, "env": raw}
+    if progress is not None:
+        record["p"] = progress
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_progress(meta: bytes) -> tuple[int, float, str] | None:
+    """(attempts, next attempt, last error) a handed-off message brought along; None for any other record."""
+    try:
+        progress = json.loads(meta).get("p")
+        if not isinstance(progress, dict):
+            return None
+        return int(progress.get("a", 0)), float(progress.get("n", 0.0)), str(progress.get("e", ""))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def decode_meta(meta: bytes) -> tuple[str, Envelope]:

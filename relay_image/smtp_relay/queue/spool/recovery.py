@@ -27,6 +27,7 @@ from smtp_relay.queue.spool.records import (
     Segment,
     SpoolError,
     decode_meta,
+    decode_progress,
     scan,
     segment_path,
 )
@@ -153,6 +154,9 @@ def _index_tail(path: Path, number: int, start: int, ops: list[index.Op]) -> int
             continue
         last_id = max(last_id, int(message_id, 16))
         message = StoredMessage(message_id, envelope, frame.data_len, set(envelope.rcpt_tos))
+        handed = decode_progress(frame.meta)  # a handed-off message keeps its attempts even if the index lost it
+        if handed is not None:
+            message.attempts, message.next_attempt, message.last_error = handed
         ops.append((index.INSERT_NEW, index.message_row(message, number, frame.data_offset, frame.meta, 0)))
     ops.append((index.INDEXED, (number, end)))
     return last_id

@@ -154,6 +154,34 @@ class Spool:
             raise
         return message
 
+    async def adopt(
+        self, envelope: Envelope, data: bytes, *, attempts: int, next_attempt: float, last_error: str, origin: str
+    ) -> StoredMessage:
+        """Commit a message handed off by another relay, with its original `received_at` and its progress (kept
+        in the record itself, so recovery restores them without the index); returns after the fdatasync."""
+        if not self._opened or not self._writer.accepting():
+            raise SpoolError("the spool is not open")
+        message = StoredMessage(
+            id=self._new_id(),
+            envelope=envelope,
+            size=len(data),
+            pending=set(envelope.rcpt_tos),
+            attempts=attempts,
+            next_attempt=next_attempt,
+            last_error=last_error,
+            state=QueueState.ACTIVE,
+        )
+        progress = {"a": attempts, "n": next_attempt, "e": last_error, "o": origin}
+        meta = encode_meta(message.id, envelope, progress)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writer.enqueue(PendingCommit(message, meta, bytes(data), future, asyncio.get_running_loop().time()))
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:  # the sender got no 200: it keeps its copy, so this one goes
+            future.add_done_callback(lambda f: self._abandoned(message, f))
+            raise
+        return message
+
     async def read(self, message: StoredMessage) -> bytes:
         """The message data, read from its segment."""
         cached = self._cache.get(message.id)

@@ -36,7 +36,8 @@ def test_networkpolicy_admits_listener_ports() -> None:
     assert admin["ports"] == [{"port": 9025, "protocol": "TCP"}]
 
 
-def test_networkpolicy_admits_the_admin_port_only_from_the_operator_and_monitoring() -> None:
+def test_networkpolicy_admits_the_admin_port_only_from_the_operator_its_relays_and_monitoring() -> None:
+    """The relay's own pods (this SmtpRelay's, this namespace's) reach it too: a draining pod hands off its queue."""
     settings = Settings(
         operator_namespace="relayfleet",
         operator_pod_labels="app.kubernetes.io/name=relayfleet-operator,app.kubernetes.io/instance=rf",
@@ -49,6 +50,11 @@ def test_networkpolicy_admits_the_admin_port_only_from_the_operator_and_monitori
             "podSelector": {
                 "matchLabels": {"app.kubernetes.io/name": "relayfleet-operator", "app.kubernetes.io/instance": "rf"}
             },
+        },
+        {
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/name": "relayfleet-relay", "app.kubernetes.io/instance": "outbound"}
+            }
         },
         {"namespaceSelector": {"matchLabels": {"team": "observability"}}},
     ]
