@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay_operator.fleet.scaledown import LeavingPod, Plan, drain_event, leaving_ordinals, plan
+from relay_operator.fleet.scaledown import LeavingPod, Plan, answered, drain_event, leaving_ordinals, plan
 from relay_operator.fleet.telemetry import Telemetry, admin_url, is_ready
 from relay_operator.kube import Kube
 from relay_operator.relays import reconcile as rec
@@ -61,13 +61,7 @@ async def scale_plan(
         body, error = await telemetry.call(pod, "POST", "/drain", token, {"peers": peers})
         if error.startswith("401"):
             telemetry.forget_token(owner)
-        total = ((body or {}).get("queue") or {}).get("total") if isinstance(body, dict) else None
-        sessions = body.get("sessions") if isinstance(body, dict) else None
-        queued = int(total) if isinstance(total, int | float) else None
-        handed = ((body or {}).get("queue") or {}).get("handed_off_total") if isinstance(body, dict) else None
-        open_sessions = int(sessions) if isinstance(sessions, int) else 0
-        handed_off = int(handed) if isinstance(handed, int | float) else 0
-        leaving.append(LeavingPod(name, queued, error, open_sessions, handed_off))
+        leaving.append(answered(name, body, error))
     return plan(desired, current, leaving, previous_drain, now, drain_timeout, len(peers) if handoff else None)
 
 

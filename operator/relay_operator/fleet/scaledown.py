@@ -66,6 +66,28 @@ class Plan:
         return DrainReport(self.drain, self.progress, self.stuck)
 
 
+def answered(name: str, body: Any, error: str) -> LeavingPod:
+    """A leaving pod as its `POST /drain` answered (`body` None with `error`: it did not).
+
+    Only a number is a queue figure; a relay whose workers did not all answer (`unanswered`: one restarting)
+    has a spool nobody counted, so it is not known to be empty either.
+    """
+    answer: dict[str, Any] = body if isinstance(body, dict) else {}
+    queue: dict[str, Any] = answer["queue"] if isinstance(answer.get("queue"), dict) else {}
+    total, handed, sessions = queue.get("total"), queue.get("handed_off_total"), answer.get("sessions")
+    queued = int(total) if isinstance(total, int | float) else None
+    silent = answer.get("unanswered")
+    if silent and isinstance(silent, list):
+        queued, error = None, f"worker(s) {', '.join(map(str, silent))} of the pod did not answer"
+    return LeavingPod(
+        name,
+        queued,
+        error,
+        int(sessions) if isinstance(sessions, int) else 0,
+        int(handed) if isinstance(handed, int | float) else 0,
+    )
+
+
 def leaving_ordinals(name: str, desired: int, current: int) -> list[str]:
     """The pods that go when `current` replicas become `desired`: the highest ordinals."""
     return [f"{name}-{i}" for i in range(desired, current)]

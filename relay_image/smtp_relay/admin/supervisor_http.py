@@ -184,7 +184,13 @@ class SupervisorAdmin(AdminServer):
         queue = merge_queues(data.get("queue") or {} for _, data in answers if data)
         sessions = sum(int(data.get("sessions") or 0) for _, data in answers if data)
         handoff = merge_queues(data.get("handoff") or {} for _, data in answers if data)
-        return {"draining": True, "queue": queue, "sessions": sessions, "handoff": handoff}
+        answer: dict[str, Any] = {"draining": True, "queue": queue, "sessions": sessions, "handoff": handoff}
+        # a worker restarting (or hung) did not say what its spool holds: the sum above leaves it out, so the
+        # answer names it and nobody may read this relay as empty (the operator waits for it)
+        silent = [w.name for w, data in answers if data is None and not w.finished]
+        if silent:
+            answer["unanswered"] = silent
+        return answer
 
     async def undrain(self) -> Mapping[str, Any]:
         """POST /undrain: every worker accepts again (unless the supervisor is stopping)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay_operator.fleet.scaledown import LeavingPod, drain_event, leaving_ordinals, plan
+from relay_operator.fleet.scaledown import LeavingPod, answered, drain_event, leaving_ordinals, plan
 
 T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -73,3 +73,14 @@ def test_an_event_when_the_drain_starts_and_when_it_ends() -> None:
         "r-1, r-2 empty: scaling from 3 to 1; 8 message(s) handed off to the pods that stay",
     )
     assert drain_event(None, plan(3, 3, [], None, T0, HOUR), 3) is None
+
+
+def test_a_drain_answer_is_read_as_figures_only_when_every_worker_answered() -> None:
+    body = {"draining": True, "queue": {"total": 3, "handed_off_total": 5}, "sessions": 1}
+    assert answered("r-1", body, "") == LeavingPod("r-1", 3, "", 1, 5)
+    assert answered("r-1", {"queue": {"total": 0}, "sessions": 0}, "").empty
+    # a worker restarting under --workers: the sum leaves its spool out, so the pod is waited for
+    silent = answered("r-1", {"queue": {"total": 0}, "sessions": 0, "unanswered": ["1"]}, "")
+    assert not silent.empty and silent.waiting() == "r-1 (no answer: worker(s) 1 of the pod did not answer)"
+    assert answered("r-1", None, "timeout") == LeavingPod("r-1", None, "timeout")
+    assert answered("r-1", {"queue": {"total": "3"}}, "").queued is None, "only a number is a figure"

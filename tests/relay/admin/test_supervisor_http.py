@@ -165,6 +165,15 @@ async def test_drain_reaches_every_worker_and_one_started_later(fleet: Fleet) ->
     assert fleet.fakes[1].drains == 2
 
 
+async def test_a_drain_names_the_workers_that_did_not_answer(fleet: Fleet) -> None:
+    fleet.workers[1].port = None  # restarting: what its spool holds is not in the sum
+    status, body = await fleet.get("/drain", method="POST")
+    answer = json.loads(body)
+    assert status == 200 and answer["queue"]["total"] == 3 and answer["unanswered"] == ["1"]
+    fleet.workers[1].finished = True  # a deliver-only worker that emptied its spool and ended is not missing
+    assert "unanswered" not in json.loads((await fleet.get("/drain", method="POST"))[1])
+
+
 async def test_quarantine_goes_to_worker_0_and_is_503_while_it_is_down(fleet: Fleet) -> None:
     status, body = await fleet.get("/quarantine/abc/release?x=1", method="POST", body=b"yes")
     assert (status, json.loads(body)) == (201, {"messages": []})
