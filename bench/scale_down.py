@@ -131,7 +131,7 @@ async def measure(settings: Settings, api: Api, sink: SmtpSink, node: Path, hand
     async def three_ready() -> bool:
         return sum(_ready(p) for p in await api.pods()) == 3
 
-    await until(three_ready, 90, "3 relay pods Ready")
+    await until(three_ready, 180, "3 relay pods Ready")  # one after another (OrderedReady); slow on a busy machine
     report = LoadReport()
     targets = api_targets(api.session, api.url, api.headers["Authorization"][7:], NAMESPACE, SELECTOR, port)
     load = asyncio.create_task(

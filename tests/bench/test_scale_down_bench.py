@@ -24,7 +24,7 @@ def test_scale_down_quick_run_loses_nothing(down_during_drain: bool) -> None:
         pytest.skip("smtp-sink is not installed (make peers)")
     command = [sys.executable, "-m", "bench.scale_down", "--quick"]
     command += ["--upstream-down-during-drain"] if down_during_drain else []
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=360)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     title, header, row, verdict = proc.stdout.splitlines()[:4]
     assert "load average" in title
