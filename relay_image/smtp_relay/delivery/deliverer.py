@@ -24,7 +24,7 @@ from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import CaptureSpec, Destination, MxSpec, Smarthost
 from smtp_relay.delivery.capture import write_capture
 from smtp_relay.delivery.connection import Connection, HostFailed, client_tls_context, connect
-from smtp_relay.delivery.gate import ShapingGate, site_of
+from smtp_relay.delivery.gate import ShapingGate, SharedPacing, site_of
 from smtp_relay.delivery.pool import PROBE_IDLE, ConnectionPool, HostKey, host_key
 from smtp_relay.delivery.resolver import DnsError, NullMxError, PermanentDnsError, lookup_mx, resolve_host
 from smtp_relay.delivery.router import group_by_route, route_label
@@ -93,6 +93,10 @@ class Deliverer:
                     outcome.message,
                 )
         return outcomes
+
+    def pace_with(self, pacing: SharedPacing | None) -> None:
+        """Pace the shaping rates with the whole fleet (spec.limits.backend redis), or per process (None)."""
+        self._gate.pacing = pacing
 
     def update(self, config: RelayConfig) -> None:
         """Take a reloaded config; pools whose host, TLS, CA or credentials changed are retired."""

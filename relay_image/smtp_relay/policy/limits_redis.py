@@ -4,9 +4,10 @@ Every call is bounded by the spec's timeout (connect, read and the whole call), 
 any failure (refused, timed out, a wrong password, a script error) becomes `RedisUnavailable`, so the
 caller decides locally instead: a hung or lost Redis costs a session at most one timeout.
 
-Message counts are pipelined: the decisions that sessions ask for during one pass of the event loop go
-to Redis as one pipeline, one write and one read, as the spool group-commits its fsyncs (a few pipelines
-may be on the wire at once, so a decision rarely waits for another batch's reply). A lone redis-py
+Message counts and shaping paces are pipelined: the decisions that sessions and deliveries ask for during
+one pass of the event loop go to Redis as one pipeline, one write and one read, as the spool group-commits
+its fsyncs (a few pipelines may be on the wire at once, so a decision rarely waits for another batch's
+reply). A lone redis-py
 command costs ~200 us of CPU of its own; shared by a batch, that is what keeps fleet-wide limits within
 a few percent of local ones at full load.
 """
@@ -62,7 +63,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-_Decision = tuple[list[str], list[int | str], "asyncio.Future[int]"]
+_Decision = tuple[AsyncScript, list[str], list[int | str], "asyncio.Future[Any]"]
 MAX_BATCH = 256
 """Decisions in one pipeline at most (a larger backlog goes in the next)."""
 MAX_IN_FLIGHT = 4
@@ -92,6 +93,7 @@ class RedisLimits:
         self._auth_reserve = self._client.register_script(limits_scripts.AUTH_RESERVE)
         self._auth_failure = self._client.register_script(limits_scripts.AUTH_FAILURE)
         self._auth_success = self._client.register_script(limits_scripts.AUTH_SUCCESS)
+        self._pace = self._client.register_script(limits_scripts.PACE)
         self._waiting: list[_Decision] = []
         self._senders: set[asyncio.Task[None]] = set()
         self._collecting = False
@@ -117,8 +119,23 @@ class RedisLimits:
         for _, limit, window_ms in counters:
             args += [limit, window_ms]
         keys = [self.prefix + "rl:" + key for key, _, _ in counters]
-        decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append((keys, args, decided))
+        return int(await self._batched(self._rate, keys, args))
+
+    async def pace(self, destination: str, rates: Sequence[tuple[str, float]], max_wait: float) -> tuple[bool, float]:
+        """One shaping admission of `destination` under its rates (name, seconds the next admission moves on):
+        (True, wait) admitted after `wait` seconds, or (False, delay) with its place in the destination's
+        line `delay` seconds from now (in Redis's clock: pod clocks do not matter)."""
+        base = f"{self.prefix}shape:{destination}:"
+        keys = [base + "line", *(base + name for name, _ in rates)]
+        intervals = [round(seconds * 1e6) for _, seconds in rates]
+        args: list[int | str] = [round(max_wait * 1e6), max(intervals, default=0), *intervals]
+        admitted, delay_us = await self._batched(self._pace, keys, args)
+        return bool(admitted), int(delay_us) / 1e6
+
+    async def _batched(self, script: AsyncScript, keys: list[str], args: list[int | str]) -> Any:
+        """Run `script` in the next pipeline (one per loop pass, MAX_IN_FLIGHT at most on the wire)."""
+        decided: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((script, keys, args, decided))
         if not self._collecting and len(self._senders) < MAX_IN_FLIGHT:
             self._collecting = True
             sender = asyncio.get_running_loop().create_task(self._send_batches())
@@ -140,28 +157,30 @@ class RedisLimits:
             except (RedisError, OSError, TimeoutError) as exc:
                 batch, self._waiting = batch + self._waiting, []  # those waiting would only wait longer
                 results = [RedisUnavailable(describe(exc))] * len(batch)
-            for (_, _, decided), result in zip(batch, results, strict=True):
+            for (_, _, _, decided), result in zip(batch, results, strict=True):
                 if decided.done():
                     continue
                 if isinstance(result, BaseException):
                     error = result if isinstance(result, RedisUnavailable) else RedisUnavailable(describe(result))
                     decided.set_exception(error)
                 else:
-                    decided.set_result(int(result))
+                    decided.set_result(result)
             if not self._waiting or self._collecting:
                 return
             self._collecting = True
 
     async def _pipeline(self, batch: list[_Decision]) -> list[Any]:
-        """One pipeline of RATE scripts by hash (loaded once when Redis does not know it yet)."""
+        """One pipeline of scripts by hash (those Redis does not know yet are loaded once, then all resent)."""
         async with asyncio.timeout(self.target.timeout):
             for attempt in range(2):
                 pipe = self._client.pipeline(transaction=False)
-                for keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", self._rate.sha, len(keys), *keys, *args)
+                for script, keys, args, _ in batch:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 results = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                    await self._client.script_load(limits_scripts.RATE)
+                unknown = {batch[i][0] for i, r in enumerate(results) if isinstance(r, NoScriptError)}
+                if attempt == 0 and unknown:
+                    for script in unknown:
+                        await self._client.script_load(script.script)
                     continue
                 return list(results)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -199,6 +218,6 @@ class RedisLimits:
         for sender in list(self._senders):
             sender.cancel()
         await asyncio.gather(*self._senders, return_exceptions=True)
-        for _, _, decided in self._waiting:
+        for _, _, _, decided in self._waiting:
             decided.cancel()
         await self._client.aclose()
