@@ -40,7 +40,7 @@ import yaml
 
 from bench.common import BenchError, print_report
 from bench.dkim_targets import DkimKeyFile, PostfixDkimTarget, relay_signed
-from bench.limits_targets import BenchRedis, check_decided_in_redis, limits_spec, rate_limits
+from bench.limits_targets import BenchRedis, check_decided_in_redis, limits_spec, rate_limits, redis_cost_lines
 from bench.peers.ports import HOST, free_port
 from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
 from bench.peers.smtp_sink import SmtpSink, wait_for_banner
@@ -623,7 +623,7 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                 f"{per_session:>9} {'change':<9} {now[0] / before[0] - 1:>+9.1%}  {now[1] / before[1] - 1:>+7.1%}  "
                 f"{'':>7} {now[3] / before[3] - 1:>+8.1%}    (relay against the baseline build)"
             )
-        lines += redis_cost_lines(per_session, medians)
+        lines += redis_cost_lines(per_session, medians, runs)
         if "relay" in medians and "relay+pol" in medians:
             bare, full = medians["relay"], medians["relay+pol"]
             lines.append(
@@ -640,28 +640,6 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
             )
     lines += dkim_verdicts(runs, settings)
     return "\n".join(lines)
-
-
-def redis_cost_lines(per_session: int, medians: dict[str, list[float]]) -> list[str]:
-    """--limits redis: what counting the limits in Redis costs against the same limits counted locally
-    (accepted/s, e2e/s, messages per CPU second), for this build and, with --baseline-relay, the baseline's;
-    then relay+redis against baseline+redis."""
-    lines = []
-    for shared_name, label in (("relay+redis", "redis"), ("baseline+redis", "redis-old")):
-        if "relay" in medians and shared_name in medians:
-            local, shared = medians["relay"], medians[shared_name]
-            lines.append(
-                f"{per_session:>9} {label:<9} {1 - shared[0] / local[0]:>+9.1%}  {1 - shared[1] / local[1]:>+7.1%}  "
-                f"{'':>7} {1 - shared[3] / local[3]:>+8.1%}    ({shared_name} / relay: what counting the limits in"
-                " Redis costs: target <= 10%)"
-            )
-    if "relay+redis" in medians and "baseline+redis" in medians:
-        now, before = medians["relay+redis"], medians["baseline+redis"]
-        lines.append(
-            f"{per_session:>9} {'change':<9} {now[0] / before[0] - 1:>+9.1%}  {now[1] / before[1] - 1:>+7.1%}  "
-            f"{'':>7} {now[3] / before[3] - 1:>+8.1%}    (relay+redis against baseline+redis)"
-        )
-    return lines
 
 
 def dkim_verdicts(runs: Sequence[Run], settings: Settings) -> list[str]:
