@@ -106,7 +106,7 @@ class Relay:
             compose_headers=policy_headers,  # cleanup's headers, handed down: policy never imports cleanup
             workers=options.workers,
         )
-        self.deliverer.pace_with(self.policy.pacing)  # shaping rates fleet-wide with spec.limits.backend redis
+        self.deliverer.pace_with(lambda: self.policy.pacing)  # shaping rates fleet-wide with limits in Redis
         self.scheduler = Scheduler(
             self.spool,
             self.deliverer.deliver,
@@ -236,7 +236,6 @@ class Relay:
         self.scheduler.update_retry(config.spec.queue.retry)
         self.spool.active_window = config.spec.queue.active_window
         await self.policy.update(config)
-        self.deliverer.pace_with(self.policy.pacing)
         log.info("config reloaded")
         return True
 

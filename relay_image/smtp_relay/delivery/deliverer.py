@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dns.asyncresolver
@@ -94,9 +94,10 @@ class Deliverer:
                 )
         return outcomes
 
-    def pace_with(self, pacing: SharedPacing | None) -> None:
-        """Pace the shaping rates with the whole fleet (spec.limits.backend redis), or per process (None)."""
-        self._gate.pacing = pacing
+    def pace_with(self, source: Callable[[], SharedPacing | None]) -> None:
+        """Where the shaping rates are paced: `source()` is the fleet's pacing (spec.limits.backend redis), or
+        None for per process; asked at each admission, so it follows reloads."""
+        self._gate.pacing_source = source
 
     def update(self, config: RelayConfig) -> None:
         """Take a reloaded config; pools whose host, TLS, CA or credentials changed are retired."""

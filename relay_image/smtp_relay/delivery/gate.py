@@ -52,20 +52,25 @@ class SharedPacing(Protocol):
         ...
 
 
+def _per_process() -> SharedPacing | None:
+    return None
+
+
 class ShapingGate:
     """One per Deliverer: every shaped destination's transactions go through `run`."""
 
     def __init__(self, metrics: RelayMetrics | None, clock: Callable[[], float] = time.time) -> None:
         self.shaper = Shaper(clock)
-        self.pacing: SharedPacing | None = None
-        """Set by the relay's wiring when spec.limits.backend is redis; None: rates are per process."""
+        self.pacing_source: Callable[[], SharedPacing | None] = _per_process
+        """Asked at every admission for the fleet's pacing (the relay wires the policy engine's current one,
+        so a reload that replaces the Redis connection takes effect at once); None: rates are per process."""
         self._clock = clock
         self._metrics = metrics
         self._reduced: set[str] = set()
         self._labelled: set[str] = set()
 
     async def _admission(self, key: str, limits: Limits) -> Decision:
-        pacing = self.pacing
+        pacing = self.pacing_source()
         if pacing is None or not limits.intervals:
             return self.shaper.acquire(key, limits)
         refused = self.shaper.hold(key, limits)

@@ -100,8 +100,8 @@ class PolicyEngine:
         """The relay's SendingDomains (from its config, on every reload); None: not known yet."""
         self.rate_limiter: MessageLimits
         self.pacing: SharedPacing | None = None
-        """Traffic shaping's rates shared by the fleet (backend redis, the same Redis); the relay hands it to
-        delivery on start and reload."""
+        """Traffic shaping's rates shared by the fleet (backend redis, the same Redis); delivery asks for it at
+        each admission, so a reload's new connection is used before the old one is closed."""
         self._apply(config, scanners)
 
     @property

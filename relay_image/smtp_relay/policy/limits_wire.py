@@ -113,6 +113,7 @@ class RedisWire:
         self._tls = tls
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
+        self._closed = False
         self.writes = 0
         """Writes to the socket so far: commands asked for in one loop pass share one (tests count them)."""
 
@@ -120,6 +121,8 @@ class RedisWire:
         """Send one command and wait for its reply; ReplyError for an error reply, OSError when not connected."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
+            if self._closed:
+                raise WireLost("closed")
             protocol = await self._connected()
         return await protocol.send(pack(args))
 
@@ -155,6 +158,8 @@ class RedisWire:
         self._connecting = None
 
     async def close(self) -> None:
+        """Close for good: later calls fail at once instead of opening a connection again."""
+        self._closed = True
         connecting = self._connecting
         self.drop()
         if connecting is not None:

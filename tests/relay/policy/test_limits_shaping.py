@@ -50,7 +50,8 @@ async def gates() -> AsyncIterator[Gates]:
             health = RedisHealth(RedisLimits(target, "default", "relay"), 3, LimitsMetrics(CollectorRegistry()))
             made.append(health)
             gate = ShapingGate(None)
-            gate.pacing = FleetPacing(health)
+            pacing = FleetPacing(health)
+            gate.pacing_source = lambda pacing=pacing: pacing
             result.append(gate)
         return result
 
@@ -60,8 +61,9 @@ async def gates() -> AsyncIterator[Gates]:
 
 
 def _health(gate: ShapingGate) -> RedisHealth:
-    assert isinstance(gate.pacing, FleetPacing)
-    return gate.pacing.health
+    pacing = gate.pacing_source()
+    assert isinstance(pacing, FleetPacing)
+    return pacing.health
 
 
 async def _offer(gates: list[ShapingGate], seconds: float) -> tuple[list[float], list[float]]:

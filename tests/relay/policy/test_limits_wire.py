@@ -94,3 +94,13 @@ def test_the_relays_event_loop_uvloop(redis_server: RedisServer) -> None:
             await wire.close()
 
     assert uvloop.run(pipelined()) == list(range(1, 11))
+
+
+async def test_a_closed_wire_does_not_connect_again(redis_server: RedisServer) -> None:
+    """A retired connection (a reload replaced it) refuses later calls instead of opening a new one."""
+    wire = RedisWire(redis_server.host, redis_server.port)
+    assert await wire.call("PING") == b"PONG"
+    await wire.close()
+    with pytest.raises(WireLost):
+        await wire.call("PING")
+    assert len(redis_server.client().client_list()) == 1  # only the inspecting client
