@@ -40,7 +40,7 @@ import yaml
 
 from bench.common import BenchError, print_report
 from bench.dkim_targets import DkimKeyFile, PostfixDkimTarget, relay_signed
-from bench.limits_targets import BenchRedis, check_decided_in_redis, limits_spec, rate_limits
+from bench.limits_targets import BenchRedis, check_decided_in_redis, limits_spec, rate_limits, redis_cost_lines
 from bench.peers.ports import HOST, free_port
 from bench.peers.postfix import PostfixInstance, make_workdir, postfix_available
 from bench.peers.smtp_sink import SmtpSink, wait_for_banner
@@ -556,7 +556,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         at = targets.index("relay") + 1
         targets = (*targets[:at], "relay+redis", *targets[at:])
     if args.baseline_relay:
-        targets = ("baseline", *targets)
+        # with --limits redis the baseline build counts the same limits in Redis: before/after of relay+redis
+        targets = ("baseline+redis" if args.limits == "redis" else "baseline", *targets)
     per_session = args.messages or ([10, 50] if args.quick else [10, 100])
     latency = args.latency_seconds if args.latency_seconds is not None else (2.0 if args.quick else 5.0)
     relay = args.relay or str(Path(sys.executable).with_name("smtp-relay"))
@@ -622,12 +623,7 @@ def report(runs: Sequence[Run], latencies: Sequence[Latency], settings: Settings
                 f"{per_session:>9} {'change':<9} {now[0] / before[0] - 1:>+9.1%}  {now[1] / before[1] - 1:>+7.1%}  "
                 f"{'':>7} {now[3] / before[3] - 1:>+8.1%}    (relay against the baseline build)"
             )
-        if "relay" in medians and "relay+redis" in medians:
-            local, shared = medians["relay"], medians["relay+redis"]
-            lines.append(
-                f"{per_session:>9} {'redis':<9} {1 - shared[0] / local[0]:>+9.1%}  {1 - shared[1] / local[1]:>+7.1%}  "
-                f"{'':>7} {1 - shared[3] / local[3]:>+8.1%}    (what counting the limits in Redis costs: target <= 10%)"
-            )
+        lines += redis_cost_lines(per_session, medians, runs)
         if "relay" in medians and "relay+pol" in medians:
             bare, full = medians["relay"], medians["relay+pol"]
             lines.append(
@@ -676,15 +672,15 @@ def make_target(
         assert key is not None
         return PostfixDkimTarget(sink, key)
     policy: Literal["off", "default"] = "default" if name == "relay+pol" or settings.policy == "default" else "off"
-    executable = settings.baseline_executable if name == "baseline" else settings.relay_executable
+    executable = settings.baseline_executable if name.startswith("baseline") else settings.relay_executable
     assert executable is not None
     launcher = [executable]
     if name == "relay+dkim":
         assert key is not None
         launcher = key.relay_launcher()
     limits = None
-    if redis is not None and name in ("relay", "relay+redis"):
-        limits = limits_spec(redis.address if name == "relay+redis" else None)
+    if redis is not None and name in ("relay", "relay+redis", "baseline+redis"):
+        limits = limits_spec(redis.address if name.endswith("+redis") else None)
     return RelayTarget(sink, policy, settings.relay_args, launcher, dns_port, name=name, limits=limits)
 
 
@@ -698,6 +694,7 @@ def run(settings: Settings) -> str:
     resolver.start()
     key = DkimKeyFile(SENDER.split("@")[1]) if settings.dkim else None
     redis = BenchRedis() if settings.limits == "redis" else None
+    load_before = os.getloadavg()
     try:
         sink.start()
         if redis is not None:
@@ -743,9 +740,11 @@ def run(settings: Settings) -> str:
                 wait_for_sink(sink, base + count, timeout=120)
                 latencies.append(latency)
         for target in targets:
-            if isinstance(target, RelayTarget) and target.name == "relay+redis":
+            if isinstance(target, RelayTarget) and target.name.endswith("+redis"):
                 check_decided_in_redis(target.http_port)
-        return report(runs, latencies, settings)
+        load = " / ".join(f"{a:.2f} -> {b:.2f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
+        machine = f"load average 1/5/15 min, start -> end: {load} ({os.cpu_count()} CPUs, shared: figures are noisy)"
+        return f"{report(runs, latencies, settings)}\n\n{machine}"
     finally:
         for target in targets:
             target.stop()

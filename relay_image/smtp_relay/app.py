@@ -108,6 +108,7 @@ class Relay:
             compose_headers=policy_headers,  # cleanup's headers, handed down: policy never imports cleanup
             workers=options.workers,
         )
+        self.deliverer.pace_with(lambda: self.policy.pacing)  # shaping rates fleet-wide with limits in Redis
         self.scheduler = Scheduler(
             self.spool,
             self.deliverer.deliver,

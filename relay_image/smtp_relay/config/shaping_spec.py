@@ -42,12 +42,14 @@ class ShapingSpec(SpecModel):
     counting as a failed attempt: it does not consume the retry schedule (it still bounces at maxAge)."""
 
     max_connections: Annotated[int, Field(ge=1, le=1000)] = 20
-    """Simultaneous connections (transactions in flight) to the destination; 20 as Postfix's default."""
+    """Simultaneous connections (transactions in flight) to the destination; 20 as Postfix's default. Per relay
+    process, whatever spec.limits says."""
     max_messages_per_connection: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     """Transactions on one kept-open smarthost connection before it is closed (none: unlimited). Direct MX
     sessions carry one transaction each."""
     messages_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    """Transactions per minute, paced evenly (one every 60/N seconds: never more than N in any minute)."""
+    """Transactions per minute, paced evenly (one every 60/N seconds: never more than N in any minute). With
+    spec.limits.backend redis for the whole SmtpRelay (all pods and workers), else per relay process."""
     messages_per_hour: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
     """Transactions per hour, paced evenly as messagesPerMinute."""
     adaptive: AdaptiveSpec = AdaptiveSpec()

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dns.asyncresolver
@@ -24,7 +24,7 @@ from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import CaptureSpec, Destination, MxSpec, Smarthost
 from smtp_relay.delivery.capture import write_capture
 from smtp_relay.delivery.connection import Connection, HostFailed, client_tls_context, connect
-from smtp_relay.delivery.gate import ShapingGate, site_of
+from smtp_relay.delivery.gate import ShapingGate, SharedPacing, site_of
 from smtp_relay.delivery.pool import PROBE_IDLE, ConnectionPool, HostKey, host_key
 from smtp_relay.delivery.resolver import DnsError, NullMxError, PermanentDnsError, lookup_mx, resolve_host
 from smtp_relay.delivery.router import group_by_route, route_label
@@ -93,6 +93,11 @@ class Deliverer:
                     outcome.message,
                 )
         return outcomes
+
+    def pace_with(self, source: Callable[[], SharedPacing | None]) -> None:
+        """Where the shaping rates are paced: `source()` is the fleet's pacing (spec.limits.backend redis), or
+        None for per process; asked at each admission, so it follows reloads."""
+        self._gate.pacing_source = source
 
     def update(self, config: RelayConfig) -> None:
         """Take a reloaded config; pools whose host, TLS, CA or credentials changed are retired."""

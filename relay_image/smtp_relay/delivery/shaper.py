@@ -129,6 +129,18 @@ class Transition:
     pause: float = 0.0
 
 
+@dataclass(frozen=True)
+class Pace:
+    """A rate decision the fleet shares (delivery/gate.py asks it through `SharedPacing`)."""
+
+    base_intervals: tuple[float, ...]
+    """The configured rates (Limits.intervals): what names each rate's count."""
+    intervals: tuple[float, ...]
+    """Seconds each rate's next admission moves on (the configured ones, scaled by the destination's window)."""
+    max_wait: float
+    """An admission due within this many seconds is admitted with a wait."""
+
+
 @dataclass
 class DestinationState:
     window: float
@@ -177,23 +189,59 @@ class Shaper:
         state.window = min(state.window, state.ceiling)
         return state
 
-    def acquire(self, key: str, limits: Limits) -> Decision:
-        """Admit a transaction now (counted in flight until release) or tell when to come back."""
+    def acquire(self, key: str, limits: Limits, share: int = 1) -> Decision:
+        """Admit a transaction now (counted in flight until release) or tell when to come back.
+
+        `share` > 1 divides the rates (the fleet's pacing is unreachable: this process paces its part)."""
+        refused = self.hold(key, limits)
+        return refused if refused is not None else self.pace_locally(key, limits, share)
+
+    def hold(self, key: str, limits: Limits) -> Decision | None:
+        """The local half of an admission: back-off and connections. None: a place in flight is held, and
+        the rates decide (`pace_locally`, or the fleet's answer through `paced`); otherwise the deferral."""
         now = self._clock()
         state = self.state(key, limits)
         window = self._window(state, limits)
-        scale = limits.max_connections / window
-        spacing = max(state.duration / window, *(i * scale for i in limits.intervals), 0.0)
+        spacing = max(state.duration / window, *self._intervals(state, limits, 1), 0.0)
         if state.paused_until > now:
             return self._defer(state, state.paused_until, spacing, Reason.BACKOFF)
         if state.in_flight >= math.floor(window):
             return self._defer(state, now + state.duration / window, spacing, Reason.CONNECTIONS)
+        state.in_flight += 1
+        return None
+
+    def pace_locally(self, key: str, limits: Limits, share: int = 1) -> Decision:
+        """The rates of a held place, paced in this process (each rate divided by `share`)."""
+        now = self._clock()
+        state = self.state(key, limits)
+        intervals = self._intervals(state, limits, share)
         due = max((*state.tat, now))
         if due - now > MAX_WAIT:
+            state.in_flight = max(0, state.in_flight - 1)
+            spacing = max(state.duration / self._window(state, limits), *intervals)
             return self._defer(state, due, spacing, Reason.RATE)
-        state.tat = tuple(due + i * scale for i in limits.intervals)
-        state.in_flight += 1
+        state.tat = tuple(due + i for i in intervals)
         return Decision(admitted=True, wait=due - now)
+
+    def pace_request(self, key: str, limits: Limits) -> Pace:
+        """What the fleet's pacing is asked for a held place: the rates' intervals, scaled by the window."""
+        return Pace(limits.intervals, self._intervals(self.state(key, limits), limits, 1), MAX_WAIT)
+
+    def paced(self, key: str, limits: Limits, admitted: bool, delay: float) -> Decision:
+        """The fleet's answer for a held place: admitted after `delay` seconds, or refused with the place
+        `delay` seconds from now in the fleet's line (kept as this destination's tail too)."""
+        state = self.state(key, limits)
+        if admitted:
+            return Decision(admitted=True, wait=max(0.0, delay))
+        state.in_flight = max(0, state.in_flight - 1)
+        place = self._clock() + max(0.0, delay)
+        state.tail = max(state.tail, place)
+        return Decision(admitted=False, not_before=place, reason=Reason.RATE)
+
+    def unhold(self, key: str, limits: Limits) -> None:
+        """Give back a held place that will not run (the decision was cancelled)."""
+        state = self.state(key, limits)
+        state.in_flight = max(0, state.in_flight - 1)
 
     def release(self, key: str, limits: Limits, feedback: Feedback, duration: float) -> Transition | None:
         """Account for a finished transaction; back off on a throttle, widen the window on a delivery."""
@@ -232,6 +280,12 @@ class Shaper:
     @staticmethod
     def _window(state: DestinationState, limits: Limits) -> float:
         return state.window if limits.adaptive else float(limits.max_connections)
+
+    def _intervals(self, state: DestinationState, limits: Limits, share: int) -> tuple[float, ...]:
+        """Seconds between admissions per rate: slower while the window is reduced, `share` times slower
+        when this process paces only its part of the fleet's rate."""
+        scale = limits.max_connections / self._window(state, limits) * max(1, share)
+        return tuple(i * scale for i in limits.intervals)
 
     @staticmethod
     def _defer(state: DestinationState, earliest: float, spacing: float, reason: Reason) -> Decision:

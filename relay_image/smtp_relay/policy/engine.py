@@ -8,7 +8,8 @@ little as possible and reaches the sending application synchronously:
 - AUTH: the failure throttle (`before_auth`, `reserve_auth` before each password check, then
   `auth_failed`, `auth_succeeded` or `auth_abandoned`; policy.checks.auth);
 - rate limits and the AUTH throttle count per process, or fleet-wide in Redis (spec.limits,
-  policy.limits_fleet; built here, swapped on reload);
+  policy.limits_fleet; built here, swapped on reload), and so do traffic shaping's rates (policy.limits_shaping,
+  handed to delivery as `pacing`);
 - MAIL: verified sender domain, rate limits (early refusal), SPF (policy.checks.mail);
 - RCPT: recipient syntax, recipient domain can receive mail (policy.checks.rcpt);
 - end of DATA: blocked attachments, virus, spam, and the rate limits again, now counting the message
@@ -32,6 +33,7 @@ import dns.asyncresolver
 from smtp_relay.config.domains import SendingDomains
 from smtp_relay.config.resolved import RelayConfig
 from smtp_relay.config.spec import SmtpRelaySpec
+from smtp_relay.delivery.gate import SharedPacing
 from smtp_relay.model.envelope import Envelope
 from smtp_relay.policy.chain import Accounting, Chain
 from smtp_relay.policy.checks import auth, connect, mail, rcpt
@@ -97,6 +99,9 @@ class PolicyEngine:
         self.sending_domains: SendingDomains | None = None
         """The relay's SendingDomains (from its config, on every reload); None: not known yet."""
         self.rate_limiter: MessageLimits
+        self.pacing: SharedPacing | None = None
+        """Traffic shaping's rates shared by the fleet (backend redis, the same Redis); delivery asks for it at
+        each admission, so a reload's new connection is used before the old one is closed."""
         self._apply(config, scanners)
 
     @property
@@ -154,13 +159,15 @@ class PolicyEngine:
         old: MessageLimits | None = getattr(self, "rate_limiter", None)
         if redis is None:
             self._retire_health()
+            self.pacing = None
             if not isinstance(old, RateLimiter) or old.limits != limits:
                 self.rate_limiter = RateLimiter(limits, self._clock)
             self.auth_limits: AuthLimits = self.auth_throttle
             return
-        # Imported here: the redis client costs ~0.4 s of every start, and only backend redis needs it.
+        # Imported here: only backend redis needs the Redis connection (and hiredis).
         from smtp_relay.policy.limits_fleet import FleetAuthThrottle, FleetRateLimiter, RedisHealth
         from smtp_relay.policy.limits_redis import RedisLimits, RedisTarget
+        from smtp_relay.policy.limits_shaping import FleetPacing
 
         credentials = config.redis_credentials if isinstance(config, RelayConfig) else None
         ca = config.cas.get(redis.ca_secret) if isinstance(config, RelayConfig) and redis.ca_secret else None
@@ -176,6 +183,8 @@ class PolicyEngine:
         ):
             self._retire_health()
             health = self._health = RedisHealth(RedisLimits(target, namespace, name), processes, self.limits_metrics)
+        if not isinstance(self.pacing, FleetPacing) or self.pacing.health is not health:
+            self.pacing = FleetPacing(health)
         fallback_changed = health.processes != processes
         health.processes = processes
         self.limits_metrics.share.set(processes)

@@ -82,6 +82,8 @@ class RedisHealth:
             )
 
     async def close(self) -> None:
+        """Retired (a reload changed the Redis target): a decision still holding it is taken locally, unlogged."""
+        self.up = False
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)

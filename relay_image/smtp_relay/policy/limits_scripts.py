@@ -109,3 +109,30 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return 0
 """
+
+PACE: Final = """
+-- Traffic shaping's rates for the fleet: GCRA without burst, in microseconds of the Redis server's clock.
+-- KEYS[1]: the destination's line (the latest place handed to a refused admission); KEYS[1+i]: the theoretical
+-- arrival time (TAT) of rate i. ARGV[1]: the longest wait of an admission; ARGV[2]: the spacing of places in
+-- the line; ARGV[2+i]: how far rate i's TAT moves on per admission. Returns {1, wait} (admitted: every TAT
+-- moved on) or {0, delay} (refused: the place in the line, that far from now). Keys expire once in the past.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local due = now
+for i = 2, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat > due then
+    due = tat
+  end
+end
+if due - now > tonumber(ARGV[1]) then
+  local place = math.max(due, tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[2]))
+  redis.call('SET', KEYS[1], string.format('%.0f', place), 'PX', math.ceil((place - now) / 1000) + 1000)
+  return {0, place - now}
+end
+for i = 2, #KEYS do
+  local tat = due + tonumber(ARGV[i + 1])
+  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+return {1, due - now}
+"""

@@ -160,6 +160,13 @@ class LimitsMetrics:
             ["backend"],
             registry=r,
         )
+        self.shaping_decisions = Counter(
+            "smtp_relay_shaping_rate_decisions",
+            "Traffic-shaping rate decisions with spec.limits.backend redis, by where they were taken (redis, or"
+            " local, each rate divided by replicas x workers, while falling back).",
+            ["backend"],
+            registry=r,
+        )
         self.share = Gauge(
             "smtp_relay_limits_share", "Processes one fleet-wide limit is divided by while falling back.", registry=r
         )

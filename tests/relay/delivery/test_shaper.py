@@ -258,3 +258,66 @@ def test_idle_destinations_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> Non
     assert shaper.acquire("c", lim).admitted
     assert shaper.window("a") is None and shaper.window("b") is None  # idle: forgotten
     assert not shaper.acquire("busy", lim).admitted  # in flight: kept, still counted
+
+
+# -- the split admission of fleet-wide pacing (delivery/gate.py with a SharedPacing) ----------------------
+
+
+def test_a_held_place_counts_in_flight_until_the_fleet_answers() -> None:
+    clock = Clock()
+    shaper = Shaper(clock)
+    lim = limits(maxConnections=1, messagesPerMinute=60)
+    assert shaper.hold("d", lim) is None  # back-off and connections allow it: held while the fleet decides
+    second = shaper.hold("d", lim)
+    assert second is not None and second.reason is Reason.CONNECTIONS  # the held place counts
+    refused = shaper.paced("d", lim, admitted=False, delay=4.0)
+    assert not refused.admitted and refused.reason is Reason.RATE and refused.not_before == clock.now + 4.0
+    assert shaper.hold("d", lim) is None  # the refused place was given back
+    admitted = shaper.paced("d", lim, admitted=True, delay=0.02)
+    assert admitted.admitted and admitted.wait == 0.02
+    shaper.release("d", lim, Feedback.DELIVERED, 0.1)
+    assert shaper.hold("d", lim) is None
+    shaper.unhold("d", lim)  # a cancelled decision gives its place back too
+    assert shaper.hold("d", lim) is None
+
+
+def test_the_fleets_line_becomes_the_local_tail() -> None:
+    """A connections deferral after a fleet-wide refusal queues behind the fleet's place, not before it."""
+    clock = Clock()
+    shaper = Shaper(clock)
+    lim = limits(maxConnections=1, messagesPerMinute=60)
+    assert shaper.hold("d", lim) is None
+    shaper.paced("d", lim, admitted=False, delay=30.0)
+    assert shaper.hold("d", lim) is None
+    behind = shaper.hold("d", lim)
+    assert behind is not None and behind.not_before > clock.now + 30.0
+
+
+def test_the_pace_request_carries_the_configured_and_the_scaled_rates() -> None:
+    clock = Clock()
+    shaper = Shaper(clock)
+    lim = limits(maxConnections=4, messagesPerMinute=60, messagesPerHour=1800)
+    pace = shaper.pace_request("d", lim)
+    assert pace.base_intervals == (1.0, 2.0) and pace.intervals == (1.0, 2.0) and pace.max_wait == MAX_WAIT
+    assert shaper.hold("d", lim) is None
+    shaper.paced("d", lim, admitted=True, delay=0.0)
+    shaper.release("d", lim, Feedback.THROTTLED, 0.1)  # window 4 -> 1: each rate four times slower
+    assert shaper.pace_request("d", lim).intervals == (4.0, 8.0)
+    assert shaper.pace_request("d", lim).base_intervals == (1.0, 2.0)  # the same counts in the fleet
+
+
+def test_a_share_of_the_rate_while_the_fleet_cannot_answer() -> None:
+    """Fallback: each of 3 processes paces a third of messagesPerMinute 60, one admission every 3 s."""
+    clock = Clock()
+    shaper = Shaper(clock)
+    lim = limits(maxConnections=10, messagesPerMinute=60)
+    times = []
+    for _ in range(200):
+        decision = shaper.acquire("d", lim, share=3)
+        if decision.admitted:
+            times.append(clock.now + decision.wait)
+            shaper.release("d", lim, Feedback.DELIVERED, 0.01)
+        clock.now += 0.25
+    assert len(times) == 17  # 50 s: 0, 3, ..., 48
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 3.0 - MAX_WAIT
+    assert shaper.acquire("e", lim).admitted and not shaper.acquire("e", lim).admitted  # share 1: the old pace

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import dns.asyncresolver
 import pytest
@@ -29,6 +28,7 @@ from smtp_relay.policy.checks.content import count_message
 from smtp_relay.policy.engine import PolicyEngine
 from smtp_relay.policy.limits_fleet import FleetAuthThrottle, FleetRateLimiter, RedisHealth
 from smtp_relay.policy.limits_redis import RedisLimits, RedisTarget
+from smtp_relay.policy.limits_shaping import FleetPacing
 from smtp_relay.policy.metrics import PolicyMetrics
 from smtp_relay.policy.ratelimit import AuthThrottle, RateLimiter, divided
 from smtp_relay.telemetry.metrics import LimitsMetrics
@@ -227,38 +227,34 @@ async def test_the_engine_swaps_backends_and_shares_on_reload(redis_server: Redi
     fleet = engine.rate_limiter
     assert isinstance(fleet, FleetRateLimiter) and isinstance(engine.auth_limits, FleetAuthThrottle)
     assert registry.get_sample_value("smtp_relay_limits_share") == 6
+    pacing = engine.pacing  # traffic shaping's rates: the same Redis, the same health and share
+    assert isinstance(pacing, FleetPacing) and pacing.health is fleet.health and pacing.processes == 6
     envelope = Envelope(mail_from="a@x.test", rcpt_tos=["b@y.test"])
     assert await count_message(engine.rate_limiter, facts("192.0.2.1"), envelope) is None
     await engine.update(config(5))
     assert engine.rate_limiter is not fleet and isinstance(engine.rate_limiter, FleetRateLimiter)
     assert engine.rate_limiter.health is fleet.health  # same connection, the fleet's counts go on
     assert registry.get_sample_value("smtp_relay_limits_share") == 10
+    assert engine.pacing is pacing and pacing.processes == 10
     inspector = redis_server.client()
     assert inspector.keys("relayfleet:{mail/outbound}:rl:client:*")
     assert len(inspector.client_list()) == 2  # the engine's connection and ours
     await engine.update(config(5, backend="local"))
     assert isinstance(engine.rate_limiter, RateLimiter) and engine.auth_limits is engine.auth_throttle
+    assert engine.pacing is None  # shaping rates per process again
     assert [c["name"] for c in inspector.client_list()] == [""] and len(inspector.client_list()) == 1  # closed
     await engine.close()
 
 
-async def test_concurrent_decisions_share_pipelines_and_stay_exact(
-    redis_server: RedisServer, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_concurrent_decisions_share_pipelines_and_stay_exact(redis_server: RedisServer, fleet: Fleet) -> None:
     pod = fleet(redis_server, limits=[RateLimit(key="sender", limit=30, per="1m")])
-    redis = pod.health.redis
-    batches: list[int] = []
-    send = redis._pipeline
-
-    async def counted(batch: list[Any]) -> list[Any]:
-        batches.append(len(batch))
-        return await send(batch)
-
-    monkeypatch.setattr(redis, "_pipeline", counted)
-    redis_server.client().script_flush()  # the first pipeline finds the script unknown and loads it
+    wire = pod.health.redis.wire
+    assert await pod.count("192.0.2.9", None, "z@x.test") is None  # connected
+    redis_server.client().script_flush()  # the next decisions find the script unknown and send it in full
+    writes = wire.writes
     verdicts = await asyncio.gather(*[pod.count("192.0.2.1", None, "a@x.test") for _ in range(50)])
     assert sum(v is None for v in verdicts) == 30  # exact under concurrency: each script is atomic
-    assert sum(batches) >= 50 and len(batches) <= 3, batches  # 50 sessions' decisions in a few pipelines
+    assert wire.writes - writes <= 3, wire.writes - writes  # 50 sessions' decisions in a few writes
 
 
 async def test_tls_with_the_ca_of_a_secret_and_an_acl_user(
