@@ -99,6 +99,11 @@ class Telemetry:
         """The relays' admin token (read once per relay; `forget_token` after a 401)."""
         return await self._token(kube, owner)
 
+    def remember_token(self, owner: Owner, token: str) -> None:
+        """The token a reconcile just created or read: the first resync then needs no read of the Secret."""
+        if token:
+            self._tokens[(owner.namespace, owner.name)] = token
+
     def forget_token(self, owner: Owner) -> None:
         self._tokens.pop((owner.namespace, owner.name), None)
 

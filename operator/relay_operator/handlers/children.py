@@ -5,7 +5,8 @@ The StatefulSets' and the relay pods' events also feed `fleet.observed`, so the 
 Every child kind is watched with a server-side label selector (`wiring.configure` sets it), so the operator
 streams only its own children, never every StatefulSet or ConfigMap of the cluster. `relays.drift` decides
 what an event needs; a reconcile it asks for is debounced per SmtpRelay (several children of one relay
-changing together cost one reconcile).
+changing together cost one reconcile), and so is a status refresh after a StatefulSet's status moved (the pods
+of a rollout becoming ready one after the other cost one status write).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ PODS = ("", "v1", "pods")
 """Watched (with the same label selector) for `Observed` only: pods are the StatefulSet's, never healed here."""
 HEAL_DELAY = 0.5
 """Seconds an SmtpRelay's reconcile waits after a child's event, to take its other children's events along."""
+STATUS_DELAY = 1.0
+"""Seconds an SmtpRelay's status refresh waits after its StatefulSet's status moved, to take the next moves along
+(a rollout or a scale reports every pod created, started and ready: one status write for those, not one each)."""
 
 
 def watched_resources(settings: Settings) -> list[tuple[str, str, str]]:
@@ -80,6 +84,25 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the relay's own handlers retry: a courtesy
             logger.warning("reconcile of %s/%s after a child's change failed: %s", namespace, name, exc)
 
+    refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    async def refresh(namespace: str, name: str) -> None:
+        await asyncio.sleep(STATUS_DELAY)
+        refreshing.pop((namespace, name), None)
+        statefulset = latest.pop((namespace, name), None)
+        try:
+            await rec.refresh_status(await client(), namespace, name, statefulset=statefulset)
+        except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the next event or resync tries again
+            logger.warning("status of %s/%s after its StatefulSet moved not written: %s", namespace, name, exc)
+
+    def schedule_refresh(namespace: str, name: str, statefulset: Mapping[str, Any]) -> None:
+        """Refresh the status from the last StatefulSet seen, once the burst of its status events is over."""
+        key = (namespace, name)
+        latest[key] = statefulset
+        if key not in refreshing:
+            refreshing[key] = asyncio.ensure_future(refresh(namespace, name))
+
     def schedule(namespace: str, name: str, kind: str | None, body: Mapping[str, Any]) -> None:
         key = (namespace, name)
         meta = body.get("metadata") or {}
@@ -99,14 +122,17 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
         if action == "reconcile":
             schedule(namespace, name, type, body)
         elif action == "status":
-            await rec.refresh_status(kube, namespace, name, statefulset=body)
+            schedule_refresh(namespace, name, dict(body))
 
     async def cancel_pending(**_: Any) -> None:
-        """At shutdown: reconciles still waiting out their delay are dropped (each relay resumes on start)."""
-        for task in list(pending.values()):
+        """At shutdown: reconciles and status refreshes still waiting out their delay are dropped (each relay
+        resumes on start)."""
+        for task in [*pending.values(), *refreshing.values()]:
             task.cancel()
         pending.clear()
         triggers.clear()
+        refreshing.clear()
+        latest.clear()
 
     async def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         observed.saw_pod(type, body)

@@ -78,6 +78,7 @@ def register(
             result, scale = await drain.reconcile(
                 body, kube, settings, events, telemetry, fresh=fresh, write_status_patch=False
             )
+        telemetry.remember_token(Owner.from_body(body), result.admin_token)
         if result.status_changed:
             patch.status.update(result.status)
         logger.info("reconciled: changed=%s problems=%d", result.changed, len(result.problems))
