@@ -106,11 +106,12 @@ _RESULTS_LIMIT = 4096
 
 
 def _evaluate(prog: Any, rule: str, value: Any, old: Any, schema: Json, uses_old: bool) -> Any:
-    """The rule's result (a CELEvalError when it failed), memoized for rules without oldSelf."""
-    paths = None if uses_old else self_paths(rule)
-    if paths is None:
+    """The rule's result (a CELEvalError when it failed), memoized for rules without oldSelf on what they see
+    (the whole value when a rule uses ``self`` itself, e.g. ``isCIDR(self)`` on each allowed network)."""
+    if uses_old:
         return _run_program(prog, _activation(value, old, schema, uses_old))
-    seen = project(value, schema, paths)
+    paths = self_paths(rule)
+    seen = value if paths is None else project(value, schema, paths)
     key = (rule, id(schema), json.dumps(seen))
     cached = _RESULTS.get(key)
     if cached is not None and cached[0] is schema:
