@@ -70,6 +70,7 @@ class Result:
     idle_pct: float = 0.0
     idle_emulator_pct: float = 0.0
     idle_requests: int = 0
+    idle_by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
     idle_wall: float = 0.0
     rss_peak_kib: int = 0
     rss_end_kib: int = 0
@@ -136,7 +137,8 @@ def report(r: Result) -> str:
         f"  emulator CPU while creating: {r.busy_emulator_cpu:.1f} s "
         f"({100 * r.busy_emulator_cpu / max(r.busy_wall, 1e-9):.0f} % of a core)",
         f"  idle window: {r.idle_requests} operator requests ({r.idle_requests / max(r.idle_wall, 1e-9):.1f}/s), "
-        f"emulator {r.idle_emulator_pct:.2f} % of a core",
+        f"emulator {r.idle_emulator_pct:.2f} % of a core"
+        + "".join(f"; {v} {k}" for k, v in sorted(r.idle_by_kind.items(), key=lambda i: -i[1])[:4] if v > 0),
         f"  operator RSS: {r.rss_start_kib / 1024:.0f} MB before the creates, "
         f"{r.rss_end_kib / 1024:.0f} MB at the end; "
         f"emulator peak {r.emulator_rss_peak_kib / 1024:.0f} MB",

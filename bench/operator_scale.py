@@ -252,6 +252,8 @@ class Bench:
                 result.idle_pct = 100 * (cpu2 - cpu1) / (t2 - t1)
                 result.idle_emulator_pct = 100 * (ecpu2 - ecpu1) / (t2 - t1)
                 result.idle_requests = idle_stats["total"] - after["total"]
+                result.idle_by_kind = collections.Counter(idle_stats["by_kind"])
+                result.idle_by_kind.subtract(after["by_kind"])
                 result.idle_wall = t2 - t1
                 memory = memory_kib(operator_pid)
                 result.rss_peak_kib, result.rss_end_kib = memory.get("VmHWM", 0), memory.get("VmRSS", 0)

@@ -23,7 +23,7 @@ from relay_operator.events import recorder
 from relay_operator.fleet import drain
 from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
-from relay_operator.handlers.wiring import client
+from relay_operator.handlers.wiring import client, creation_handled
 from relay_operator.kube import ApiError
 from relay_operator.relays import reconcile as rec
 from relay_operator.relays.drift import (
@@ -44,6 +44,9 @@ PODS = ("", "v1", "pods")
 HEAL_DELAY = 0.5
 """Seconds an SmtpRelay's reconcile waits after a child's event, to take its other children's events along."""
 STATUS_DELAY = 1.0
+UNHANDLED_PATIENCE = 60
+"""How many times a status refresh looks again (every STATUS_DELAY) for a relay whose creation kopf has not yet
+recorded as handled (`wiring.creation_handled`), before leaving it to the resync."""
 """Seconds an SmtpRelay's status refresh waits after its StatefulSet's status moved, to take the next moves along
 (a rollout or a scale reports every pod created, started and ready: one status write for those, not one each)."""
 
@@ -79,6 +82,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
             relay = await kube.get("SmtpRelay", namespace, name)
             if relay is None or relay["metadata"].get("deletionTimestamp"):
                 return  # the children are going with their owner
+            if not creation_handled(relay):
+                return  # the create handler applies every child itself (and is retried until it did)
             with recorder(relay) as events:
                 await drain.reconcile(relay, kube, settings, events, telemetry)
         except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the relay's own handlers retry: a courtesy
@@ -88,13 +93,24 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, telemetry: Tel
     latest: dict[tuple[str, str], Mapping[str, Any]] = {}
 
     async def refresh(namespace: str, name: str) -> None:
-        await asyncio.sleep(STATUS_DELAY)
-        refreshing.pop((namespace, name), None)
-        statefulset = latest.pop((namespace, name), None)
-        try:
-            await rec.refresh_status(await client(), namespace, name, statefulset=statefulset)
-        except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the next event or resync tries again
-            logger.warning("status of %s/%s after its StatefulSet moved not written: %s", namespace, name, exc)
+        key = (namespace, name)
+        for _ in range(UNHANDLED_PATIENCE):
+            await asyncio.sleep(STATUS_DELAY)
+            try:
+                kube = await client()
+                relay = await kube.get("SmtpRelay", namespace, name)
+                if relay is not None and not creation_handled(relay):
+                    continue  # the create handler still runs: its own patch writes the status; look again later
+                refreshing.pop(key, None)
+                statefulset = latest.pop(key, None)
+                if relay is not None:
+                    await rec.refresh_status(kube, namespace, name, statefulset=statefulset, body=relay)
+                return
+            except (ApiError, TimeoutError, aiohttp.ClientError) as exc:  # the next event or resync tries again
+                logger.warning("status of %s/%s after its StatefulSet moved not written: %s", namespace, name, exc)
+                break
+        refreshing.pop(key, None)
+        latest.pop(key, None)
 
     def schedule_refresh(namespace: str, name: str, statefulset: Mapping[str, Any]) -> None:
         """Refresh the status from the last StatefulSet seen, once the burst of its status events is over."""

@@ -20,7 +20,7 @@ from relay_operator.fleet.autoscale import Stabilizer, decision
 from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.observe import instrumented
-from relay_operator.handlers.wiring import client, retried_when_transient
+from relay_operator.handlers.wiring import client, creation_handled, retried_when_transient
 from relay_operator.kube import ApiError
 from relay_operator.metrics import OperatorMetrics
 from relay_operator.relays import reconcile as rec
@@ -99,6 +99,8 @@ def register(
             await refresh(body, logger)
 
     async def refresh(body: kopf.Body, logger: kopf.Logger) -> None:
+        if not creation_handled(body):
+            return  # the create handler has not finished (a loaded API server): it reports the status itself
         kube = await client()
         namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
         current: kopf.Body | None = body  # what kopf's watch showed: no need to read it again
