@@ -21,6 +21,10 @@ from relay_operator.kube import Kube
 from relay_operator.relays.render.admin_token import ADMIN_TOKEN_KEY, admin_token_secret_name
 from relay_operator.relays.render.common import ADMIN_PORT, Owner, selector_string
 
+KEEPALIVE_SECONDS = 90.0
+"""How long an idle connection to a pod is kept: longer than the resync interval (60 s by default), shorter than
+the relay's admin server keeps one (aiohttp's default, an hour)."""
+
 
 class Telemetry:
     """One per operator (per event loop): the HTTP session, the concurrency bound, the last samples."""
@@ -69,7 +73,11 @@ class Telemetry:
 
     def _open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
         if self._session is None or self._slots is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # One kept-alive connection per pod, reused by the next resync (KEEPALIVE_SECONDS outlasts its interval):
+            # at a thousand relays of three pods, setting up and tearing down a connection per call was most of the
+            # operator's idle CPU. The semaphore, not the connector, bounds what is in flight.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
             self._slots = asyncio.Semaphore(self._concurrency)
         return self._session, self._slots
 
@@ -86,14 +94,21 @@ class Telemetry:
             return None, "operator stopping"
         session, slots = self._open()
         async with slots:
-            try:
-                headers = {"Authorization": f"Bearer {token}"}
-                async with session.request(method, f"http://{host}:{ADMIN_PORT}{path}", headers=headers) as response:
-                    if response.status != 200:
-                        return None, f"{response.status} {response.reason}"
-                    return await response.json(content_type=None), ""
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                return None, str(exc) or type(exc).__name__
+            for attempt in (1, 2):
+                try:
+                    headers = {"Authorization": f"Bearer {token}"}
+                    url = f"http://{host}:{ADMIN_PORT}{path}"
+                    async with session.request(method, url, headers=headers) as response:
+                        if response.status != 200:
+                            return None, f"{response.status} {response.reason}"
+                        return await response.json(content_type=None), ""
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if attempt == 1 and method == "GET":
+                        continue  # a kept-alive connection the pod closed meanwhile (a restart): once more, anew
+                    return None, str(exc) or type(exc).__name__
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    return None, str(exc) or type(exc).__name__
+            raise AssertionError("unreachable")
 
     async def token(self, kube: Kube, owner: Owner) -> str:
         """The relays' admin token (read once per relay; `forget_token` after a 401)."""
