@@ -48,6 +48,7 @@ class Settings:
     timeout: float
     settle_max: float
     keep: bool
+    first_resyncs_max: float = 0.0
 
 
 @dataclass
@@ -71,6 +72,11 @@ class Result:
     idle_emulator_pct: float = 0.0
     idle_requests: int = 0
     idle_by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
+    transient_wall: float = 0.0
+    transient_pct: float = 0.0
+    transient_status_writes: int = 0
+    rated: int = 0
+    """Relays whose status.queue had its rates (two resyncs done) before the idle window."""
     idle_wall: float = 0.0
     rss_peak_kib: int = 0
     rss_end_kib: int = 0
@@ -136,6 +142,9 @@ def report(r: Result) -> str:
         f"({100 * r.busy_cpu / max(r.busy_wall, 1e-9):.0f} % of a core, {1000 * r.busy_cpu / n:.1f} ms per SmtpRelay)",
         f"  emulator CPU while creating: {r.busy_emulator_cpu:.1f} s "
         f"({100 * r.busy_emulator_cpu / max(r.busy_wall, 1e-9):.0f} % of a core)",
+        f"  first resyncs, before the idle window: {r.rated}/{r.created} relays had status.queue with rates after "
+        f"{r.transient_wall:.0f} s; {r.transient_status_writes} status writes, "
+        f"operator {r.transient_pct:.2f} % of a core",
         f"  idle window: {r.idle_requests} operator requests ({r.idle_requests / max(r.idle_wall, 1e-9):.1f}/s), "
         f"emulator {r.idle_emulator_pct:.2f} % of a core"
         + "".join(f"; {v} {k}" for k, v in sorted(r.idle_by_kind.items(), key=lambda i: -i[1])[:4] if v > 0),
