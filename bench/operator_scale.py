@@ -52,6 +52,8 @@ CHILD_RESOURCES = {  # plural -> API path prefix (cluster-wide, for the watches)
 }
 RELAYS = "/apis/relayfleet.io/v1alpha1"
 RESPONDER_STATS = "/_responder/stats"  # bench/pod_responder.py's counter
+STARTUP_SECONDS = 90.0
+"""How long the operator may take to start watching: 30 s was too short once on a loaded 2-core VM (load 7)."""
 
 
 def children_of(name: str) -> list[tuple[str, str]]:
@@ -238,7 +240,7 @@ class Bench:
         progress = Progress(names)
         connector = aiohttp.TCPConnector(limit=s.concurrency + len(CHILD_RESOURCES) + 4)
         async with aiohttp.ClientSession(headers=self.headers, connector=connector) as session:
-            await self.wait_operator_ready(session, operator_pid, time.monotonic() + 30)
+            await self.wait_operator_ready(session, operator_pid, time.monotonic() + STARTUP_SECONDS)
             watched = [*CHILD_RESOURCES, "smtprelays"]
             readies = [asyncio.Event() for _ in watched]
             watches = [
