@@ -1,12 +1,15 @@
 """The operator at scale: N SmtpRelays against the Kubernetes API emulator, the operator in its own process.
 
-    python -m bench.operator_scale [--count 1000] [--concurrency 16] [--rate R] [--idle 60] [--quick]
+    python -m bench.operator_scale [--count 1000] [--replicas 3] [--concurrency 16] [--rate R] [--idle 60] [--quick]
 
-Three processes: the API emulator (`python -m tests.kube.server` with its request counter), the real
-`relayfleet-operator --standalone --all-namespaces` with KUBECONFIG pointing at it, and this benchmark,
-which creates the SmtpRelays over HTTP and watches the children appear. Reported: time from create to
-all five children present (p50/p95), operator API requests per SmtpRelay, operator CPU while idle
-afterwards, and the operator's peak RSS. See bench/README.md for what each figure means.
+Four processes: the API emulator (`python -m tests.kube.server` with its request counter; its StatefulSet
+controller and node make each relay's pods Running), the pods' stand-in (`python -m bench.pod_responder`: one
+loopback address per pod answering the relays' admin `/queue`, the addresses given to the pods through the
+emulator's `--pod-addresses`), the real `relayfleet-operator --standalone --all-namespaces` with KUBECONFIG
+pointing at the emulator, and this benchmark, which creates the SmtpRelays over HTTP and watches the children
+appear. Reported: time from create to all five children present (p50/p95), operator API requests per SmtpRelay,
+operator and emulator CPU while idle afterwards (the resync timers ask every pod for its queue), and the
+operator's peak RSS. See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import aiohttp.web
 import yaml
 
 from bench.common import BenchError, print_report
+from bench.operator_figures import Result, Settings, cpu_seconds, memory_kib, report
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = [ROOT / "crds" / "smtprelays.relayfleet.io.yaml", ROOT / "crds" / "sendingdomains.relayfleet.io.yaml"]
@@ -47,10 +51,9 @@ CHILD_RESOURCES = {  # plural -> API path prefix (cluster-wide, for the watches)
     "poddisruptionbudgets": "/apis/policy/v1",
 }
 RELAYS = "/apis/relayfleet.io/v1alpha1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_P50_MS = 300.0
-TARGET_IDLE_PCT = 5.0
-TARGET_RSS_MB = 300.0
+RESPONDER_STATS = "/_responder/stats"  # bench/pod_responder.py's counter
+STARTUP_SECONDS = 90.0
+"""How long the operator may take to start watching: 30 s was too short once on a loaded 2-core VM (load 7)."""
 
 
 def children_of(name: str) -> list[tuple[str, str]]:
@@ -64,14 +67,14 @@ def children_of(name: str) -> list[tuple[str, str]]:
     ]
 
 
-def relay_body(name: str) -> dict[str, Any]:
+def relay_body(name: str, replicas: int) -> dict[str, Any]:
     """A small valid SmtpRelay without Secret references (so the operator reads no Secrets)."""
     return {
         "apiVersion": "relayfleet.io/v1alpha1",
         "kind": "SmtpRelay",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "listeners": [{"name": "relay", "port": 2525}],
             "clients": {"allowedNetworks": ["10.0.0.0/8"]},
             "routing": {"default": {"smarthosts": [{"host": "smtp.upstream.example", "port": 587}]}},
@@ -79,38 +82,7 @@ def relay_body(name: str) -> dict[str, Any]:
     }
 
 
-# --- /proc accounting ---------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (the operator and the emulator do not fork)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (the kernel's own peak RSS, so no sampling can miss a spike) in KiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
 # --- the benchmark ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    count: int
-    concurrency: int
-    rate: float | None
-    idle: float
-    timeout: float
-    settle_max: float
-    keep: bool
 
 
 @dataclass
@@ -123,11 +95,22 @@ class Progress:
     create_rtt: dict[str, float] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
     all_done: asyncio.Event = field(default_factory=asyncio.Event)
+    rated: set[str] = field(default_factory=set)
+    all_rated: asyncio.Event = field(default_factory=asyncio.Event)
+    """SmtpRelays whose status.queue has rates: their first two resyncs are done."""
     expired: int = 0
 
     def __post_init__(self) -> None:
         self._owner = {child: name for name in self.names for child in children_of(name)}
         self._missing = {name: len(children_of(name)) for name in self.names}
+
+    def saw_relay(self, body: dict[str, Any]) -> None:
+        """An SmtpRelay's status.queue has its rates once the pods answered two resyncs: its status settled."""
+        queue = (body.get("status") or {}).get("queue") or {}
+        if "ratesPerMinute" in queue:
+            self.rated.add(str((body.get("metadata") or {}).get("name")))
+            if len(self.rated) >= len(self.names):
+                self.all_rated.set()
 
     def saw(self, plural: str, name: str, at: float) -> None:
         key = (plural, name)
@@ -145,13 +128,19 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, settings: Settings, url: str, token: str) -> None:
+    def __init__(self, settings: Settings, url: str, token: str, responder_url: str) -> None:
         self.settings = settings
         self.url = url
+        self.responder_url = responder_url
         self.headers = {"User-Agent": BENCH_AGENT, "Authorization": f"Bearer {token}"}
 
     async def stats(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         async with session.get(self.url + STATS_PATH) as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def pod_stats(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        async with session.get(self.responder_url + RESPONDER_STATS) as response:
             result: dict[str, Any] = await response.json()
             return result
 
@@ -161,11 +150,12 @@ class Bench:
         """Follow one child resource cluster-wide; reconnect from the last resourceVersion, relist on 410."""
         rv = "0"
         while True:
-            params = {"watch": "true", "labelSelector": SELECTOR, "resourceVersion": rv, "timeoutSeconds": "3600"}
+            params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "3600"}
+            if plural != "smtprelays":
+                params["labelSelector"] = SELECTOR
             timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-            async with session.get(
-                f"{self.url}{CHILD_RESOURCES[plural]}/{plural}", params=params, timeout=timeout
-            ) as response:
+            prefix = RELAYS if plural == "smtprelays" else CHILD_RESOURCES[plural]
+            async with session.get(f"{self.url}{prefix}/{plural}", params=params, timeout=timeout) as response:
                 response.raise_for_status()
                 ready.set()
                 while line := await response.content.readline():
@@ -178,7 +168,10 @@ class Bench:
                     meta = obj.get("metadata") or {}
                     rv = str(meta.get("resourceVersion") or rv)
                     if event.get("type") in ("ADDED", "MODIFIED"):
-                        progress.saw(plural, str(meta.get("name")), time.monotonic())
+                        if plural == "smtprelays":
+                            progress.saw_relay(obj)
+                        else:
+                            progress.saw(plural, str(meta.get("name")), time.monotonic())
 
     async def create_all(self, session: aiohttp.ClientSession, progress: Progress) -> None:
         queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
@@ -193,7 +186,8 @@ class Bench:
                     await asyncio.sleep(max(0.0, start + index / self.settings.rate - time.monotonic()))
                 sent = time.monotonic()
                 async with session.post(
-                    f"{self.url}{RELAYS}/namespaces/{NAMESPACE}/smtprelays", json=relay_body(name)
+                    f"{self.url}{RELAYS}/namespaces/{NAMESPACE}/smtprelays",
+                    json=relay_body(name, self.settings.replicas),
                 ) as response:
                     if response.status != 201:
                         raise BenchError(f"create {name}: {response.status} {await response.text()}")
@@ -213,6 +207,22 @@ class Bench:
             await asyncio.sleep(0.2)
         return time.monotonic() - start
 
+    async def first_resyncs(
+        self, session: aiohttp.ClientSession, progress: Progress, result: Result, operator_pid: int
+    ) -> None:
+        """Wait (at most `first_resyncs_max`) until every relay's first two resyncs wrote status.queue and its rates:
+        a transient, measured apart, so that the idle window that follows is the steady state."""
+        s, start, cpu0, before = self.settings, time.monotonic(), cpu_seconds(operator_pid), await self.stats(session)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(progress.all_rated.wait(), s.first_resyncs_max)
+        after = await self.stats(session)
+        result.transient_wall = time.monotonic() - start
+        result.transient_pct = 100 * (cpu_seconds(operator_pid) - cpu0) / max(result.transient_wall, 1e-9)
+        result.transient_status_writes = after["by_kind"].get("PATCH smtprelays/status", 0) - before["by_kind"].get(
+            "PATCH smtprelays/status", 0
+        )
+        result.rated = len(progress.rated)
+
     async def wait_operator_ready(self, session: aiohttp.ClientSession, pid: int, deadline: float) -> None:
         """Ready once the operator watches SmtpRelays and StatefulSets."""
         wanted = {"GET smtprelays (watch)", "GET statefulsets (watch)"}
@@ -224,22 +234,24 @@ class Bench:
             await asyncio.sleep(0.1)
         raise BenchError("the operator did not start watching within the start-up timeout")
 
-    async def run(self, operator_pid: int, emulator_pid: int) -> Result:
+    async def run(self, operator_pid: int, emulator_pid: int, responder_pid: int) -> Result:
         s = self.settings
         names = [f"bench-{i:05d}" for i in range(s.count)]
         progress = Progress(names)
         connector = aiohttp.TCPConnector(limit=s.concurrency + len(CHILD_RESOURCES) + 4)
         async with aiohttp.ClientSession(headers=self.headers, connector=connector) as session:
-            await self.wait_operator_ready(session, operator_pid, time.monotonic() + 30)
-            readies = [asyncio.Event() for _ in CHILD_RESOURCES]
+            await self.wait_operator_ready(session, operator_pid, time.monotonic() + STARTUP_SECONDS)
+            watched = [*CHILD_RESOURCES, "smtprelays"]
+            readies = [asyncio.Event() for _ in watched]
             watches = [
                 asyncio.create_task(self.watch(session, plural, progress, ready))
-                for plural, ready in zip(CHILD_RESOURCES, readies, strict=True)
+                for plural, ready in zip(watched, readies, strict=True)
             ]
             try:
                 await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
                 await asyncio.sleep(0.5)  # let start-up traffic (discovery, initial lists) finish
                 result = Result(settings=s, rss_start_kib=memory_kib(operator_pid).get("VmRSS", 0))
+                load_start = os.getloadavg()[0]
                 before = await self.stats(session)
                 cpu0, ecpu0, t0 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
                 creating = asyncio.create_task(self.create_all(session, progress))
@@ -260,13 +272,24 @@ class Bench:
                 result.by_kind = collections.Counter(after["by_kind"])
                 result.by_kind.subtract(before["by_kind"])
 
+                await self.first_resyncs(session, progress, result, operator_pid)
+                after = await self.stats(session)
+                pods_before = await self.pod_stats(session)
                 cpu1, ecpu1, t1 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
+                rcpu1 = cpu_seconds(responder_pid)
                 await asyncio.sleep(s.idle)
                 cpu2, ecpu2, t2 = cpu_seconds(operator_pid), cpu_seconds(emulator_pid), time.monotonic()
-                idle_stats = await self.stats(session)
+                rcpu2 = cpu_seconds(responder_pid)
+                idle_stats, pods_after = await self.stats(session), await self.pod_stats(session)
+                result.idle_responder_pct = 100 * (rcpu2 - rcpu1) / (t2 - t1)
+                result.pod_requests, result.pods_answering = pods_after["total"], pods_after["addresses"]
+                result.idle_pod_requests = pods_after["total"] - pods_before["total"]
+                result.load = (load_start, os.getloadavg()[0])
                 result.idle_pct = 100 * (cpu2 - cpu1) / (t2 - t1)
                 result.idle_emulator_pct = 100 * (ecpu2 - ecpu1) / (t2 - t1)
                 result.idle_requests = idle_stats["total"] - after["total"]
+                result.idle_by_kind = collections.Counter(idle_stats["by_kind"])
+                result.idle_by_kind.subtract(after["by_kind"])
                 result.idle_wall = t2 - t1
                 memory = memory_kib(operator_pid)
                 result.rss_peak_kib, result.rss_end_kib = memory.get("VmHWM", 0), memory.get("VmRSS", 0)
@@ -285,107 +308,31 @@ class Bench:
         return result
 
 
-@dataclass
-class Result:
-    settings: Settings
-    rss_start_kib: int = 0
-    latencies: list[float] = field(default_factory=list)
-    create_rtts: list[float] = field(default_factory=list)
-    created: int = 0
-    complete: int = 0
-    expired: int = 0
-    create_seconds: float = 0.0
-    all_children_seconds: float = 0.0
-    settle_seconds: float = 0.0
-    busy_cpu: float = 0.0
-    busy_emulator_cpu: float = 0.0
-    busy_wall: float = 0.0
-    requests: int = 0
-    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
-    idle_pct: float = 0.0
-    idle_emulator_pct: float = 0.0
-    idle_requests: int = 0
-    idle_wall: float = 0.0
-    rss_peak_kib: int = 0
-    rss_end_kib: int = 0
-    emulator_rss_peak_kib: int = 0
-    operator_errors: int = 0
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of sorted values; NaN when empty."""
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
-
-
-def report(r: Result) -> str:
-    s = r.settings
-    n = max(1, r.created)
-    p50, p95 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 95) * 1000
-    rss_mb = r.rss_peak_kib / 1024
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
-    rows = [
-        ("create -> all 5 children, p50", f"{p50:.0f} ms", f"< {TARGET_P50_MS:.0f} ms", verdict(p50 < TARGET_P50_MS)),
-        ("create -> all 5 children, p95", f"{p95:.0f} ms", "", ""),
-        ("create -> all 5 children, max", f"{max(r.latencies, default=float('nan')) * 1000:.0f} ms", "", ""),
-        ("operator API requests per SmtpRelay", f"{r.requests / n:.1f}", "", ""),
-        (
-            f"operator CPU idle ({r.idle_wall:.0f} s)",
-            f"{r.idle_pct:.2f} % of a core",
-            f"< {TARGET_IDLE_PCT:.0f} %",
-            verdict(r.idle_pct < TARGET_IDLE_PCT),
-        ),
-        ("operator peak RSS (VmHWM)", f"{rss_mb:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB", verdict(rss_mb < TARGET_RSS_MB)),
-    ]
-    width = max(len(row[0]) for row in rows)
-    lines = [
-        f"operator_scale: {r.created}/{s.count} SmtpRelays created, {r.complete} with all children; "
-        f"concurrency {s.concurrency}" + (f", paced at {s.rate:g}/s" if s.rate else ", unpaced"),
-        "",
-        f"{'metric':<{width}}  {'value':>18}  {'target':>9}  verdict",
-        f"{'-' * width}  {'-' * 18}  {'-' * 9}  -------",
-        *(f"{a:<{width}}  {b:>18}  {c:>9}  {d}".rstrip() for a, b, c, d in rows),
-        "",
-        "details:",
-        f"  creates: {r.created} in {r.create_seconds:.1f} s ({r.created / max(r.create_seconds, 1e-9):.0f}/s), "
-        f"POST round trip p50 {percentile(r.create_rtts, 50) * 1000:.0f} ms, "
-        f"p95 {percentile(r.create_rtts, 95) * 1000:.0f} ms",
-        f"  all children present {r.all_children_seconds:.1f} s after the first create; operator quiet "
-        f"{r.settle_seconds:.1f} s later",
-        f"  operator CPU while creating: {r.busy_cpu:.1f} s over {r.busy_wall:.1f} s "
-        f"({100 * r.busy_cpu / max(r.busy_wall, 1e-9):.0f} % of a core, {1000 * r.busy_cpu / n:.1f} ms per SmtpRelay)",
-        f"  emulator CPU while creating: {r.busy_emulator_cpu:.1f} s "
-        f"({100 * r.busy_emulator_cpu / max(r.busy_wall, 1e-9):.0f} % of a core)",
-        f"  idle window: {r.idle_requests} operator requests ({r.idle_requests / max(r.idle_wall, 1e-9):.1f}/s), "
-        f"emulator {r.idle_emulator_pct:.2f} % of a core",
-        f"  operator RSS: {r.rss_start_kib / 1024:.0f} MB before the creates, "
-        f"{r.rss_end_kib / 1024:.0f} MB at the end; "
-        f"emulator peak {r.emulator_rss_peak_kib / 1024:.0f} MB",
-        f"  operator log: {r.operator_errors} error/traceback lines; bench watches restarted after 410: {r.expired}",
-        "  operator requests per SmtpRelay by kind:",
-    ]
-    for kind, value in sorted(r.by_kind.items(), key=lambda i: -i[1]):
-        if value:
-            lines.append(f"    {value / n:6.2f}  {kind}")
-    return "\n".join(lines)
-
-
 def read_token(kubeconfig: Path) -> str:
     config = yaml.safe_load(kubeconfig.read_text())
     return str(config["users"][0]["user"]["token"])
 
 
-def emulator_command(kubeconfig: Path) -> list[str]:
+def emulator_command(kubeconfig: Path, pod_addresses: Path) -> list[str]:
     """The emulator as a program of its own (run, not imported: the benchmarks never import the tests)."""
     crds = [arg for path in CRDS for arg in ("--crd", str(path))]
     return [
         sys.executable, "-m", "tests.kube.server", "--kubeconfig", str(kubeconfig), *crds,
-        "--stats-path", STATS_PATH, "--uncounted-agent", BENCH_AGENT,
+        "--stats-path", STATS_PATH, "--uncounted-agent", BENCH_AGENT, "--pod-addresses", str(pod_addresses),
     ]  # fmt: skip
+
+
+def start_responder(pods: int, addresses: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
+    """The pods' stand-in (bench/pod_responder.py), listening once it printed its URL."""
+    command = [sys.executable, "-m", "bench.pod_responder", "--count", str(pods), "--addresses", str(addresses)]
+    with open(log, "wb") as errors:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        stop_process(proc)
+        raise BenchError(f"the pod responder did not start: {log.read_text()[-2000:]}")
+    return proc, url
 
 
 def operator_command() -> list[str]:
@@ -415,8 +362,10 @@ def run(settings: Settings) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="relayfleet-operator-scale-"))
     kubeconfig = workdir / "kubeconfig"
     operator_log = workdir / "operator.log"
+    addresses = workdir / "pod-addresses"
+    responder, responder_url = start_responder(settings.count * settings.replicas, addresses, workdir / "pods.log")
     emulator = subprocess.Popen(
-        emulator_command(kubeconfig),
+        emulator_command(kubeconfig, addresses),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=open(workdir / "emulator.log", "wb"),  # noqa: SIM115 - the child owns it
@@ -431,8 +380,8 @@ def run(settings: Settings) -> str:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         with open(operator_log, "wb") as log:
             operator = subprocess.Popen(operator_command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        bench = Bench(settings, url, read_token(kubeconfig))
-        result = asyncio.run(bench.run(operator.pid, emulator.pid))
+        bench = Bench(settings, url, read_token(kubeconfig), responder_url)
+        result = asyncio.run(bench.run(operator.pid, emulator.pid, responder.pid))
         if operator.poll() is not None:
             raise BenchError(f"the operator exited ({operator.returncode}); log: {operator_log}")
         result.operator_errors = count_errors(operator_log)
@@ -447,6 +396,7 @@ def run(settings: Settings) -> str:
         if operator is not None:
             stop_process(operator)
         stop_process(emulator)
+        stop_process(responder)
         if not settings.keep:
             for path in workdir.iterdir():
                 path.unlink()
@@ -456,25 +406,34 @@ def run(settings: Settings) -> str:
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.operator_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=None, help="SmtpRelays to create (default 1000; 50 with --quick)")
+    parser.add_argument("--replicas", type=int, default=3, help="pods per SmtpRelay (default 3)")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight at once (default 16)")
     parser.add_argument("--rate", type=float, default=None, help="pace the creates at this many per second")
     parser.add_argument(
         "--idle", type=float, default=None, help="idle window in seconds (default 60 = one resync interval; 5 quick)"
     )
     parser.add_argument("--timeout", type=float, default=None, help="give up on missing children after this long")
+    parser.add_argument(
+        "--first-resyncs-max",
+        type=float,
+        default=240.0,
+        help="before the idle window, wait at most this long for every relay's first two resyncs (default 240 s)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 relays, 5 s idle window (about 15 s)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (kubeconfig, operator log)")
     args = parser.parse_args(argv)
     count = args.count if args.count is not None else (50 if args.quick else 1000)
-    if count < 1 or args.concurrency < 1:
-        parser.error("--count and --concurrency must be at least 1")
+    if count < 1 or args.concurrency < 1 or args.replicas < 1:
+        parser.error("--count, --replicas and --concurrency must be at least 1")
     return Settings(
         count=count,
+        replicas=args.replicas,
         concurrency=args.concurrency,
         rate=args.rate,
         idle=args.idle if args.idle is not None else (5.0 if args.quick else 60.0),
         timeout=args.timeout if args.timeout is not None else max(60.0, count * 0.5),
         settle_max=5.0 if args.quick else 30.0,
+        first_resyncs_max=0.0 if args.quick else args.first_resyncs_max,
         keep=args.keep,
     )
 

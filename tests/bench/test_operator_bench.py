@@ -22,12 +22,14 @@ def test_operator_scale_quick_run_prints_the_table() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "50/50 SmtpRelays created, 50 with all children" in out
+    assert "50/50 SmtpRelays of 3 pods created, 50 with all children" in out
     for line in (
         "create -> all 5 children, p50",
         "create -> all 5 children, p95",
         "operator API requests per SmtpRelay",
         "operator CPU idle",
+        "emulator CPU idle",
+        "pods (the responder): ",
         "operator peak RSS (VmHWM)",
     ):
         assert line in out, out

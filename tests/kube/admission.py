@@ -115,15 +115,21 @@ class Admission:
 
     # -- writes --
 
-    def admit(self, res: kmock.resource, kind: str, custom: bool, old: Json | None, new: Json) -> Json:
-        """The object to store for a write of ``new`` over ``old`` (None on create), or a StatusError."""
+    def admit(
+        self, res: kmock.resource, kind: str, custom: bool, old: Json | None, new: Json, status_only: bool = False
+    ) -> Json:
+        """The object to store for a write of ``new`` over ``old`` (None on create), or a StatusError.
+
+        `status_only`: a write of the status subresource, where everything but ``status`` is ``old``'s own."""
         if custom:
             if not getattr(self.options, "validate_custom_resources", True):
                 return new
             schema = self.schemas.get(res)
             return self._custom(res, kind, schema, old, new) if schema else new
         definition = builtin.kinds(self.version).get((res.group or "", str(res.version), kind))
-        return self._builtin(res, kind, definition, old, new) if definition else new
+        if not definition:
+            return new
+        return self._builtin(res, kind, definition, old, new, status_only and old is not None)
 
     def _unknown(self, kind: str, version: str, paths: list[str], obj: Json) -> None:
         if not paths or self.directive == "Ignore":
@@ -164,9 +170,15 @@ class Admission:
             return []
         return kept
 
-    def _builtin(self, res: kmock.resource, kind: str, definition: str, old: Json | None, new: Json) -> Json:
+    def _builtin(
+        self, res: kmock.resource, kind: str, definition: str, old: Json | None, new: Json, status_only: bool
+    ) -> Json:
         try:
-            decoded = builtin.decode(new, definition, self.version)
+            if status_only:  # the rest was decoded when `old` was stored (decoding is idempotent): only the status
+                decoded = builtin.decode({k: v for k, v in new.items() if k == "status"}, definition, self.version)
+                decoded.obj, decoded.missing = {**new, **decoded.obj}, []  # status fields are never required
+            else:
+                decoded = builtin.decode(new, definition, self.version)
         except builtin.DecodeError as e:
             raise self._decode_failure(kind, str(res.version), str(e), new) from None
         self._unknown(kind, str(res.version), decoded.unknown, new)

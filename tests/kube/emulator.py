@@ -21,7 +21,7 @@ import importlib.resources
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -31,6 +31,7 @@ from kmock._internal import apps, parsing, rendering
 
 from tests.kube import routes, writes
 from tests.kube.admission import Admission
+from tests.kube.indexes import Indexes, KeyFn
 from tests.kube.patches import json_patch, merge_patch, strategic_patch
 from tests.kube.selectors import Matcher, field_matcher, label_matcher
 from tests.kube.views import discovery
@@ -68,6 +69,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     """Live objects by resource: a list or watch reads its own kind, not every stored object."""
     _uids: dict[str, Json] = attrs.field(factory=dict, init=False)
     """Live objects by uid: the garbage collector finds an owner without a scan."""
+    _user_payloads: dict[int, tuple[Any, bool]] = attrs.field(factory=dict, init=False)
+    """id(reaction) -> (the reaction, whether a test added it): see `_users`."""
+    _indexes: Indexes = attrs.field(factory=Indexes, init=False)
+    """Secondary indexes of live objects (see `indexed`), moved along by every `_store`."""
     # The Kubernetes version served at /version; built-in schemas, messages and CEL libraries follow it.
     kubernetes_version: str = "1.31.0"
     # Validate custom resources against their CRD (schema, defaults, pruning, CEL rules), as the apiserver does.
@@ -183,7 +188,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return self._status_response(e)
 
     def _intercepted(self, request: rendering.Request) -> bool:
-        return any((not p.priorities or p.priorities[0] != -math.inf) and request in p._source for p in self._payloads)
+        """Whether a test's own reaction (kmock's DSL) answers this request instead of the emulator."""
+        return any(self._users(p) and request in p._source for p in self._payloads)
+
+    def _users(self, payload: Any) -> bool:
+        """A reaction a test added, not one of kmock's defaults (priority -inf); reactions are frozen, so this
+        is judged once per reaction (`priorities` walks the reaction's chain every time)."""
+        known = self._user_payloads.get(id(payload))
+        if known is None or known[0] is not payload:
+            priorities = payload.priorities
+            known = self._user_payloads[id(payload)] = (payload, not priorities or priorities[0] != -math.inf)
+        return known[1]
 
     def _status_response(self, e: kmock.KubernetesError) -> aiohttp.web.Response:
         body: Json = {
@@ -269,12 +284,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._objects[key].history.append(body)
         live = self._live.setdefault(res, {})
         uid = str(meta.get("uid") or "")
+        before = live.get(key[1:])
         if event == "DELETED":
             live.pop(key[1:], None)
             self._uids.pop(uid, None)
         else:
             live[key[1:]] = body
             self._uids[uid] = body
+        self._indexes.moved(res, key[1:], before, None if event == "DELETED" else body)
         self._log.append((self._rv, event, res, body, old))
         if len(self._log) > LOG_LIMIT:
             self._log_floor = self._log[LOG_LIMIT // 10][0]
@@ -292,6 +309,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
         for r in [res] if res is not None else list(self._live):
             for obj in list(self._live.get(r, {}).values()):
                 yield r, dict(obj)  # a shallow copy, as kmock's ``.raw`` gives
+
+    def indexed(self, res: kmock.resource, index: str, key: KeyFn, group: Hashable) -> list[Json]:
+        """Live objects of `res` whose `key` is `group` (shallow copies, as `_all` gives), from the index named
+        `index`, built on first use and kept up to date by every store: a lookup without a scan."""
+        self._indexes.ensure(res, index, key, self._live.get(res, {}).items())
+        return [dict(o) for o in self._indexes.lookup(res, index, group)]
 
     def _list(self, res: kmock.resource, ns: str | None, params: Mapping[str, str]) -> list[Json]:
         match = self._matcher(params, ns, None)

@@ -64,6 +64,9 @@ class Node:
         self._running: dict[str, Json] = {}  # uid -> the pod as started
         self._stopping: dict[str, asyncio.TimerHandle] = {}  # uid -> the grace period's deadline
         self._ips = itertools.count(2)
+        self.pod_addresses: list[str] = []
+        """Addresses handed to the pods it starts, in order, before the default scheme (e.g. where a benchmark's
+        responder listens for the pods' admin calls; see tests/kube/server.py --pod-addresses)."""
 
     @property
     def kubelet(self) -> Kubelet:
@@ -155,11 +158,14 @@ class Node:
         pod = self.emulator._get(PODS, namespace, name)
         if pod is None or pod["metadata"]["uid"] not in self._running:
             return
-        self.emulator._commit(PODS, pod, {**pod, "status": running_status(pod, ready, next(self._ips))}, "status")
+        has_ip = bool((pod.get("status") or {}).get("podIP"))
+        address = self.pod_addresses.pop(0) if self.pod_addresses and not has_ip else None
+        status = running_status(pod, ready, next(self._ips), address)
+        self.emulator._commit(PODS, pod, {**pod, "status": status}, "status")
 
 
-def running_status(pod: Json, ready: bool, ip: int) -> Json:
-    """A PodStatus as the kubelet writes it for a running pod."""
+def running_status(pod: Json, ready: bool, ip: int, address: str | None = None) -> Json:
+    """A PodStatus as the kubelet writes it for a running pod (at `address`, else at the `ip`-th default one)."""
     stamp, old = now(), pod.get("status") or {}
     started = old.get("startTime") or stamp
     flag = "True" if ready else "False"
@@ -187,7 +193,7 @@ def running_status(pod: Json, ready: bool, ip: int) -> Json:
     ]
     # Loopback addresses (127.244.0.0/16), so an operator that calls its pods (telemetry, drain) stays on this
     # machine: nothing listens there unless a test's kubelet runs a real process at that address.
-    ip_text = old.get("podIP") or f"127.244.{ip // 250}.{ip % 250 + 2}"
+    ip_text = old.get("podIP") or address or f"127.244.{ip // 250}.{ip % 250 + 2}"
     return {
         "phase": "Running",
         "conditions": conditions,

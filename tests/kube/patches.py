@@ -64,10 +64,13 @@ def set_path(obj: Json, path: str, value: Any) -> None:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: dicts merge recursively, null deletes, everything else replaces."""
+    """RFC 7386: dicts merge recursively, null deletes, everything else replaces.
+
+    The result is new along the patch's paths and shares the target's untouched subtrees (stored bodies are
+    never changed in place); copying the whole target at every level made a patch cost O(size x depth)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    result = dict(target) if isinstance(target, dict) else {}
     for k, v in patch.items():
         if v is None:
             result.pop(k, None)

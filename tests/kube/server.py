@@ -5,6 +5,7 @@ can all talk to it. kmock.Server is not used: it patches aiohttp's resolver proc
 exited in LIFO order, which does not hold for servers that live in other threads.
 
     python -m tests.kube.server --port 0 --kubeconfig /tmp/kubeconfig [--crd FILE ...] [--stats-path /_stats]
+                                [--pod-addresses FILE]
 
 With `--stats-path`, every request is counted by verb and resource (except those whose User-Agent is
 `--uncounted-agent`) and the counts are served as JSON at that path: how bench/operator_scale measures the
@@ -231,11 +232,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crd", type=Path, action="append", default=[], help="CRD manifest(s) to register")
     parser.add_argument("--stats-path", default="", help="count requests and serve the counts as JSON here")
     parser.add_argument("--uncounted-agent", default="", help="User-Agent whose requests are not counted")
+    parser.add_argument(
+        "--pod-addresses", type=Path, help="a file of addresses (one a line) the node gives its pods, in order"
+    )
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         emulator = KubeEmulator()
         register_crds(emulator, args.crd)
+        if args.pod_addresses:
+            emulator.control.node.pod_addresses = args.pod_addresses.read_text().split()
         handler = None
         if args.stats_path:
             handler = counting(emulator, RequestCounter(args.uncounted_agent), args.stats_path)

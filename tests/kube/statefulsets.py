@@ -65,6 +65,18 @@ def controller_uid(obj: Json) -> str | None:
     return next((r.get("uid") for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
 
 
+ORDINAL_NAME = re.compile(r"(.+)-(\d+)")
+"""``<stem>-<ordinal>``: a set's pod is ``<set>-<n>``, its claim ``<volume>-<set>-<n>`` (the stem ends at the
+last dash, since an ordinal has none)."""
+
+
+def pod_set_name(pod: Json) -> tuple[str | None, str] | None:
+    """(namespace, set name) a pod's name would make it a pod of, or None (the index of `_pods`)."""
+    meta = pod["metadata"]
+    found = ORDINAL_NAME.fullmatch(meta["name"])
+    return None if found is None else (meta.get("namespace"), found.group(1))
+
+
 def template_hash(template: Json) -> str:
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
     return "".join(SAFE[b % len(SAFE)] for b in digest[:10])
@@ -83,12 +95,10 @@ class StatefulSetController:
         if dirty is not None:
             dirty |= self._retry
         self._retry = set()
-        for _, sts in list(self.emulator._all(STS)):
-            meta = sts["metadata"]
-            key = (meta.get("namespace"), meta["name"])
-            if dirty is not None and key not in dirty:
-                continue
-            if not meta.get("deletionTimestamp"):
+        live = self.emulator._live.get(STS, {})
+        for key in [k for k in live if dirty is None or k in dirty]:  # the store's order, as a full scan's
+            sts = self.emulator._get(STS, *key)
+            if sts is not None and not sts["metadata"].get("deletionTimestamp"):
                 try:
                     self.sync(sts)
                 except ApiError:  # a conflict with another writer: the next pass starts anew
@@ -102,8 +112,6 @@ class StatefulSetController:
         self._read_rv = em._rv
         if since == 0 or since < em._log_floor:
             return None
-        sets = {s["metadata"]["uid"]: (s["metadata"].get("namespace"), s["metadata"]["name"]) for _, s in em._all(STS)}
-        pod_owner: dict[str, str | None] | None = None
         dirty: set[tuple[str | None, str]] = set()
         for _rv, _kind, res, obj, old in em._log[bisect.bisect_right(em._log, since, key=lambda e: e[0]) :]:
             meta = obj["metadata"]
@@ -116,19 +124,28 @@ class StatefulSetController:
                 *(meta.get("ownerReferences") or []),
                 *((old or {}).get("metadata", {}).get("ownerReferences") or []),
             ]
-            if not refs:  # an orphan named like a set's pod or claim may be adopted: its namespace's sets look
-                dirty.update(key for key in sets.values() if key[0] == meta.get("namespace"))
+            if not refs:  # an orphan named like a set's pod or claim may be adopted or recreated by that set
+                dirty.update(self._named_in(res, meta.get("namespace"), meta["name"]))
             for ref in refs:
-                uid = str(ref.get("uid"))
-                if uid in sets:
-                    dirty.add(sets[uid])
-                elif ref.get("kind") == "Pod":  # a claim owned by its pod (whenScaled: Delete)
-                    if pod_owner is None:
-                        pod_owner = {p["metadata"]["uid"]: controller_uid(p) for _, p in em._all(PODS)}
-                    owner = pod_owner.get(uid)
-                    if owner in sets:
-                        dirty.add(sets[owner])
+                owner = em._uids.get(str(ref.get("uid")))
+                if owner is not None and owner.get("kind") == "Pod":  # a claim owned by its pod (whenScaled: Delete)
+                    owner = em._uids.get(str(controller_uid(owner)))
+                if owner is not None and owner.get("kind") == "StatefulSet" and owner.get("apiVersion") == "apps/v1":
+                    dirty.add((owner["metadata"].get("namespace"), owner["metadata"]["name"]))
         return dirty
+
+    def _named_in(self, res: kmock.resource, namespace: str | None, name: str) -> list[tuple[str | None, str]]:
+        """The sets an ownerless object may concern: a pod ``<set>-<n>``'s set, a claim ``<volume>-<set>-<n>``'s
+        (every set whose name ends the stem), or for a revision every set of the namespace."""
+        live = self.emulator._live.get(STS, {})
+        if res == REVISIONS:
+            return [key for key in live if key[0] == namespace]
+        found = ORDINAL_NAME.fullmatch(name)
+        if found is None:
+            return []  # no set's pod or claim is named like this
+        stem = found.group(1)
+        candidates = [stem, *(stem[i + 1 :] for i, c in enumerate(stem) if c == "-")]
+        return [(namespace, c) for c in candidates if (namespace, c) in live]
 
     # -- revisions --
 
@@ -136,7 +153,7 @@ class StatefulSetController:
         """The ControllerRevision of the current template (created if new); its name is the updateRevision."""
         meta, template = sts["metadata"], (sts.get("spec") or {}).get("template") or {}
         name = f"{meta['name']}-{template_hash(template)}"
-        owned = [r for _, r in self.emulator._all(REVISIONS) if controller_uid(r) == meta["uid"]]
+        owned = self.emulator.indexed(REVISIONS, "controller", controller_uid, meta["uid"])
         if not any(r["metadata"]["name"] == name for r in owned):
             labels = {**(template.get("metadata") or {}).get("labels", {}), REVISION_LABEL: name}
             body = {
@@ -160,12 +177,10 @@ class StatefulSetController:
     def _pods(self, sts: Json) -> dict[int, Json]:
         meta, ns = sts["metadata"], sts["metadata"]["namespace"]
         match = label_matcher(selector_text((sts.get("spec") or {}).get("selector")))
-        pattern = re.compile(re.escape(meta["name"]) + r"-(\d+)")
         pods: dict[int, Json] = {}
-        for _, pod in list(self.emulator._all(PODS)):
-            m = pattern.fullmatch(pod["metadata"]["name"])
-            if pod["metadata"].get("namespace") != ns or m is None:
-                continue
+        for pod in self.emulator.indexed(PODS, "set-name", pod_set_name, (ns, meta["name"])):
+            m = ORDINAL_NAME.fullmatch(pod["metadata"]["name"])
+            assert m is not None  # the index holds only pods named <set>-<ordinal>
             owner = controller_uid(pod)
             if owner is None and match(pod) and not pod["metadata"].get("deletionTimestamp"):
                 adopted = copy.deepcopy(pod)
@@ -175,7 +190,7 @@ class StatefulSetController:
                 ]
                 pod, owner = self.emulator._commit(PODS, pod, adopted, "main"), meta["uid"]
             if owner == meta["uid"]:
-                pods[int(m.group(1))] = pod
+                pods[int(m.group(2))] = pod
         return pods
 
     def _claims(self, sts: Json, ordinal: int, pod: Json | None, scaled_away: bool) -> list[tuple[str, str]]:
@@ -334,7 +349,8 @@ class StatefulSetController:
             "collisionCount": 0,
         }
         latest = self.emulator._get(STS, sts["metadata"]["namespace"], sts["metadata"]["name"])
-        if latest is not None and latest["metadata"]["uid"] == sts["metadata"]["uid"]:
+        same_set = latest is not None and latest["metadata"]["uid"] == sts["metadata"]["uid"]
+        if latest is not None and same_set and latest.get("status") != status:  # an equal one would be a no-op
             self.emulator._commit(STS, latest, {**latest, "status": status}, "status")
 
 

@@ -101,8 +101,8 @@ def commit(emu: KubeEmulator, res: kmock.resource, old: Json, new: Json, part: s
     check_rv(emu, old, new)
     if not isinstance(new.get("metadata", {}), dict):
         raise fail(422, "Invalid", "metadata must be an object")
-    if part == "status":
-        result = copy.deepcopy(old)
+    if part == "status":  # the rest is the stored object's: shared, not copied (stored bodies never change)
+        result = {**old, "metadata": copy.deepcopy(old["metadata"])}
         if new.get("status") is None:
             result.pop("status", None)
         else:
@@ -143,7 +143,7 @@ def commit(emu: KubeEmulator, res: kmock.resource, old: Json, new: Json, part: s
 
         if "generation" in meta and spec(result) != spec(old):
             meta["generation"] += 1
-    result = emu._admission.admit(res, extras.kind, extras.custom, old, result)
+    result = emu._admission.admit(res, extras.kind, extras.custom, old, result, status_only=part == "status")
     result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
     if result == old:
         return old  # no-op updates neither bump resourceVersion nor emit watch events

@@ -20,7 +20,7 @@ from relay_operator.fleet.autoscale import Stabilizer, decision
 from relay_operator.fleet.observed import Observed
 from relay_operator.fleet.telemetry import Telemetry
 from relay_operator.handlers.observe import instrumented
-from relay_operator.handlers.wiring import client, retried_when_transient
+from relay_operator.handlers.wiring import client, creation_handled, retried_when_transient
 from relay_operator.kube import ApiError
 from relay_operator.metrics import OperatorMetrics
 from relay_operator.relays import reconcile as rec
@@ -78,6 +78,7 @@ def register(
             result, scale = await drain.reconcile(
                 body, kube, settings, events, telemetry, fresh=fresh, write_status_patch=False
             )
+        telemetry.remember_token(Owner.from_body(body), result.admin_token)
         if result.status_changed:
             patch.status.update(result.status)
         logger.info("reconciled: changed=%s problems=%d", result.changed, len(result.problems))
@@ -98,6 +99,8 @@ def register(
             await refresh(body, logger)
 
     async def refresh(body: kopf.Body, logger: kopf.Logger) -> None:
+        if not creation_handled(body):
+            return  # the create handler has not finished (a loaded API server): it reports the status itself
         kube = await client()
         namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
         current: kopf.Body | None = body  # what kopf's watch showed: no need to read it again

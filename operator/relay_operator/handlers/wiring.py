@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,16 @@ from relay_operator.kube import ApiError, Connection, Kube
 from relay_operator.relays.render.common import MANAGED_BY
 
 ANNOTATIONS_PREFIX = "operator.relayfleet.io"
+LAST_HANDLED = f"{ANNOTATIONS_PREFIX}/last-handled-configuration"
+"""kopf's diff base: written with the create handler's own patch, so absent while the creation is unhandled."""
+
+
+def creation_handled(body: Mapping[str, Any]) -> bool:
+    """Whether kopf has recorded the relay's creation as handled. Until then nothing but the create handler may
+    write the relay: a status PATCH of ours would produce a watch event without kopf's annotation, which kopf,
+    its watch lagging (a loaded API server), takes for a creation still to handle and runs the handler again."""
+    return LAST_HANDLED in ((body.get("metadata") or {}).get("annotations") or {})
+
 
 LoginFn = Callable[..., Any]
 _login_override: LoginFn | None = None
@@ -93,7 +103,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Progress in annotations (the status belongs to us), quick watches, events only for our own."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+        prefix=ANNOTATIONS_PREFIX, key=LAST_HANDLED.split("/", 1)[1]
     )
     settings.persistence.finalizer = f"{ANNOTATIONS_PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # log lines are not events; we post events explicitly

@@ -19,7 +19,12 @@ from typing import Any, Protocol
 
 from relay_operator.conditions import status_changed
 from relay_operator.kube import ApiError, Kube, NameConflict, Outcome, controller_of, foreign_owner
-from relay_operator.relays.render.admin_token import admin_token_secret_name, build_admin_token_secret, new_admin_token
+from relay_operator.relays.render.admin_token import (
+    admin_token_secret_name,
+    build_admin_token_secret,
+    new_admin_token,
+    read_admin_token,
+)
 from relay_operator.relays.render.children import build_children
 from relay_operator.relays.render.common import Manifest, Owner, selector_string
 from relay_operator.relays.render.config import CONFIG_KEY
@@ -55,6 +60,9 @@ class Result:
     status: dict[str, Any] = field(default_factory=dict)
     status_changed: bool = False
     """Whether `status` differs from the SmtpRelay's status as it was read."""
+    admin_token: str = ""
+    """The relays' admin token as this reconcile created or read it ("" when it did neither): the telemetry
+    takes it from here rather than reading the Secret again."""
 
     @property
     def changed(self) -> list[str]:
@@ -201,7 +209,8 @@ async def reconcile(
     assert spec is not None
     token_key = f"Secret/{admin_token_secret_name(owner)}"
     try:
-        if await _ensure_admin_token(kube, owner, create_first=fresh):
+        created, result.admin_token = await _ensure_admin_token(kube, owner, create_first=fresh)
+        if created:
             result.outcomes[token_key] = "created"
             events.info("Created", f"{token_key} created (the relays' admin token)")
     except ApiError as exc:
@@ -286,30 +295,32 @@ async def _prune_unwanted(kube: Kube, owner: Owner, rendered: set[str], events: 
             events.info("Pruned", f"{kind}/{owner.name} deleted: the operator's settings no longer ask for it")
 
 
-async def _ensure_admin_token(kube: Kube, owner: Owner, create_first: bool) -> bool:
-    """Create the admin-token Secret unless it exists (never overwritten); True when it was created.
+async def _ensure_admin_token(kube: Kube, owner: Owner, create_first: bool) -> tuple[bool, str]:
+    """Create the admin-token Secret unless it exists (never overwritten): (created, the token; "" when unknown).
     A same-named Secret that is not ours raises NameConflict: its value must not become the relays' token."""
     name = admin_token_secret_name(owner)
     if create_first:
+        token = new_admin_token()
         try:
-            await kube.create(build_admin_token_secret(owner, new_admin_token()))
-            return True
+            await kube.create(build_admin_token_secret(owner, token))
+            return True, token
         except ApiError as exc:
             if exc.status != 409:
                 raise
     existing = await kube.get("Secret", owner.namespace, name)
     if existing is None:
+        token = new_admin_token()
         try:
-            await kube.create(build_admin_token_secret(owner, new_admin_token()))
-            return True
+            await kube.create(build_admin_token_secret(owner, token))
+            return True, token
         except ApiError as exc:
             if exc.status != 409:  # 409: created meanwhile by another reconcile; checked next time
                 raise
-            return False
+            return False, ""
     conflict = foreign_owner(build_admin_token_secret(owner, ""), existing)
     if conflict is not None:
         raise NameConflict(409, conflict)
-    return False
+    return False, read_admin_token(existing) or ""
 
 
 def _reported(body: Mapping[str, Any]) -> set[str]:

@@ -73,3 +73,18 @@ def test_a_spec_the_models_refuse_is_one_problem_per_line() -> None:
     assert [p.reason for p in problems] == ["InvalidSpec"]
     assert "listener names must be unique" in problems[0].message
     assert parse_or_problems({"spec": {}}) == (parse_spec({}), [])
+
+
+def test_a_spec_is_parsed_once_and_a_changed_one_again() -> None:
+    """parse_or_problems is memoized on the spec's JSON: the same spec gives the same (frozen) object; any change,
+    valid or not, is parsed anew, and the problems of an invalid one are still reported each time."""
+    body = {"spec": {"replicas": 3, "routing": {"default": {"capture": {}}}}}
+    first, problems = parse_or_problems(body)
+    again, _ = parse_or_problems({"spec": {"routing": {"default": {"capture": {}}}, "replicas": 3}})
+    assert first is not None and again is first and problems == []
+    scaled, _ = parse_or_problems({"spec": {"replicas": 4, "routing": {"default": {"capture": {}}}}})
+    assert scaled is not None and scaled.replicas == 4
+    for _ in range(2):
+        spec, problems = parse_or_problems({"spec": {"replicas": -1}})
+        assert spec is None and [p.reason for p in problems] == ["InvalidSpec"], problems
+        problems.clear()  # the caller's list: clearing it must not clear what the next caller gets
