@@ -123,6 +123,18 @@ class Fleet:
             targets = api_targets(session, self.api.url, self.api.token, NAMESPACE, SELECTOR, self.port)
             return await send_load(targets, total, concurrency=concurrency, rate=rate, report=report, stop=stop)
 
+    async def held_with_the_upstream_down(self, total: int = 90) -> tuple[LoadReport, dict[str, int]]:
+        """Three settled pods, the upstream stopped, `total` messages sent: (the load, messages per pod name); the
+        pods that may leave (ordinals 1 and 2) both hold some, so a scale-down to 1 has mail to save."""
+        self.create(replicas=3)
+        await self.settled(3)
+        self.sink.stop()
+        report = LoadReport()
+        await self.load(total, report)
+        held = {name: sum(1 for pod in report.accepted.values() if pod == ip) for name, ip in self.pod_ips().items()}
+        assert held[f"{NAME}-1"] and held[f"{NAME}-2"], held
+        return report, held
+
     def delivered_ids(self) -> list[str]:
         return [str(m.email()["Message-ID"]) for m in self.sink.messages()]
 

@@ -47,13 +47,7 @@ async def test_scale_down_under_load_loses_nothing(fleet: Fleet) -> None:
 async def test_scale_down_with_the_upstream_down_completes_by_hand_off(fleet: Fleet) -> None:
     """The leaving pods cannot deliver: they hand their queue to the pod that stays, so the StatefulSet shrinks
     without waiting for the upstream; once it is back, every message that got a 250 arrives."""
-    fleet.create(replicas=3)
-    await fleet.settled(3)
-    fleet.sink.stop()
-    report = LoadReport()
-    await fleet.load(90, report)
-    held = {name: sum(1 for pod in report.accepted.values() if pod == ip) for name, ip in fleet.pod_ips().items()}
-    assert held[f"{NAME}-1"] and held[f"{NAME}-2"], held
+    report, held = await fleet.held_with_the_upstream_down(90)
     started = asyncio.get_running_loop().time()
     fleet.patch({"replicas": 1})
     await fleet.settled(1, seconds=90)
@@ -120,13 +114,7 @@ async def test_a_statefulset_scaled_down_by_hand_gets_its_pods_and_their_mail_ba
     """`kubectl scale sts --replicas=1` bypasses the drain: the StatefulSet controller stops two pods at once with
     mail queued (the upstream is down). Their claims are kept (Retain), the operator puts the replicas back, and
     the pods return on the same claims and deliver what they held."""
-    fleet.create(replicas=3)
-    await fleet.settled(3)
-    fleet.sink.stop()
-    report = LoadReport()
-    await fleet.load(90, report)
-    held = {name: sum(1 for pod in report.accepted.values() if pod == ip) for name, ip in fleet.pod_ips().items()}
-    assert held[f"{NAME}-1"] and held[f"{NAME}-2"], held
+    report, held = await fleet.held_with_the_upstream_down(90)
     ok(fleet.emulator, "PATCH", STS, {"spec": {"replicas": 1}}, MERGE)
     await until(lambda: any(e.pod == f"{NAME}-2" and e.stop_seconds is not None for e in fleet.kubelet.exits))
     await fleet.settled(3, seconds=60)

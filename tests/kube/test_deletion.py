@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.harness.waiting import wait_for
-from tests.kube.test_emulator import CRD, SMR, call, ok, relay
+from tests.kube.api_calls import SMR, call, ok, relay
 from tests.peers.kube import KubeApi, kubectl
 
 Json = dict[str, Any]
@@ -209,9 +208,3 @@ def test_kubectl_delete_cascades(crd_api: KubeApi, tmp_path: Path) -> None:
     cm(crd_api, "r2-config", [owner], block=True)
     kubectl(crd_api, "delete", "smr", "r2", "--cascade=foreground")  # waits until the owner is gone
     assert call(crd_api, "GET", f"{SMR}/r2")[0] == 404 and call(crd_api, "GET", f"{CM}/r2-config")[0] == 404
-
-
-@pytest.fixture
-def crd_api(kube_api: KubeApi) -> KubeApi:
-    kube_api.register_crd(CRD)
-    return kube_api

@@ -16,11 +16,11 @@ import pytest
 
 from tests.harness.waiting import wait_for
 from tests.kube import cel_rules
+from tests.kube.api_calls import ok
 from tests.kube.client import MERGE, accepted, send
 from tests.kube.emulator import KubeEmulator
 from tests.kube.patches import merge_patch
 from tests.kube.statefulsets import pod_set_name
-from tests.kube.test_emulator import ok
 from tests.kube.test_statefulsets import PODS, PVCS, STS, pods, settled, statefulset
 from tests.peers.kube import KubeApi
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kube.api_calls import call, ok, relay
 from tests.kube.audit import Grant, bound_rules, rbac_diff
 from tests.kube.auth import Attributes, request_attributes
-from tests.kube.test_emulator import CRD, call, ok, relay
 from tests.peers.kube import KubeApi, kubectl
 
 Json = dict[str, Any]
@@ -266,12 +266,6 @@ def test_kubectl_as_a_service_account(crd_api: KubeApi, tmp_path: Path) -> None:
     refused = kubectl(sa, "apply", "--validate=false", "-f", str(tmp_path / "smr.yaml"), check=False)
     assert refused.returncode != 0
     assert f'User "{SA}" cannot' in refused.stderr and "smtprelays" in refused.stderr
-
-
-@pytest.fixture
-def crd_api(kube_api: KubeApi) -> KubeApi:
-    kube_api.register_crd(CRD)
-    return kube_api
 
 
 def test_owner_references_permission_enforcement(crd_api: KubeApi) -> None:

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from tests.harness.waiting import wait_for
-from tests.kube.test_emulator import call, ok
+from tests.kube.api_calls import call, ok
 from tests.peers.kube import KubeApi
 
 Json = dict[str, Any]

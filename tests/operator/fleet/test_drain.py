@@ -42,6 +42,31 @@ def _condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in body["status"]["conditions"] if c["type"] == kind)
 
 
+async def _relay_of_two(kube: Kube, token: str, queue: dict[str, Any]) -> Owner:
+    """SmtpRelay `outbound` with 2 replicas and `queue`, and its admin token Secret (owned by it)."""
+    relay_doc = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay",
+                 "metadata": {"name": "outbound", "namespace": "default"},
+                 "spec": {"replicas": 2, "queue": queue}}  # fmt: skip
+    uid = (await kube.create(relay_doc))["metadata"]["uid"]
+    ref = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": uid,
+           "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+    meta = {"name": "outbound-admin-token", "namespace": "default", "ownerReferences": [ref]}
+    await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": meta,
+                       "data": {"token": base64.b64encode(token.encode()).decode()}})  # fmt: skip
+    return Owner(name="outbound", namespace="default", uid=uid, generation=1)
+
+
+async def _running_pod(kube: Kube, owner: Owner, ordinal: int, relay: RelayProcess, *, ready: bool) -> None:
+    """Pod `outbound-<ordinal>` Running at the real relay's address (condition Ready True when `ready`)."""
+    pod_meta = {"name": f"outbound-{ordinal}", "namespace": "default", "labels": selector_labels(owner)}
+    containers = [{"name": "relay", "image": "relay:test"}]
+    await kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": {"containers": containers}})
+    status: dict[str, Any] = {"phase": "Running", "podIP": relay.http_host}
+    if ready:
+        status["conditions"] = [{"type": "Ready", "status": "True"}]
+    await kube.patch("Pod", "default", f"outbound-{ordinal}", {"status": status}, subresource="status")
+
+
 async def test_scale_down_waits_until_the_leaving_pod_is_empty(
     kube_api: KubeApi,
     relay_factory: Any,  # noqa: F811
@@ -66,28 +91,13 @@ async def test_scale_down_waits_until_the_leaving_pod_is_empty(
     wait_for(lambda: relays[1].queue()["queue"]["deferred"] == 1, timeout=10)
 
     async with Kube(Connection(server=kube_api.url, token=kube_api.token, insecure=True)) as kube:
-        relay_doc = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay",
-                     "metadata": {"name": "outbound", "namespace": "default"},
-                     "spec": {"replicas": 2, "queue": {"drainTimeout": "1s"}}}  # fmt: skip
-        uid = (await kube.create(relay_doc))["metadata"]["uid"]
-        owner = Owner(name="outbound", namespace="default", uid=uid, generation=1)
-        ref = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": uid,
-               "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        meta = {"name": "outbound-admin-token", "namespace": "default", "ownerReferences": [ref]}
-        await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": meta,
-                           "data": {"token": base64.b64encode(token.encode()).decode()}})  # fmt: skip
+        owner = await _relay_of_two(kube, token, {"drainTimeout": "1s"})
         telemetry, settings = Telemetry(timeout=2.0), Settings()
         try:
             await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)  # the fleet of 2
             assert (await kube.get("StatefulSet", "default", "outbound") or {})["spec"]["replicas"] == 2
             for i, relay in enumerate(relays):
-                pod_meta = {"name": f"outbound-{i}", "namespace": "default", "labels": selector_labels(owner)}
-                containers = [{"name": "relay", "image": "relay:test"}]
-                await kube.create(
-                    {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": {"containers": containers}}
-                )
-                status = {"phase": "Running", "podIP": relay.http_host}
-                await kube.patch("Pod", "default", f"outbound-{i}", {"status": status}, subresource="status")
+                await _running_pod(kube, owner, i, relay, ready=False)
 
             await kube.patch("SmtpRelay", "default", "outbound", {"spec": {"replicas": 1}})
             _, scale = await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
@@ -149,28 +159,12 @@ async def test_the_leaving_pod_hands_its_queue_to_the_ready_pod_that_stays(
     wait_for(lambda: relays[1].queue()["queue"]["total"] == 5, timeout=10)
 
     async with Kube(Connection(server=kube_api.url, token=kube_api.token, insecure=True)) as kube:
-        relay_doc = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay",
-                     "metadata": {"name": "outbound", "namespace": "default"},
-                     "spec": {"replicas": 2, "queue": {"handoff": handoff}}}  # fmt: skip
-        uid = (await kube.create(relay_doc))["metadata"]["uid"]
-        owner = Owner(name="outbound", namespace="default", uid=uid, generation=1)
-        ref = {"apiVersion": "relayfleet.io/v1alpha1", "kind": "SmtpRelay", "name": "outbound", "uid": uid,
-               "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        meta = {"name": "outbound-admin-token", "namespace": "default", "ownerReferences": [ref]}
-        await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": meta,
-                           "data": {"token": base64.b64encode(token.encode()).decode()}})  # fmt: skip
+        owner = await _relay_of_two(kube, token, {"handoff": handoff})
         telemetry, settings = Telemetry(timeout=2.0), Settings()
         try:
             await drain.reconcile(await _relay_body(kube), kube, settings, Events(), telemetry)
             for i, relay in enumerate(relays):
-                pod_meta = {"name": f"outbound-{i}", "namespace": "default", "labels": selector_labels(owner)}
-                containers = [{"name": "relay", "image": "relay:test"}]
-                await kube.create(
-                    {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": {"containers": containers}}
-                )
-                status = {"phase": "Running", "podIP": relay.http_host,
-                          "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
-                await kube.patch("Pod", "default", f"outbound-{i}", {"status": status}, subresource="status")
+                await _running_pod(kube, owner, i, relay, ready=True)
 
             await kube.patch("SmtpRelay", "default", "outbound", {"spec": {"replicas": 1}})
             events = Events()
