@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections.abc import Callable
 
@@ -19,3 +21,13 @@ def print_report(run: Callable[[], str]) -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def until_stopped() -> None:
+    """Wait for SIGINT or SIGTERM: how the helper servers of the benches and tests (the pod responder, the relay
+    cluster) run as programs until their parent stops them."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()

@@ -21,7 +21,6 @@ import collections
 import errno
 import json
 import random
-import signal
 import socket
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import aiohttp.web
 
+from bench.common import until_stopped
 from relay_operator.relays.render.common import ADMIN_PORT
 
 STATS_PATH = "/_responder/stats"
@@ -120,12 +120,8 @@ async def serve(pod_sockets: list[socket.socket]) -> None:
     counter = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
     await counter.start()
     print(f"http://127.0.0.1:{runner.addresses[-1][1]}", flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
     try:
-        await stopped.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
 

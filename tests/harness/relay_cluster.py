@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
+
+from bench.common import until_stopped
 
 from tests.harness.relay_kubelet import RelayKubelet
 from tests.kube.emulator import KubeEmulator
@@ -31,12 +32,8 @@ async def serve(kubeconfig: Path, root: Path, crds: list[Path], sync_interval: f
     emulator.kubelet = kubelet  # before any pod exists: every pod of this cluster is a real relay
     write_kubeconfig(kubeconfig, url)
     print(url, flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
     try:
-        await stopped.wait()
+        await until_stopped()
     finally:
         await asyncio.to_thread(kubelet.close)
         await stop(emulator, runner)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Container, Mapping
 from smtp_relay.config.spec import RetrySpec
 from smtp_relay.config.units import parse_duration
 from smtp_relay.model.envelope import Outcome, QueueState, StoredMessage
+from smtp_relay.queue import window as win
 from smtp_relay.queue.backoff import expired, next_delay
 from smtp_relay.queue.bouncer import Bouncer
 from smtp_relay.queue.logs import delivery_summary as _delivery_summary
@@ -34,7 +35,6 @@ from smtp_relay.queue.logs import log_postponed
 from smtp_relay.queue.outcomes import next_attempt, sort_outcomes
 from smtp_relay.queue.spool.store import Spool
 from smtp_relay.queue.stats import QueueStats, queue_stats, set_queue_gauges, with_on_disk
-from smtp_relay.queue.window import DISK_POLL, aggregate_interval, evict_count, pick_evictions, refill_size
 from smtp_relay.telemetry.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,7 @@ class Scheduler:
                     break
                 if not self._active and not self._ready and (self._feed is None or self._feed.done()):
                     # Nothing runs: stop early if nothing (in memory or on disk) is due before the budget ends.
-                    soonest = min(
-                        (m.next_attempt for m in self._messages.values() if m.state is QueueState.DEFERRED),
-                        default=now,
-                    )
+                    soonest = win.soonest_deferred(self._messages.values(), default=now)
                     on_disk = await self._spool.soonest_on_disk()
                     soonest = soonest if on_disk is None else min(soonest, on_disk)
                     if soonest - self._clock() >= left:
@@ -239,8 +236,8 @@ class Scheduler:
         if (self._feed is not None and not self._feed.done()) or now < self._disk_check_at:
             return
         window, idle = self._spool.active_window, not self._ready and len(self._active) < self._max_active
-        size = refill_size(window, len(self._messages), self._spool.on_disk(), idle=idle)
-        evict = evict_count(window, len(self._messages), self._spool.on_disk()) if idle else 0
+        size = win.refill_size(window, len(self._messages), self._spool.on_disk(), idle=idle)
+        evict = win.evict_count(window, len(self._messages), self._spool.on_disk()) if idle else 0
         if size or evict:
             self._feed = asyncio.create_task(self._refill(size, evict, now), name="scheduler-refill")
 
@@ -249,7 +246,7 @@ class Scheduler:
         try:
             await self._spool.refresh_aggregate(now)
         finally:
-            self._count_at = self._clock() + aggregate_interval(time.monotonic() - started)
+            self._count_at = self._clock() + win.aggregate_interval(time.monotonic() - started)
             self._wake.set()
 
     async def _refill(self, size: int, evict: int, now: float) -> None:
@@ -257,7 +254,7 @@ class Scheduler:
             if evict:
                 soonest = await self._spool.soonest_on_disk()
                 if soonest is not None and soonest <= now:
-                    for message in pick_evictions(self._messages.values(), evict, now, set(self._active)):
+                    for message in win.pick_evictions(self._messages.values(), evict, now, set(self._active)):
                         self._messages.pop(message.id, None)
                         self._spool.release(message)
                         size += 1
@@ -268,10 +265,10 @@ class Scheduler:
                     self._take(message)
             if len(loaded) < min(size, room) or not loaded:
                 soonest = await self._spool.soonest_on_disk()
-                self._disk_check_at = min(math.inf if soonest is None else soonest, now + DISK_POLL)
+                self._disk_check_at = min(math.inf if soonest is None else soonest, now + win.DISK_POLL)
         except Exception as exc:  # an index that cannot be read now: the window keeps what it has, retry later
             log.error("could not load queued messages from the spool index: %s", exc)
-            self._disk_check_at = now + DISK_POLL
+            self._disk_check_at = now + win.DISK_POLL
         finally:
             self._wake.set()
             self._changed.set()

@@ -45,6 +45,11 @@ def pick_evictions(messages: Iterable[StoredMessage], count: int, now: float, bu
     return heapq.nlargest(count, deferred, key=lambda m: m.next_attempt)
 
 
+def soonest_deferred(messages: Iterable[StoredMessage], *, default: float) -> float:
+    """The earliest next attempt of the deferred messages in the window (`default` when none is deferred)."""
+    return min((m.next_attempt for m in messages if m.state is QueueState.DEFERRED), default=default)
+
+
 def aggregate_interval(last_cost: float) -> float:
     """Seconds until the on-disk figures are counted again, after a count that took `last_cost` seconds."""
     return max(AGGREGATE_MIN_INTERVAL, AGGREGATE_COST_FACTOR * last_cost)

@@ -17,7 +17,7 @@ import uvloop
 from bench.peers.smtp_sink import SinkBehaviour
 
 from smtp_relay.delivery.pipelining import UnsafeAddress, path_command, stuff
-from smtp_relay.model.envelope import OutcomeKind
+from smtp_relay.model.envelope import Outcome, OutcomeKind
 from tests.peers.postfix import PostfixFactory
 from tests.peers.smtp_sink import SinkFactory
 from tests.relay.delivery.conftest import body, deliverer, message, smarthost
@@ -277,18 +277,23 @@ async def test_each_upstream_failure_gives_the_right_outcome(
     """smtp-sink refusing, answering 421 or hanging up at each stage: 5xx is permanent, everything
     else (4xx, 421, a lost connection) keeps the message queued; the sink never counts a message."""
     sink = smtp_sink_factory(behaviour=replace(behaviour, pipelining=pipelining))
-    d = deliverer({"default": {"smarthosts": [smarthost(sink.port)]}}, tmp_path)
-    rcpts = ["a@example.test", "b@example.test"]
-    try:
-        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
-    finally:
-        await d.close()
+    outcomes = await _deliver_to_two(sink.port, tmp_path)
     assert {o.kind for o in outcomes.values()} == {kind}, outcomes
     if code == 0:
         assert {o.code for o in outcomes.values()} == {0}  # no reply: a connection-level failure
     elif code is not None:
         assert all(code <= o.code < code + 100 for o in outcomes.values()), outcomes
     assert sink.count() == 0
+
+
+async def _deliver_to_two(port: int, tmp_path: Path) -> Mapping[str, Outcome]:
+    """One message for two recipients through a Deliverer whose smarthost is `port`."""
+    d = deliverer({"default": {"smarthosts": [smarthost(port)]}}, tmp_path)
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        return await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
+    finally:
+        await d.close()
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
@@ -299,11 +304,6 @@ async def test_a_421_then_hang_up_is_reported_as_the_421(
     """A server that answers 421 and closes (a throttling provider) is reported with its 421, not as a lost
     connection: traffic shaping backs off on it (delivery/shaper.py feedback_of)."""
     sink = smtp_sink_factory(behaviour=SinkBehaviour(reply_421=[stage], pipelining=pipelining))
-    d = deliverer({"default": {"smarthosts": [smarthost(sink.port)]}}, tmp_path)
-    rcpts = ["a@example.test", "b@example.test"]
-    try:
-        outcomes = await d.deliver(message("s@sender.test", *rcpts), body(), rcpts)
-    finally:
-        await d.close()
+    outcomes = await _deliver_to_two(sink.port, tmp_path)
     assert {(o.kind, o.code) for o in outcomes.values()} == {(OutcomeKind.TEMPORARY, 421)}, outcomes
     assert sink.count() == 0

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from smtp_relay.model.envelope import Envelope, QueueState, StoredMessage
 from smtp_relay.queue.spool import index
@@ -130,54 +131,41 @@ class Spool:
         Raises OSError (SpoolError when closed) if it is not durably stored. A message whose caller
         gives up (is cancelled) while waiting is dropped once written, since the client got no 250.
         """
-        if not self._opened or not self._writer.accepting():
-            raise SpoolError("the spool is not open")
-        if self._indexer.backlog_full():
-            await self._indexer.flush()  # the index fell far behind: let it catch up before taking more
-        loop = asyncio.get_running_loop()
         if envelope.received_at <= 0:
             envelope = dataclasses.replace(envelope, received_at=time.time())
-        message = StoredMessage(
-            id=self._new_id(),
-            envelope=envelope,
-            size=len(data),
-            pending=set(envelope.rcpt_tos),
-            state=QueueState.ACTIVE,
-        )
-        meta = encode_meta(message.id, envelope)
-        future: asyncio.Future[None] = loop.create_future()
-        self._writer.enqueue(PendingCommit(message, meta, bytes(data), future, loop.time()))
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(lambda f: self._abandoned(message, f))
-            raise
-        return message
+        return await self._write(StoredMessage(id=self._new_id(), envelope=envelope, size=len(data)), data, None)
 
     async def adopt(
         self, envelope: Envelope, data: bytes, *, attempts: int, next_attempt: float, last_error: str, origin: str
     ) -> StoredMessage:
         """Commit a message handed off by another relay, with its original `received_at` and its progress (kept
-        in the record itself, so recovery restores them without the index); returns after the fdatasync."""
-        if not self._opened or not self._writer.accepting():
-            raise SpoolError("the spool is not open")
+        in the record itself, so recovery restores them without the index); returns after the fdatasync. A
+        cancelled caller (the sender got no 200, so it keeps its copy) drops this one, as `commit` does."""
         message = StoredMessage(
             id=self._new_id(),
             envelope=envelope,
             size=len(data),
-            pending=set(envelope.rcpt_tos),
             attempts=attempts,
             next_attempt=next_attempt,
             last_error=last_error,
-            state=QueueState.ACTIVE,
         )
-        progress = {"a": attempts, "n": next_attempt, "e": last_error, "o": origin}
-        meta = encode_meta(message.id, envelope, progress)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writer.enqueue(PendingCommit(message, meta, bytes(data), future, asyncio.get_running_loop().time()))
+        return await self._write(message, data, {"a": attempts, "n": next_attempt, "e": last_error, "o": origin})
+
+    async def _write(self, message: StoredMessage, data: bytes, progress: dict[str, Any] | None) -> StoredMessage:
+        """The one way into the segments: queued for the writer's next group commit, answered after its fdatasync."""
+        if not self._opened or not self._writer.accepting():
+            raise SpoolError("the spool is not open")
+        if self._indexer.backlog_full():
+            await self._indexer.flush()  # the index fell far behind: let it catch up before taking more
+        message.pending = set(message.envelope.rcpt_tos)
+        message.state = QueueState.ACTIVE
+        meta = encode_meta(message.id, message.envelope, progress)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._writer.enqueue(PendingCommit(message, meta, bytes(data), future, loop.time()))
         try:
             await asyncio.shield(future)
-        except asyncio.CancelledError:  # the sender got no 200: it keeps its copy, so this one goes
+        except asyncio.CancelledError:
             future.add_done_callback(lambda f: self._abandoned(message, f))
             raise
         return message
